@@ -1,0 +1,199 @@
+"""The cloud side of ECOS: cluster the open pool, send centroids, sample a proxy set from scores."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import faiss_ops
+from .messages import CentroidsMessage, ScoresMessage
+from .selection import allocate_budget, select_near_centroid
+from .validation import as_features, non_negative_float, positive_int
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A proxy set with provenance. All arrays are aligned with ``indices``.
+
+    indices: int64 [B] unique indices into the open pool, grouped by cluster.
+    clusters: int64 [B] cluster of each index.
+    scores: float32 [B] clipped score of that cluster.
+    allocation: int64 [K] how many were taken from each cluster.
+    kept: bool [K] clusters whose score passed the threshold.
+    """
+
+    indices: np.ndarray
+    clusters: np.ndarray
+    scores: np.ndarray
+    allocation: np.ndarray
+    kept: np.ndarray
+
+
+class CloudSampler:
+    """Clusters open-source features, writes the centroids message, and samples from noisy scores.
+
+    Args:
+        num_clusters: K, the number of k-means centroids sent to the client.
+        seed: seeds k-means and the PCA sample.
+        niter, nredo, max_points_per_centroid, spherical: passed to ``faiss.Kmeans``.
+        fp16: send centroids as float16 (half the bytes down).
+        pca_dim: project centroids to this many dimensions; the PCA map travels in the message.
+        encoder: encoder spec dict (``EncoderSpec.to_dict()``) the client must use, or None.
+        noise_z: a cluster is kept only if its score exceeds ``noise_z`` noise standard deviations.
+        min_score: and exceeds this absolute count.
+        candidate_factor: candidates per cluster = ``candidate_factor`` x its allocation, nearest to
+            the centroid first; k-center greedy picks the allocation among them.
+        use_gpu: run faiss on GPUs (default: when faiss sees one).
+        num_threads: faiss OpenMP threads (default: all cores).
+    """
+
+    def __init__(self, num_clusters: int = 100, *, seed: int = 0, niter: int = 20, nredo: int = 1,
+                 max_points_per_centroid: int = 256, spherical: bool = False, fp16: bool = False,
+                 pca_dim: int | None = None, encoder: dict | None = None, noise_z: float = 3.0,
+                 min_score: float = 0.0, candidate_factor: float = 3.0, use_gpu: bool | None = None,
+                 num_threads: int | None = None):
+        self.num_clusters = positive_int(num_clusters, "num_clusters")
+        self.seed = int(seed)
+        self.niter = positive_int(niter, "niter")
+        self.nredo = positive_int(nredo, "nredo")
+        self.max_points_per_centroid = positive_int(max_points_per_centroid, "max_points_per_centroid")
+        self.spherical = bool(spherical)
+        self.fp16 = bool(fp16)
+        self.pca_dim = None if pca_dim is None else positive_int(pca_dim, "pca_dim")
+        self.encoder = encoder
+        self.noise_z = non_negative_float(noise_z, "noise_z")
+        self.min_score = non_negative_float(min_score, "min_score")
+        if not candidate_factor >= 1:
+            raise ValueError(f"candidate_factor must be >= 1, got {candidate_factor!r}")
+        self.candidate_factor = float(candidate_factor)
+        self.use_gpu = faiss_ops.gpu_available() if use_gpu is None else bool(use_gpu)
+        self.num_threads = num_threads
+        self.features_: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ probe
+    def fit(self, open_features) -> CentroidsMessage:
+        """Cluster ``open_features`` [N, d] and return the centroids message for the client.
+
+        Keeps a reference to the features (no copy when already float32 C-contiguous), the
+        assignment ``assignment_`` [N] and the order of each cluster's members by distance.
+        """
+        features = as_features(open_features, "open_features")
+        faiss_ops.configure_threads(self.num_threads)
+        n, d = features.shape
+        k = self.num_clusters
+        if k > n:
+            warnings.warn(f"num_clusters={k} > {n} open samples: using K={n}, one point per cluster",
+                          stacklevel=2)
+            k = n
+        if self.pca_dim is not None and self.pca_dim > d:
+            raise ValueError(f"pca_dim={self.pca_dim} exceeds the feature dimension {d}: pass pca_dim <= {d}")
+        if k == n:
+            centroids = features.copy()
+        else:
+            centroids = faiss_ops.kmeans(
+                features, k, niter=self.niter, nredo=self.nredo, seed=self.seed,
+                max_points_per_centroid=self.max_points_per_centroid, spherical=self.spherical,
+                use_gpu=self.use_gpu)
+        sq_dist, labels = faiss_ops.nearest(features, centroids, k=1)
+        if k == n:  # duplicate points may tie: pin each point to its own cluster
+            labels[:, 0], sq_dist[:, 0] = np.arange(n), 0.0
+        self.features_ = features
+        self.centroids_ = centroids
+        self.assignment_ = labels[:, 0]
+        self.cluster_sizes_ = np.bincount(self.assignment_, minlength=k)
+        # members of every cluster, each sorted by distance to its centroid
+        order = np.lexsort((sq_dist[:, 0], self.assignment_))
+        self._members_sorted = order
+        self._member_starts = np.concatenate([[0], np.cumsum(self.cluster_sizes_)])
+
+        projection = bias = None
+        sent = centroids
+        if self.pca_dim is not None:
+            projection, bias = faiss_ops.pca(features, self.pca_dim, max_train_points=100_000, seed=self.seed)
+            sent = centroids @ projection + bias
+        if self.fp16:
+            sent = sent.astype(np.float16)
+        self.message_ = CentroidsMessage(np.ascontiguousarray(sent), projection, bias, self.encoder)
+        log.info("k-means: %d open samples, d=%d -> K=%d clusters (sizes %d..%d); %d bytes down",
+                 n, d, k, self.cluster_sizes_.min(), self.cluster_sizes_.max(), len(self.message_.to_bytes()))
+        return self.message_
+
+    def members(self, cluster: int) -> np.ndarray:
+        """Open-pool indices of one cluster, nearest to its centroid first."""
+        return self._members_sorted[self._member_starts[cluster]:self._member_starts[cluster + 1]]
+
+    # ----------------------------------------------------------------- sample
+    def sample(self, scores: ScoresMessage, budget: int) -> np.ndarray:
+        """Unique int64 indices into the open pool: the proxy set for ``scores``. See :meth:`select`."""
+        return self.select(scores, budget).indices
+
+    def select(self, scores: ScoresMessage, budget: int) -> Selection:
+        """Sample ``budget`` open samples guided by the client's noisy scores, with provenance.
+
+        Scores are clipped at 0; clusters at or below ``max(min_score, noise_z * noise_std)`` are
+        dropped; the budget is split over the kept clusters in proportion to score (largest
+        remainder, capped by cluster size, overflow redistributed); each cluster's share is taken
+        near its centroid with redundancy removed by k-center greedy.
+        """
+        if self.features_ is None:
+            raise RuntimeError("call fit(open_features) before sampling")
+        budget = positive_int(budget, "budget")
+        if not isinstance(scores, ScoresMessage):
+            raise ValueError(f"scores must be a ScoresMessage, got {type(scores).__name__}")
+        scores.check_answers(self.message_)
+        n = self.features_.shape[0]
+        clipped = np.clip(scores.scores, 0.0, None)
+        if budget >= n:
+            if budget > n:
+                warnings.warn(f"budget={budget} exceeds the open pool ({n}): returning the whole pool",
+                              stacklevel=2)
+            return self._selection(np.arange(n, dtype=np.int64), clipped,
+                                   np.bincount(self.assignment_, minlength=len(clipped)),
+                                   np.ones(len(clipped), dtype=bool))
+
+        threshold = max(self.min_score, self.noise_z * scores.noise_std)
+        kept = clipped > threshold
+        weights = np.where(kept, clipped, 0.0)
+        if not kept.any() and (clipped > 0).any():
+            warnings.warn(f"no cluster scores above the noise threshold {threshold:.2f}: "
+                          "keeping every cluster with a positive score", stacklevel=2)
+            kept, weights = clipped > 0, clipped
+        elif not kept.any():
+            warnings.warn("every score is zero or negative: the client covers no centroid; "
+                          "falling back to uniform allocation over clusters", stacklevel=2)
+            kept, weights = np.ones_like(kept), np.ones_like(clipped)
+        allocation = allocate_budget(weights, self.cluster_sizes_, budget)
+        short = budget - int(allocation.sum())
+        if short > 0:
+            warnings.warn(f"kept clusters hold only {int(allocation.sum())} samples: taking {short} more "
+                          "from the other clusters, highest score first", stacklevel=2)
+            allocation += self._fill_from_dropped(kept, clipped, short)
+
+        picks = [select_near_centroid(self.features_, self.members(c), int(a), self.candidate_factor)
+                 for c, a in enumerate(allocation) if a > 0]
+        indices = np.concatenate(picks).astype(np.int64)
+        log.info("selection: kept %d/%d clusters (threshold %.2f); budget %d over %d clusters; "
+                 "%d bytes up", int(kept.sum()), len(kept), threshold, budget,
+                 int((allocation > 0).sum()), len(scores.to_bytes()))
+        return self._selection(indices, clipped, allocation, kept)
+
+    def _fill_from_dropped(self, kept: np.ndarray, clipped: np.ndarray, short: int) -> np.ndarray:
+        extra = np.zeros(len(kept), dtype=np.int64)
+        for c in np.lexsort((-self.cluster_sizes_, -clipped)):
+            if short == 0:
+                break
+            if kept[c]:
+                continue
+            extra[c] = min(short, int(self.cluster_sizes_[c]))
+            short -= int(extra[c])
+        return extra
+
+    def _selection(self, indices, clipped, allocation, kept) -> Selection:
+        clusters = self.assignment_[indices]
+        return Selection(indices, clusters, clipped[clusters].astype(np.float32), allocation, kept)
+

@@ -1,0 +1,211 @@
+"""The two protocol messages: centroids down (cloud -> client) and noisy scores up (client -> cloud).
+
+Both travel as bytes in the container of :mod:`.container` (versioned, checksummed, safetensors
+payload, JSON header). ``from_bytes`` treats its input as untrusted: every field is validated
+and any problem raises :class:`MessageError` naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .container import MAX_MESSAGE_BYTES, MessageError, pack, unpack
+from .validation import as_features
+
+__all__ = ["CentroidsMessage", "ScoresMessage", "MessageError"]
+
+_SCORES_META_KEYS = {"noise_multiplier", "q", "delta", "epsilon", "centroids_digest", "radius"}
+
+
+@dataclass(frozen=True, eq=False)
+class CentroidsMessage:
+    """Cluster centroids of the open-source features, as the client sees them.
+
+    centroids: [K, d'] float32 or float16 (fp16 halves the bytes down).
+    projection, bias: optional PCA map ``y = x @ projection + bias``, [d, d'] and [d'] float32;
+        the client applies it to its own features so they live in the centroids' space.
+    encoder: the encoder spec (``EncoderSpec.to_dict()``) both sides use, or None.
+    """
+
+    centroids: np.ndarray
+    projection: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    encoder: dict | None = None
+    KIND = "centroids"
+
+    def __post_init__(self):
+        _check_centroids(self.centroids, self.projection, self.bias)
+        if self.encoder is not None:
+            from ..encoders import EncoderSpec
+
+            try:
+                EncoderSpec.from_dict(self.encoder)
+            except ValueError as exc:
+                raise MessageError(f"encoder: {exc}") from None
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def feature_dim(self) -> int:
+        """Dimension d of the encoder features the client must supply."""
+        return int(self.projection.shape[0]) if self.projection is not None else int(self.centroids.shape[1])
+
+    def project(self, features) -> np.ndarray:
+        """Map encoder features [M, d] into the centroids' space [M, d'] (float32)."""
+        features = as_features(features, "client_features")
+        if features.shape[1] != self.feature_dim:
+            raise ValueError(
+                f"client_features: dimension {features.shape[1]} does not match the centroids' feature "
+                f"dimension {self.feature_dim}; extract features with the encoder named in the message"
+            )
+        if self.projection is None:
+            return features
+        return features @ self.projection + self.bias
+
+    def centroids_f32(self) -> np.ndarray:
+        return np.ascontiguousarray(self.centroids, dtype=np.float32)
+
+    def to_bytes(self) -> bytes:
+        tensors = {"centroids": self.centroids}
+        if self.projection is not None:
+            tensors.update(projection=self.projection, bias=self.bias)
+        return pack(self.KIND, tensors, {"encoder": self.encoder})
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> "CentroidsMessage":
+        tensors, meta = unpack(blob, cls.KIND, max_bytes)
+        _expect_keys(meta, {"encoder"}, "meta")
+        if set(tensors) not in ({"centroids"}, {"centroids", "projection", "bias"}):
+            raise MessageError(f"tensors: expected centroids [+ projection, bias], got {sorted(tensors)}")
+        encoder = meta["encoder"]
+        if encoder is not None and not isinstance(encoder, dict):
+            raise MessageError("meta.encoder: must be an object or null")
+        return cls(tensors["centroids"], tensors.get("projection"), tensors.get("bias"), encoder)
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the serialised message: ties a scores message to these centroids."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class ScoresMessage:
+    """Noisy centroid-coverage scores from the client: K float32 numbers, nothing else private.
+
+    scores: [K] float32, ``s + N(0, (noise_multiplier * sqrt(q))^2)``; may be negative.
+    epsilon: privacy cost at ``delta`` of this release (``inf`` when noise_multiplier is 0).
+    centroids_digest: :meth:`CentroidsMessage.digest` of the centroids these scores answer.
+    """
+
+    scores: np.ndarray
+    noise_multiplier: float
+    q: int
+    delta: float
+    epsilon: float
+    centroids_digest: str = ""
+    radius: float | None = None
+    KIND = "scores"
+
+    def __post_init__(self):
+        if not isinstance(self.scores, np.ndarray) or self.scores.dtype != np.float32 or self.scores.ndim != 1:
+            raise MessageError("scores: must be a float32 vector [K]")
+        if self.scores.size == 0:
+            raise MessageError("scores: must hold at least one score")
+        if not np.isfinite(self.scores).all():
+            raise MessageError("scores: contains NaN or Inf")
+        _check_number(self.noise_multiplier, "noise_multiplier", low=0.0)
+        if isinstance(self.q, bool) or not isinstance(self.q, numbers.Integral) or self.q < 1:
+            raise MessageError(f"q: must be an integer >= 1, got {self.q!r}")
+        _check_number(self.delta, "delta", low=0.0, high=1.0, open_interval=True)
+        if not (isinstance(self.epsilon, numbers.Real) and not isinstance(self.epsilon, bool)
+                and (self.epsilon >= 0 or math.isinf(self.epsilon)) and not math.isnan(self.epsilon)):
+            raise MessageError(f"epsilon: must be a number >= 0 or inf, got {self.epsilon!r}")
+        if not isinstance(self.centroids_digest, str) or not re.fullmatch(r"([0-9a-f]{64})?", self.centroids_digest):
+            raise MessageError("centroids_digest: must be a 64-character lowercase hex SHA-256 or empty")
+        if self.radius is not None:
+            _check_number(self.radius, "radius", low=0.0)
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def noise_std(self) -> float:
+        """Standard deviation of the noise added to each score."""
+        return self.noise_multiplier * math.sqrt(self.q)
+
+    def to_bytes(self) -> bytes:
+        meta = {
+            "noise_multiplier": float(self.noise_multiplier),
+            "q": int(self.q),
+            "delta": float(self.delta),
+            "epsilon": None if math.isinf(self.epsilon) else float(self.epsilon),
+            "centroids_digest": self.centroids_digest,
+            "radius": None if self.radius is None else float(self.radius),
+        }
+        return pack(self.KIND, {"scores": self.scores}, meta)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> "ScoresMessage":
+        tensors, meta = unpack(blob, cls.KIND, max_bytes)
+        _expect_keys(meta, _SCORES_META_KEYS, "meta")
+        if set(tensors) != {"scores"}:
+            raise MessageError(f"tensors: expected exactly 'scores', got {sorted(tensors)}")
+        epsilon = math.inf if meta["epsilon"] is None else meta["epsilon"]
+        return cls(tensors["scores"], meta["noise_multiplier"], meta["q"], meta["delta"], epsilon,
+                   meta["centroids_digest"], meta["radius"])
+
+    def check_answers(self, centroids: CentroidsMessage) -> None:
+        """Raise ``MessageError`` unless these scores answer ``centroids`` (length K and digest)."""
+        if self.num_clusters != centroids.num_clusters:
+            raise MessageError(
+                f"scores: length {self.num_clusters} != number of centroids K={centroids.num_clusters}"
+            )
+        if self.centroids_digest and self.centroids_digest != centroids.digest():
+            raise MessageError("centroids_digest: these scores answer a different centroids message")
+
+
+def _check_centroids(centroids, projection, bias) -> None:
+    if not isinstance(centroids, np.ndarray) or centroids.dtype.name not in ("float16", "float32"):
+        raise MessageError("centroids: must be a float16 or float32 array")
+    if centroids.ndim != 2 or centroids.shape[0] < 1 or centroids.shape[1] < 1:
+        raise MessageError(f"centroids: must have shape [K >= 1, d >= 1], got {list(centroids.shape)}")
+    if not np.isfinite(centroids).all():
+        raise MessageError("centroids: contains NaN or Inf")
+    if (projection is None) != (bias is None):
+        raise MessageError("projection/bias: both or neither must be given")
+    if projection is None:
+        return
+    for name, array, ndim in (("projection", projection, 2), ("bias", bias, 1)):
+        if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.ndim != ndim:
+            raise MessageError(f"{name}: must be a float32 array with {ndim} dimension(s)")
+        if not np.isfinite(array).all():
+            raise MessageError(f"{name}: contains NaN or Inf")
+    if projection.shape[1] != centroids.shape[1] or projection.shape[0] < 1:
+        raise MessageError(
+            f"projection: shape {list(projection.shape)} must be [d, {centroids.shape[1]}] to match the centroids"
+        )
+    if bias.shape != (centroids.shape[1],):
+        raise MessageError(f"bias: shape {list(bias.shape)} must be [{centroids.shape[1]}]")
+
+
+def _expect_keys(meta: dict, keys: set, where: str) -> None:
+    if set(meta) != keys:
+        missing, extra = sorted(keys - set(meta)), sorted(set(meta) - keys)
+        raise MessageError(f"{where}: missing fields {missing}, unexpected fields {extra}")
+
+
+def _check_number(value, name: str, low: float, high: float = math.inf, open_interval: bool = False) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (low < value < high) if open_interval else (low <= value <= high)
+    if not ok:
+        bounds = f"in ({low}, {high})" if open_interval else f">= {low}"
+        raise MessageError(f"{name}: must be a finite number {bounds}, got {value!r}")

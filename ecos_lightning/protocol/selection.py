@@ -1,0 +1,92 @@
+"""Budget allocation and redundancy removal: pure numpy functions used by the cloud and baselines."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
+    """Split integer ``total`` in proportion to ``weights`` [K] (>= 0, positive sum) -> int64 [K].
+
+    Floors of the exact quotas, then one more unit to the largest remainders
+    (ties: larger weight first, then lower index). Sums to ``total`` exactly.
+    """
+    quotas = total * weights / weights.sum()
+    base = np.floor(quotas).astype(np.int64)
+    short = int(total - base.sum())
+    if short > 0:
+        order = np.lexsort((np.arange(len(weights)), -weights, -(quotas - base)))
+        base[order[:short]] += 1
+    return base
+
+
+def allocate_budget(scores: np.ndarray, capacities: np.ndarray, budget: int) -> np.ndarray:
+    """Allocate ``budget`` over clusters in proportion to ``scores`` [K], capped by ``capacities`` [K].
+
+    Clusters with score <= 0 get nothing. What a full cluster cannot take is redistributed,
+    again in proportion to score, over the clusters with room left. Returns int64 [K] summing
+    to ``min(budget, capacity of the positive-score clusters)``.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    capacities = np.asarray(capacities, dtype=np.int64)
+    allocation = np.zeros(len(scores), dtype=np.int64)
+    remaining = int(budget)
+    open_ = (scores > 0) & (capacities > 0)
+    while remaining > 0 and open_.any():
+        proposal = largest_remainder(scores[open_], remaining)
+        room = capacities[open_] - allocation[open_]
+        taken = np.minimum(proposal, room)
+        allocation[open_] += taken
+        remaining -= int(taken.sum())
+        open_ &= allocation < capacities
+    return allocation
+
+
+def kcenter_greedy(points: np.ndarray, k: int, initial=(0,)) -> np.ndarray:
+    """Farthest-first traversal (k-center greedy): indices [k] int64 into ``points`` [n, d], pick order.
+
+    Starts from the ``initial`` indices (returned first), then repeatedly adds the point whose
+    squared L2 distance to its nearest chosen point is largest (ties: lowest index).
+    Each step costs one matrix-vector product over ``points``.
+    """
+    n = points.shape[0]
+    k = min(k, n)
+    chosen = [int(i) for i in dict.fromkeys(int(i) for i in initial)][:k]
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    if not chosen:
+        raise ValueError("initial must name at least one starting index")
+    sq_norms = np.einsum("ij,ij->i", points, points)
+    min_dist = np.full(n, np.inf, dtype=np.float64)
+    for c in chosen:
+        min_dist = np.minimum(min_dist, _sq_dist_to(points, sq_norms, c))
+    picks = list(chosen)
+    while len(picks) < k:
+        nxt = int(np.argmax(min_dist))
+        picks.append(nxt)
+        min_dist = np.minimum(min_dist, _sq_dist_to(points, sq_norms, nxt))
+    return np.asarray(picks, dtype=np.int64)
+
+
+def _sq_dist_to(points: np.ndarray, sq_norms: np.ndarray, index: int) -> np.ndarray:
+    d = sq_norms - 2.0 * (points @ points[index]) + sq_norms[index]
+    d = np.maximum(d, 0.0)
+    d[index] = 0.0
+    return d
+
+
+def select_near_centroid(features: np.ndarray, members: np.ndarray, count: int,
+                         candidate_factor: float) -> np.ndarray:
+    """Pick ``count`` diverse members of one cluster.
+
+    ``members`` [m] are open-pool indices sorted by distance to the centroid. The
+    ``ceil(candidate_factor * count)`` nearest are candidates; k-center greedy from the
+    nearest one removes redundancy among them. Returns int64 indices into the pool.
+    """
+    if count <= 0:
+        return np.empty(0, dtype=np.int64)
+    pool = members[: min(len(members), max(count, math.ceil(candidate_factor * count)))]
+    picks = kcenter_greedy(features[pool], count, initial=(0,))
+    return pool[picks]
