@@ -53,7 +53,7 @@ class CloudSampler:
     """
 
     def __init__(self, num_clusters: int = 100, *, seed: int = 0, niter: int = 20, nredo: int = 1,
-                 max_points_per_centroid: int = 256, spherical: bool = False, fp16: bool = False,
+                 max_points_per_centroid: int = 64, spherical: bool = False, fp16: bool = False,
                  pca_dim: int | None = None, encoder: dict | None = None, noise_z: float = 3.0,
                  min_score: float = 0.0, candidate_factor: float = 3.0, use_gpu: bool | None = None,
                  num_threads: int | None = None):
