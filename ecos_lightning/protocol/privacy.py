@@ -31,19 +31,25 @@ def gaussian_epsilon(noise_multiplier: float, delta: float, releases: int = 1) -
 
 def composed_epsilon(releases: Iterable[tuple[float, int]], delta: float) -> float:
     """Epsilon at ``delta`` of several Gaussian releases, each ``(noise_multiplier, count)`` (PLD)."""
-    delta = probability(delta, "delta")
-    accountant = PLDAccountant()
-    any_release = False
+    events = []
     for noise_multiplier, count in releases:
         sigma = non_negative_float(noise_multiplier, "noise_multiplier")
-        if count <= 0:
-            continue
-        if sigma == 0.0:
-            return math.inf
-        accountant.compose(dp_accounting.GaussianDpEvent(sigma), int(count))
-        any_release = True
-    if not any_release:
+        if count > 0:
+            events.append(None if sigma == 0.0 else
+                          dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma), int(count)))
+    return events_epsilon(events, delta)
+
+
+def events_epsilon(events: Iterable[dp_accounting.DpEvent | None], delta: float) -> float:
+    """Epsilon at ``delta`` of composed dp-accounting events (PLD); a ``None`` event is non-private (inf)."""
+    delta = probability(delta, "delta")
+    events = list(events)
+    if any(event is None for event in events):
+        return math.inf
+    if not events:
         return 0.0
+    accountant = PLDAccountant()
+    accountant.compose(dp_accounting.ComposedDpEvent(events))
     return float(accountant.get_epsilon(delta))
 
 
@@ -63,3 +69,36 @@ def noise_multiplier_for_epsilon(epsilon: float, delta: float, releases: int = 1
         else:
             high = mid
     return high
+
+
+def gaussian_release(noise_multiplier: float, count: int = 1, sampling_rate: float = 1.0,
+                     what: str = "") -> dict:
+    """A JSON-able record of ``count`` (optionally Poisson-subsampled) Gaussian releases.
+
+    ``noise_multiplier == 0`` records a non-private release (epsilon = inf).
+    """
+    return {"mechanism": "gaussian", "noise_multiplier": float(noise_multiplier), "count": int(count),
+            "sampling_rate": float(sampling_rate), "what": what}
+
+
+def release_event(release: dict) -> dp_accounting.DpEvent | None:
+    """The dp-accounting event of a release record (None for a non-private one)."""
+    if release.get("mechanism") == "non_private":
+        return None
+    if release.get("mechanism") != "gaussian":
+        raise ValueError(f"release mechanism must be 'gaussian' or 'non_private', got {release.get('mechanism')!r}")
+    sigma = non_negative_float(release["noise_multiplier"], "noise_multiplier")
+    rate = float(release.get("sampling_rate", 1.0))
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"sampling_rate must be in (0, 1], got {rate!r}")
+    if sigma == 0.0:
+        return None
+    event = dp_accounting.GaussianDpEvent(sigma)
+    if rate < 1.0:
+        event = dp_accounting.PoissonSampledDpEvent(rate, event)
+    return dp_accounting.SelfComposedDpEvent(event, int(release["count"]))
+
+
+def releases_epsilon(releases: Iterable[dict], delta: float) -> float:
+    """Composed epsilon at ``delta`` of release records (see :func:`gaussian_release`)."""
+    return events_epsilon([release_event(r) for r in releases if r.get("count", 1) > 0], delta)

@@ -1,0 +1,60 @@
+"""Feature extraction with an on-disk cache keyed by the encoder spec and the data's identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .encoders import EncoderSpec, build_encoder, extract_features
+
+
+def stable_hash(obj) -> str:
+    """Short SHA-256 of a JSON-able object (sorted keys): the cache key of an artifact."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_features(spec: EncoderSpec, data, data_id: str, cache_dir: str | os.PathLike,
+                    desc: str = "features", batch_size: int = 256, progress: bool = True,
+                    device=None) -> np.ndarray:
+    """Encoder features float32 [N, d] of ``data`` (see ``extract_features``), cached on disk.
+
+    ``data_id`` must identify the data (e.g. dataset name, version, seed and subset); the cache
+    file is ``<cache_dir>/features-<hash of spec and data_id>.npy``, written atomically.
+    """
+    path = Path(cache_dir) / f"features-{stable_hash([spec.to_dict(), data_id])}.npy"
+    if path.exists():
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+    encoder = build_encoder(spec, device=device)
+    features = extract_features(encoder, data, batch_size=batch_size, progress=progress, desc=desc)
+    buffer = _npy_bytes(features)
+    atomic_write_bytes(path, buffer)
+    return features
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
