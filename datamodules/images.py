@@ -1,0 +1,98 @@
+"""Dataset adapters: any ``(image, label)`` dataset -> fixed-size float images in [0, 1]."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+from torchvision.transforms.functional import pil_to_tensor
+
+
+def to_uint8_chw(image) -> torch.Tensor:
+    """PIL image, uint8/float array or tensor (HWC or CHW, grey or RGB) -> uint8 tensor [3, H, W]."""
+    if hasattr(image, "convert"):
+        return pil_to_tensor(image.convert("RGB"))
+    x = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image
+    if x.ndim == 2:
+        x = x.unsqueeze(0)
+    if x.ndim != 3:
+        raise ValueError(f"an image must be [H, W], [H, W, C] or [C, H, W], got shape {tuple(x.shape)}")
+    if x.shape[0] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(2, 0, 1)
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    if x.dtype != torch.uint8:
+        x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return x.contiguous()
+
+
+def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return v2.functional.resize(x, [size, size], antialias=True)
+
+
+def _item_image(item):
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+class ImageSubset(Dataset):
+    """Items ``(float image [3, size, size] in [0, 1], label)`` for ``indices`` of ``base``.
+
+    ``labels`` [len(indices)] replace the base labels (-1 = unlabelled); ``transform`` acts on uint8.
+    """
+
+    def __init__(self, base: Dataset, indices: np.ndarray, labels: np.ndarray, size: int, transform=None):
+        self.base, self.indices, self.labels = base, np.asarray(indices), np.asarray(labels, dtype=np.int64)
+        self.size, self.transform = size, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        x = resize_square(to_uint8_chw(_item_image(self.base[int(self.indices[i])])), self.size)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x.float().div_(255.0), int(self.labels[i])
+
+
+class TwoViewSubset(Dataset):
+    """Items ``(weak view, strong view)`` of unlabelled images, both float [3, size, size] in [0, 1]."""
+
+    def __init__(self, base: Dataset, indices: np.ndarray, size: int, weak, strong):
+        self.base, self.indices, self.size, self.weak, self.strong = base, np.asarray(indices), size, weak, strong
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        x = resize_square(to_uint8_chw(_item_image(self.base[int(self.indices[i])])), self.size)
+        return self.weak(x).float().div_(255.0), self.strong(x).float().div_(255.0)
+
+
+def dataset_labels(dataset: Dataset, indices=None) -> np.ndarray:
+    """Labels int64 of ``dataset`` (all, or at ``indices``): from ``.labels``/``.targets`` or the items."""
+    for attr in ("labels", "targets"):
+        values = getattr(dataset, attr, None)
+        if values is not None:
+            values = np.asarray(values if not isinstance(values, torch.Tensor) else values.cpu(), dtype=np.int64)
+            return values if indices is None else values[np.asarray(indices, dtype=np.int64)]
+    positions = range(len(dataset)) if indices is None else indices
+    return np.asarray([int(dataset[int(i)][1]) for i in positions], dtype=np.int64)
+
+
+def dataset_domains(dataset: Dataset) -> np.ndarray | None:
+    domains = getattr(dataset, "domains", None)
+    return None if domains is None else np.asarray(domains, dtype=np.int64)
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """A short content hash of a dataset: its length and its first, middle and last images."""
+    digest = hashlib.sha256(f"{type(dataset).__name__}:{len(dataset)}".encode())
+    for i in sorted({0, len(dataset) // 2, len(dataset) - 1}):
+        if len(dataset):
+            digest.update(to_uint8_chw(_item_image(dataset[i])).numpy().tobytes())
+    return digest.hexdigest()[:16]

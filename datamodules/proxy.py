@@ -1,0 +1,363 @@
+"""ProxyDataModule: the ECOS proxy set as a LightningDataModule, usable in any Lightning project.
+
+``prepare_data`` (once per node) extracts features, runs the protocol (or a baseline) and writes a
+JSON artifact keyed by a hash of everything that determines it; a second run reuses it.
+``setup`` (every rank) reads the artifact, so every rank trains on the same proxy. The selected
+indices and labels are also part of the module's ``state_dict``: a resumed run trains on the
+restored proxy and never runs the protocol again.
+
+In this simulation the client's side (its features, coverage counts and kNN votes) runs in the
+same process; only the messages and the released labels cross to the cloud's side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.utilities.combined_loader import CombinedLoader
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torchvision.transforms import v2
+
+from ecos_lightning.data.digits_lite import default_cache_dir
+from ecos_lightning.encoders import EncoderSpec
+from ecos_lightning.features import atomic_write_bytes, cached_features, stable_hash
+from ecos_lightning.knn_labels import PrivateKnnLabeler
+from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
+from ecos_lightning.protocol.validation import positive_int
+from ecos_lightning.proxy import SAMPLERS, select_proxy
+
+from .digits import digits_lite_sources
+from .images import ImageSubset, TwoViewSubset, dataset_domains, dataset_labels, fingerprint
+
+log = logging.getLogger(__name__)
+
+LABEL_SOURCES = ("open", "manual", "client_knn", "none")
+ARTIFACT_VERSION = 1
+
+
+class ProxyDataModule(pl.LightningDataModule):
+    """Selects a proxy set from an open pool for a client and serves it for training.
+
+    Args:
+        open_dataset, client_dataset, client_test_dataset: map-style datasets of ``(image, label)``
+            (image: PIL, uint8 HWC array or tensor CHW); None = digits-lite split for ``client_domain``.
+            Open labels are read only for the selected images (``manual``/``open``); client labels
+            only on the client side (``client_knn``, ``local``).
+        client_domain, data_seed: digits-lite client domain and split seed.
+        encoder, encoder_weights, encoder_input_size, encoder_pooling: the feature encoder both sides use.
+        num_clusters, q, noise_multiplier, delta: the ECOS query (K centroids, q nearest, sigma, delta).
+        budget: proxy size B.
+        sampler: ecos | random | kcenter | full | upload | local (train on the client's own data).
+        label_source: open | manual (labels of the selected images only) | client_knn (Private kNN by
+            the client) | none (unlabelled; labels are -1).
+        knn_k, knn_noise_multiplier, knn_sampling_rate: Private kNN labelling parameters.
+        max_epsilon: refuse, before any query, a run whose composed epsilon would exceed this.
+        val_fraction: share of the proxy held out for validation.
+        image_size: images are resized to this square side.
+        augment: random crop/affine augmentation of training images.
+        unlabelled_batch_size: > 0 adds a FixMatch stream of (weak, strong) views of the unselected pool.
+        batch_size, num_workers: loader settings. cache_dir: features and artifacts.
+        seed: seeds the protocol, the noise, the validation split.
+        dataset_id: names custom datasets in the artifact hash (default: a content fingerprint).
+    """
+
+    def __init__(self, open_dataset: Dataset | None = None, client_dataset: Dataset | None = None,
+                 client_test_dataset: Dataset | None = None, client_domain: str = "handwritten",
+                 data_seed: int = 0, encoder: str = "efficientnet_lite0", encoder_weights: str = "offline",
+                 encoder_input_size: int = 64, encoder_pooling: str = "style", num_clusters: int = 100,
+                 q: int = 1, noise_multiplier: float = 8.0, delta: float = 1e-5, budget: int = 1000,
+                 sampler: str = "ecos", label_source: str = "manual", knn_k: int = 20,
+                 knn_noise_multiplier: float = 2.0, knn_sampling_rate: float = 0.3,
+                 max_epsilon: float | None = None, val_fraction: float = 0.1, image_size: int = 32,
+                 augment: bool = True, unlabelled_batch_size: int = 0, batch_size: int = 64,
+                 num_workers: int = 0, cache_dir: str | None = None, seed: int = 0,
+                 dataset_id: str | None = None):
+        super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if label_source not in LABEL_SOURCES:
+            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
+        if sampler == "local" and label_source not in ("open", "manual"):
+            raise ValueError("sampler='local' trains on the client's own labels: use label_source='manual'")
+        positive_int(budget, "budget")
+        positive_int(batch_size, "batch_size")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        if max_epsilon is not None and not max_epsilon > 0:
+            raise ValueError(f"max_epsilon must be > 0, got {max_epsilon!r}")
+        self.save_hyperparameters(ignore=["open_dataset", "client_dataset", "client_test_dataset"])
+        self.spec = EncoderSpec.for_model(encoder, weights=encoder_weights, input_size=encoder_input_size,
+                                          pooling=encoder_pooling)
+        self._datasets = (open_dataset, client_dataset, client_test_dataset)
+        self._sources = None
+        self.proxy: dict | None = None  # the artifact's content, from setup or a restored checkpoint
+
+    # --------------------------------------------------------------- sources
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.hparams.cache_dir) if self.hparams.cache_dir else default_cache_dir()
+
+    def sources(self):
+        """(open, client, client_test, data_id): the given datasets or the digits-lite split."""
+        if self._sources is None:
+            open_ds, client_ds, test_ds = self._datasets
+            if open_ds is None and client_ds is None and test_ds is None:
+                src = digits_lite_sources(self.hparams.client_domain, self.hparams.data_seed, self.hparams.cache_dir)
+                self._sources = (src.open, src.client, src.client_test, src.data_id)
+            else:
+                if open_ds is None or client_ds is None:
+                    raise ValueError("pass both open_dataset and client_dataset (client_test_dataset optional), "
+                                     "or none of them for digits-lite")
+                for name, ds in (("open_dataset", open_ds), ("client_dataset", client_ds)):
+                    if len(ds) == 0:
+                        raise ValueError(f"{name} is empty: it must hold at least one image")
+                data_id = self.hparams.dataset_id or "/".join(
+                    fingerprint(ds) for ds in (open_ds, client_ds, test_ds) if ds is not None)
+                self._sources = (open_ds, client_ds, test_ds, data_id)
+        return self._sources
+
+    @property
+    def num_classes(self) -> int:
+        open_ds, client_ds, _, _ = self.sources()
+        return int(getattr(open_ds, "num_classes", 0) or max(dataset_labels(open_ds).max(),
+                                                            dataset_labels(client_ds).max()) + 1)
+
+    def config(self) -> dict:
+        """Everything that determines the proxy artifact."""
+        h = self.hparams
+        keys = ("num_clusters", "q", "noise_multiplier", "delta", "budget", "sampler", "label_source", "seed")
+        cfg = {k: h[k] for k in keys}
+        if h.label_source == "client_knn":
+            cfg.update(knn_k=h.knn_k, knn_noise_multiplier=h.knn_noise_multiplier,
+                       knn_sampling_rate=h.knn_sampling_rate)
+        cfg.update(encoder=self.spec.to_dict(), data=self.sources()[3], version=ARTIFACT_VERSION)
+        return cfg
+
+    def artifact_path(self) -> Path:
+        return self.cache_dir / f"proxy-{stable_hash(self.config())}.json"
+
+    def planned_releases(self) -> list[dict]:
+        """What the client will release in this run (known before any query is made)."""
+        h = self.hparams
+        releases = []
+        if h.sampler == "ecos":
+            releases.append(gaussian_release(h.noise_multiplier, what="ecos_coverage_scores"))
+        elif h.sampler in ("upload", "local"):
+            releases.append({"mechanism": "non_private", "count": 1, "what": f"{h.sampler}: client data"})
+        if h.label_source == "client_knn":
+            queries = len(self.sources()[0]) if h.sampler == "full" else h.budget
+            releases.append(self._knn().release(queries))
+        return releases
+
+    def _knn(self) -> PrivateKnnLabeler:
+        h = self.hparams
+        return PrivateKnnLabeler(h.knn_k, h.knn_noise_multiplier, h.knn_sampling_rate, seed=h.seed)
+
+    # --------------------------------------------------------- prepare / setup
+    def prepare_data(self) -> None:
+        """Run the protocol once per node and write the artifact (skipped when it already exists)."""
+        path = self.artifact_path()
+        if path.exists():
+            log.info("proxy artifact %s exists: reusing it", path)
+            return
+        planned = releases_epsilon(self.planned_releases(), self.hparams.delta)
+        if self.hparams.max_epsilon is not None and planned > self.hparams.max_epsilon:
+            raise ValueError(f"privacy budget: this run would spend epsilon={planned:.3g} at delta="
+                             f"{self.hparams.delta:g} > max_epsilon={self.hparams.max_epsilon:g}; raise "
+                             "noise_multiplier (or knn_noise_multiplier) or max_epsilon")
+        artifact = self._build_artifact()
+        atomic_write_bytes(path, json.dumps(artifact).encode())
+        log.info("proxy artifact written: %s", path)
+
+    def _build_artifact(self) -> dict:
+        h = self.hparams
+        open_ds, client_ds, _, data_id = self.sources()
+        cache = self.cache_dir
+        extract = dict(cache_dir=cache, progress=True)
+        if h.sampler == "local":
+            indices = np.arange(len(client_ds), dtype=np.int64)
+            labels = dataset_labels(client_ds)
+            result = None
+        else:
+            open_features = cached_features(self.spec, open_ds, f"{data_id}/open", desc="open-pool features",
+                                            **extract)
+            client_features = None
+            if h.sampler in ("ecos", "upload") or h.label_source == "client_knn":
+                client_features = cached_features(self.spec, client_ds, f"{data_id}/client",
+                                                  desc="client features", **extract)
+            result = select_proxy(h.sampler, open_features, h.budget, client_features=client_features,
+                                  num_clusters=h.num_clusters, q=h.q, noise_multiplier=h.noise_multiplier,
+                                  delta=h.delta, seed=h.seed, encoder=self.spec.to_dict())
+            indices = result.indices
+            labels = np.full(len(indices), -1, dtype=np.int64)
+            if h.label_source in ("open", "manual"):
+                labels = dataset_labels(open_ds, indices)
+            elif h.label_source == "client_knn":
+                labels = self._knn().label(open_features[indices], client_features, dataset_labels(client_ds),
+                                           self.num_classes)
+        releases = self.planned_releases()
+        truth = dataset_labels(client_ds if h.sampler == "local" else open_ds, indices)
+        domains = dataset_domains(client_ds if h.sampler == "local" else open_ds)
+        return {
+            "version": ARTIFACT_VERSION,
+            "hash": stable_hash(self.config()),
+            "config": self.config(),
+            "source": "client" if h.sampler == "local" else "open",
+            "indices": indices.tolist(),
+            "labels": labels.tolist(),
+            "clusters": result.clusters.tolist() if result is not None else [-1] * len(indices),
+            "cluster_scores": (result.cluster_scores.tolist()
+                               if result is not None and result.cluster_scores is not None else None),
+            "releases": releases,
+            "epsilon": _json_float(releases_epsilon(releases, h.delta)),
+            "delta": h.delta,
+            "bytes_down": result.bytes_down if result is not None else 0,
+            "bytes_up": result.bytes_up if result is not None else 0,
+            "label_accuracy": (float((labels == truth).mean()) if h.label_source == "client_knn" else None),
+            "domains": domains[indices].tolist() if domains is not None else None,
+            "domain_names": list(getattr(open_ds, "domain_names", ())),
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the artifact (every rank), unless a checkpoint already restored the proxy."""
+        if self.proxy is None:
+            path = self.artifact_path()
+            if not path.exists():
+                raise FileNotFoundError(f"proxy artifact {path} is missing: prepare_data did not run or failed")
+            self.proxy = load_artifact(path)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def epsilon(self) -> float:
+        value = self._proxy()["epsilon"]
+        return math.inf if value is None else float(value)
+
+    @property
+    def proxy_label_accuracy(self) -> float | None:
+        return self._proxy().get("label_accuracy")
+
+    def _proxy(self) -> dict:
+        if self.proxy is None:
+            raise RuntimeError("the proxy is not ready: call prepare_data() and setup() first")
+        return self.proxy
+
+    def proxy_indices(self) -> np.ndarray:
+        return np.asarray(self._proxy()["indices"], dtype=np.int64)
+
+    def _train_val_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self._proxy()["indices"])
+        order = np.random.default_rng(self.hparams.seed).permutation(n)
+        n_val = int(round(self.hparams.val_fraction * n)) if n > 1 else 0
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+    def _subset(self, positions: np.ndarray, train: bool) -> ImageSubset:
+        proxy = self._proxy()
+        open_ds, client_ds, _, _ = self.sources()
+        base = client_ds if proxy["source"] == "client" else open_ds
+        indices = np.asarray(proxy["indices"], dtype=np.int64)[positions]
+        labels = np.asarray(proxy["labels"], dtype=np.int64)[positions]
+        transform = _weak_augmentation(self.hparams.image_size) if train and self.hparams.augment else None
+        return ImageSubset(base, indices, labels, self.hparams.image_size, transform)
+
+    # ----------------------------------------------------------- dataloaders
+    def _loader(self, dataset, shuffle: bool, batch_size: int | None = None, sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size or self.hparams.batch_size, shuffle=shuffle,
+                          sampler=sampler, num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self):
+        train = self._subset(self._train_val_positions()[0], train=True)
+        proxy_loader = self._loader(train, shuffle=True)
+        if self.hparams.unlabelled_batch_size <= 0:
+            return proxy_loader
+        open_ds = self.sources()[0]
+        rest = np.setdiff1d(np.arange(len(open_ds)), self.proxy_indices() if self._proxy()["source"] == "open"
+                            else np.empty(0, np.int64))
+        size = self.hparams.image_size
+        views = TwoViewSubset(open_ds, rest, size, _weak_augmentation(size), _strong_augmentation(size))
+        draws = len(proxy_loader) * self.hparams.unlabelled_batch_size
+        unlabelled = self._loader(views, shuffle=False, batch_size=self.hparams.unlabelled_batch_size,
+                                  sampler=RandomSampler(views, replacement=True, num_samples=draws))
+        return CombinedLoader({"proxy": proxy_loader, "unlabelled": unlabelled}, mode="max_size_cycle")
+
+    def val_dataloader(self):
+        val = self._train_val_positions()[1]
+        if len(val) == 0:
+            return []
+        return self._loader(self._subset(val, train=False), shuffle=False)
+
+    def test_dataloader(self):
+        test_ds = self.sources()[2]
+        if test_ds is None:
+            raise ValueError("no client_test_dataset was given: pass one to evaluate on the client's data")
+        labels = dataset_labels(test_ds)
+        return self._loader(ImageSubset(test_ds, np.arange(len(test_ds)), labels, self.hparams.image_size),
+                            shuffle=False)
+
+    def predict_dataloader(self):
+        return self.test_dataloader()
+
+    # ---------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """The proxy as plain lists/ints/floats/str (loads with ``weights_only=True``)."""
+        if self.proxy is None:
+            return {}
+        keys = ("hash", "source", "indices", "labels", "epsilon", "delta", "releases", "bytes_down",
+                "bytes_up", "label_accuracy")
+        return {"proxy_json": json.dumps({k: self.proxy.get(k) for k in keys})}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the proxy from a checkpoint; the artifact and the protocol are not needed."""
+        if "proxy_json" in state_dict:
+            restored = json.loads(state_dict["proxy_json"])
+            full = self.proxy if self.proxy is not None and self.proxy.get("hash") == restored["hash"] else {}
+            self.proxy = {**full, **restored}
+
+    def summary(self) -> dict:
+        """Proxy size, class histogram, domain composition, epsilon, bytes: for reports."""
+        proxy = self._proxy()
+        labels = np.asarray(proxy["labels"])
+        out = {
+            "sampler": self.hparams.sampler, "size": len(proxy["indices"]), "epsilon": self.epsilon,
+            "delta": proxy["delta"], "bytes_down": proxy["bytes_down"], "bytes_up": proxy["bytes_up"],
+            "class_histogram": np.bincount(labels[labels >= 0], minlength=self.num_classes).tolist(),
+            "label_accuracy": proxy.get("label_accuracy"),
+        }
+        if proxy.get("domains") is not None and proxy.get("domain_names"):
+            counts = np.bincount(proxy["domains"], minlength=len(proxy["domain_names"]))
+            out["domains"] = dict(zip(proxy["domain_names"], counts.tolist()))
+        return out
+
+
+def load_artifact(path: Path) -> dict:
+    """Read and check a proxy artifact (JSON, written by this module)."""
+    try:
+        artifact = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"proxy artifact {path} is unreadable ({exc}); delete it to rebuild") from None
+    if artifact.get("version") != ARTIFACT_VERSION or len(artifact["indices"]) != len(artifact["labels"]):
+        raise ValueError(f"proxy artifact {path} has an unknown version or is inconsistent; delete it to rebuild")
+    return artifact
+
+
+def _json_float(value: float):
+    return None if math.isinf(value) else value
+
+
+def _weak_augmentation(size: int):
+    pad = max(1, size // 16)
+    return v2.Compose([v2.RandomCrop(size, padding=pad, padding_mode="edge"),
+                       v2.RandomAffine(degrees=8, scale=(0.9, 1.1))])
+
+
+def _strong_augmentation(size: int):
+    return v2.Compose([_weak_augmentation(size), v2.RandAugment(num_ops=2, magnitude=10),
+                       v2.RandomErasing(p=1.0, scale=(0.02, 0.15), value=127)])
+
+
+__all__ = ["LABEL_SOURCES", "ProxyDataModule", "load_artifact"]
