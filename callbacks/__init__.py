@@ -1,0 +1,6 @@
+"""Lightning callbacks for ECOS proxy runs: a proxy report and a cross-run privacy ledger."""
+
+from .privacy_ledger import PrivacyLedger, ledger_epsilon, read_ledger
+from .proxy_report import ProxyReport, plot_proxy_report
+
+__all__ = ["PrivacyLedger", "ProxyReport", "ledger_epsilon", "plot_proxy_report", "read_ledger"]
