@@ -25,11 +25,12 @@ def masked_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float 
         logits: [B, C] float.
         labels: [B] int64, ``-1`` = no label.
     Returns:
-        scalar; ``0 * logits.sum()`` (zero, with grad) when no entry is labelled.
+        scalar; exactly 0 (still attached to the graph) when no entry is labelled.
     """
-    if not bool((labels != IGNORE_INDEX).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+    per_sample = F.cross_entropy(
+        logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none", label_smoothing=label_smoothing
+    )  # 0 where unlabelled; no host sync
+    return per_sample.sum() / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
