@@ -17,7 +17,7 @@ from ecos_lightning.modules import ClassifierModule
 from ecos_lightning.protocol import MessageError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_ARGS = ["fit", "--config", str(CONFIG_DIR / "finetune_digits.yaml"), "--test_after_fit", "true"]
+DEFAULT_ARGS = ["fit", "--config", str(CONFIG_DIR / "finetune_digits.yaml")]
 
 
 class EcosCLI(LightningCLI):
@@ -58,14 +58,20 @@ def format_summary(datamodule: ProxyDataModule, metrics: dict, checkpoint: str |
 
 
 def main(args: list[str] | None = None) -> EcosCLI | None:
-    """Run the CLI; bad input ends with a one-line ``error: ...`` and exit code 2."""
-    args = list(sys.argv[1:] if args is None else args)
-    if not args:
+    """Run the CLI (``args`` default: the command line); bad input ends with one ``error:`` line, exit 2."""
+    if args is None and len(sys.argv) <= 1:
         args = DEFAULT_ARGS
     try:
         return EcosCLI(ClassifierModule, ProxyDataModule, subclass_mode_model=True,
                        save_config_kwargs={"overwrite": True}, args=args)
     except (ValueError, FileNotFoundError, MessageError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {root_message(exc)}", file=sys.stderr)
         sys.exit(2)
+
+
+def root_message(exc: BaseException) -> str:
+    """First line of the innermost cause: the message our code raised, not the parser's wrapper."""
+    while (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,113 @@
+"""train.py through the CLI: every task config, resume after a crash, DDP on 2 CPU processes, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--data.encoder_input_size", "32", "--data.num_clusters", "20", "--data.budget", "200",
+         "--model.init_args.input_size", "32", "--data.batch_size", "32"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("ecos_cache"))
+
+
+def run_train(args, cwd, cache_dir, check=True, extra_env=None):
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", ECOS_CACHE_DIR=cache_dir,
+               OMP_NUM_THREADS="1", **(extra_env or {}))
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def config(name):
+    return ["--config", str(ROOT / "configs" / f"{name}.yaml")]
+
+
+@pytest.mark.parametrize("task", ["finetune_digits", "autolabel_digits"])
+def test_fast_dev_run_of_task_configs(task, tmp_path, cache_dir):
+    proc = run_train(["fit", *config(task), *SMALL, "--trainer.fast_dev_run", "true",
+                      "--data.cache_dir", cache_dir], tmp_path, cache_dir)
+    assert "client test accuracy" in proc.stdout
+    assert list(Path(cache_dir).glob("proxy-*.json"))
+
+
+def test_teacher_then_distill(tmp_path, cache_dir):
+    run_train(["fit", *config("teacher_digits"), "--data.encoder_input_size", "32",
+               "--model.init_args.input_size", "32", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+               "--data.cache_dir", cache_dir], tmp_path, cache_dir)
+    teacher = tmp_path / "runs/teacher_digits/checkpoints/last.ckpt"
+    assert teacher.exists()
+    proc = run_train(["fit", *config("distill_digits"), *SMALL, "--trainer.fast_dev_run", "true",
+                      "--model.init_args.teacher_checkpoint", str(teacher), "--data.cache_dir", cache_dir],
+                     tmp_path, cache_dir)
+    assert "client test accuracy" in proc.stdout
+
+
+def test_resume_after_a_crash_reuses_the_proxy(tmp_path, cache_dir):
+    args = ["fit", *config("finetune_digits"), *SMALL, "--trainer.max_epochs", "3", "--trainer.limit_train_batches",
+            "2", "--trainer.limit_val_batches", "1", "--data.cache_dir", cache_dir, "--test_after_fit", "false"]
+    crash = ["--trainer.callbacks+=train_helpers.CrashAtEpoch", "--trainer.callbacks.init_args.epoch", "1"]
+    proc = run_train(args + crash, tmp_path, cache_dir, check=False)
+    assert proc.returncode != 0  # killed
+    last = tmp_path / "runs/finetune_digits/checkpoints/last.ckpt"
+    assert last.exists()
+    artifacts = {p: p.stat().st_mtime_ns for p in Path(cache_dir).glob("*")}
+
+    record = ["--trainer.callbacks+=train_helpers.RecordRun", f"--trainer.callbacks.init_args.out={tmp_path}/rec"]
+    run_train(args + record + ["--ckpt_path", "last"], tmp_path, cache_dir,
+              extra_env={"ECOS_LOG_LEVEL": "INFO"})
+    rec = json.loads((tmp_path / "rec/rank0.json").read_text())
+    assert rec["epochs"] == [1, 2]
+    assert {p: p.stat().st_mtime_ns for p in Path(cache_dir).glob("*")} == artifacts  # nothing re-run or rewritten
+
+    import torch
+
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    saved = json.loads(state["ProxyDataModule"]["proxy_json"])
+    assert saved["indices"] == rec["proxy_indices"]
+
+
+def test_ddp_two_cpu_processes_share_the_proxy_and_shard_batches(tmp_path, cache_dir):
+    run_train(["fit", *config("finetune_digits"), *SMALL, "--trainer", str(ROOT / "configs/trainer/ddp_sim.yaml"),
+               "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "2", "--data.cache_dir", cache_dir,
+               "--test_after_fit", "false", "--trainer.callbacks+=train_helpers.RecordRun",
+               f"--trainer.callbacks.init_args.out={tmp_path}/rec"], tmp_path, cache_dir)
+    r0, r1 = (json.loads((tmp_path / f"rec/rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["proxy_indices"] == r1["proxy_indices"]
+    assert r0["shard"] and r1["shard"] and not set(r0["shard"]) & set(r1["shard"])
+    assert r0["val_acc"] == r1["val_acc"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model.init_args.model_name", "no_such_net"], "no_such_net"),
+    (["--data.budget", "0"], "budget"),
+    (["--data.max_epsilon", "0.1"], "max_epsilon"),
+])
+def test_bad_input_is_a_one_line_error(args, message, tmp_path, cache_dir):
+    before = set(Path(cache_dir).glob("proxy-*.json"))
+    proc = run_train(["fit", *config("finetune_digits"), *SMALL, "--trainer.fast_dev_run", "true",
+                      "--data.cache_dir", cache_dir, *args], tmp_path, cache_dir, check=False)
+    assert proc.returncode != 0
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
+    assert set(Path(cache_dir).glob("proxy-*.json")) == before
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_missing_teacher_checkpoint_is_a_one_line_error(tmp_path, cache_dir):
+    proc = run_train(["fit", *config("distill_digits"), *SMALL, "--trainer.fast_dev_run", "true",
+                      "--model.init_args.teacher_checkpoint", "nowhere/teacher.ckpt", "--data.cache_dir", cache_dir],
+                     tmp_path, cache_dir, check=False)
+    assert proc.returncode != 0
+    assert any(line.startswith("error:") and "nowhere/teacher.ckpt" in line for line in proc.stderr.splitlines())
+    assert not list(tmp_path.rglob("*.ckpt"))

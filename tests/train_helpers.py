@@ -1,0 +1,43 @@
+"""Callbacks the CLI tests inject into real runs (importable by subprocesses via PYTHONPATH)."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+
+class CrashAtEpoch(pl.Callback):
+    """Kill the process (SIGKILL, no clean-up) when epoch ``epoch`` starts: a crash."""
+
+    def __init__(self, epoch: int = 1):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordRun(pl.Callback):
+    """Write what each rank trained on to ``<out>/rank<r>.json``: proxy, sampler shard, epochs, metrics."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.epochs = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epochs.append(trainer.current_epoch)
+
+    def on_fit_end(self, trainer, pl_module):
+        sampler = trainer.train_dataloader.sampler
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "proxy_indices": trainer.datamodule.proxy_indices().tolist(),
+            "shard": [int(i) for i in sampler] if hasattr(sampler, "num_replicas") else None,
+            "epochs": self.epochs,
+            "val_acc": float(trainer.callback_metrics.get("val_acc", float("nan"))),
+        }
+        Path(self.out).mkdir(parents=True, exist_ok=True)
+        Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
