@@ -1,0 +1,135 @@
+"""ProxyDataModule with plain tensor datasets, inside a LightningModule that is not this project's."""
+
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import TensorDataset
+
+from datamodules import ProxyDataModule
+
+
+def _domain_images(n, colour, seed, size=16):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, size, size, generator=g) * 0.3
+    images[:, colour] += 0.7
+    return images.clamp(0, 1)
+
+
+@pytest.fixture()
+def datasets():
+    # open pool: 3 "domains" (dominant colour channel), the client holds the green one
+    open_images = torch.cat([_domain_images(60, c, seed=c) for c in range(3)])
+    open_labels = torch.arange(180) % 4
+    client_images = _domain_images(40, 1, seed=10, size=24)  # another size: resized, not rejected
+    client_labels = torch.arange(40) % 4
+    test = TensorDataset(_domain_images(20, 1, seed=11), torch.arange(20) % 4)
+    return TensorDataset(open_images, open_labels), TensorDataset(client_images, client_labels), test
+
+
+def _module(tmp_path, datasets, **kwargs):
+    open_ds, client_ds, test_ds = datasets
+    args = dict(open_dataset=open_ds, client_dataset=client_ds, client_test_dataset=test_ds, encoder_weights="offline",
+                encoder_input_size=32, encoder_pooling="style", num_clusters=6, budget=40, noise_multiplier=0.0,
+                image_size=16, batch_size=8, cache_dir=str(tmp_path), dataset_id="toy")
+    args.update(kwargs)
+    return ProxyDataModule(**args)
+
+
+class ForeignModel(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+        self.seen = 0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.seen += len(x)
+        return torch.nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_plugs_into_a_foreign_lightning_module(tmp_path, datasets):
+    dm = _module(tmp_path, datasets)
+    model = ForeignModel()
+    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               default_root_dir=tmp_path).fit(model, datamodule=dm)
+    assert model.seen == 36  # 40 selected, 10% held out for validation
+    open_ds = datasets[0]
+    # the proxy comes mostly from the client's (green) domain of the open pool
+    assert (dm.proxy_indices() // 60 == 1).mean() >= 0.9
+    x, y = next(iter(dm.test_dataloader()))
+    assert x.shape == (8, 3, 16, 16) and 0 <= float(x.min()) and float(x.max()) <= 1
+    labels = np.asarray(dm.proxy["labels"])
+    np.testing.assert_array_equal(labels, open_ds.tensors[1].numpy()[dm.proxy_indices()])
+
+
+def test_artifact_is_reused_and_state_restores_the_proxy(tmp_path, datasets):
+    dm = _module(tmp_path, datasets)
+    dm.prepare_data()
+    path = dm.artifact_path()
+    stamp = path.stat().st_mtime_ns
+    dm.setup("fit")
+    state = dm.state_dict()
+    again = _module(tmp_path, datasets)
+    again.prepare_data()
+    assert path.stat().st_mtime_ns == stamp
+    restored = _module(tmp_path / "elsewhere", datasets)
+    restored.load_state_dict(json.loads(json.dumps(state)))
+    restored.setup("fit")  # no artifact there: the restored proxy is used
+    np.testing.assert_array_equal(restored.proxy_indices(), dm.proxy_indices())
+    assert not (tmp_path / "elsewhere").exists() or not list((tmp_path / "elsewhere").glob("proxy-*"))
+
+
+def test_client_knn_labels_and_composed_epsilon(tmp_path, datasets):
+    dm = _module(tmp_path, datasets, label_source="client_knn", noise_multiplier=8.0, knn_k=5,
+                 knn_noise_multiplier=1.0, knn_sampling_rate=1.0)
+    dm.prepare_data()
+    dm.setup("fit")
+    summary = dm.summary()
+    assert dm.epsilon > summary["epsilon"] - 1e-9 and dm.epsilon > 0.434
+    assert 0.0 <= dm.proxy_label_accuracy <= 1.0
+    assert len(dm.proxy["releases"]) == 2
+
+
+def test_local_sampler_trains_on_client_data(tmp_path, datasets):
+    dm = _module(tmp_path, datasets, sampler="local")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.proxy["source"] == "client" and len(dm.proxy_indices()) == 40
+    assert dm.epsilon == float("inf")
+
+
+def test_fixmatch_stream_yields_two_views(tmp_path, datasets):
+    dm = _module(tmp_path, datasets, unlabelled_batch_size=4, sampler="random")
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    batch, _, _ = next(iter(loader))
+    weak, strong = batch["unlabelled"]
+    assert weak.shape == strong.shape == (4, 3, 16, 16)
+    assert not torch.equal(weak, strong)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sampler": "nope"}, "sampler must be one of"),
+    ({"label_source": "nope"}, "label_source must be one of"),
+    ({"budget": 0}, "budget"),
+    ({"max_epsilon": 0.1, "noise_multiplier": 1.0}, "max_epsilon"),
+])
+def test_bad_arguments_fail_before_anything_is_written(tmp_path, datasets, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dm = _module(tmp_path, datasets, **kwargs)
+        dm.prepare_data()
+    assert not list(tmp_path.glob("proxy-*"))
+
+
+def test_empty_client_dataset_is_an_error(tmp_path, datasets):
+    empty = TensorDataset(torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype=torch.long))
+    dm = _module(tmp_path, (datasets[0], empty, datasets[2]))
+    with pytest.raises(ValueError, match="client_dataset is empty"):
+        dm.prepare_data()
