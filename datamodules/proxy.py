@@ -161,15 +161,15 @@ class ProxyDataModule(pl.LightningDataModule):
     # --------------------------------------------------------- prepare / setup
     def prepare_data(self) -> None:
         """Run the protocol once per node and write the artifact (skipped when it already exists)."""
-        path = self.artifact_path()
-        if path.exists():
-            log.info("proxy artifact %s exists: reusing it", path)
-            return
         planned = releases_epsilon(self.planned_releases(), self.hparams.delta)
         if self.hparams.max_epsilon is not None and planned > self.hparams.max_epsilon:
             raise ValueError(f"privacy budget: this run would spend epsilon={planned:.3g} at delta="
                              f"{self.hparams.delta:g} > max_epsilon={self.hparams.max_epsilon:g}; raise "
                              "noise_multiplier (or knn_noise_multiplier) or max_epsilon")
+        path = self.artifact_path()
+        if path.exists():
+            log.info("proxy artifact %s exists: reusing it", path)
+            return
         artifact = self._build_artifact()
         atomic_write_bytes(path, json.dumps(artifact).encode())
         log.info("proxy artifact written: %s", path)

@@ -133,3 +133,10 @@ def test_empty_client_dataset_is_an_error(tmp_path, datasets):
     dm = _module(tmp_path, (datasets[0], empty, datasets[2]))
     with pytest.raises(ValueError, match="client_dataset is empty"):
         dm.prepare_data()
+
+
+def test_budget_is_checked_even_when_the_artifact_exists(tmp_path, datasets):
+    dm = _module(tmp_path, datasets, noise_multiplier=1.0)
+    dm.prepare_data()
+    with pytest.raises(ValueError, match="max_epsilon=0.1"):
+        _module(tmp_path, datasets, noise_multiplier=1.0, max_epsilon=0.1).prepare_data()
