@@ -111,3 +111,41 @@ def test_missing_teacher_checkpoint_is_a_one_line_error(tmp_path, cache_dir):
     assert proc.returncode != 0
     assert any(line.startswith("error:") and "nowhere/teacher.ckpt" in line for line in proc.stderr.splitlines())
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def _image_folder(root, sizes, colour):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i, size in enumerate(sizes):
+            Image.new("RGB", (size, size), tuple(min(255, c + 20 * i) for c in colour)).save(root / cls / f"{i}.png")
+    return root
+
+
+def _folder_args(open_root, client_root, test_root):
+    return ["--data.open_dataset", "torchvision.datasets.ImageFolder", "--data.open_dataset.root", str(open_root),
+            "--data.client_dataset", "torchvision.datasets.ImageFolder", "--data.client_dataset.root",
+            str(client_root), "--data.client_test_dataset", "torchvision.datasets.ImageFolder",
+            "--data.client_test_dataset.root", str(test_root), "--model.init_args.num_classes", "2",
+            "--data.budget", "6", "--data.num_clusters", "3", "--data.batch_size", "4"]
+
+
+def test_image_folders_of_other_sizes_are_resized(tmp_path, cache_dir):
+    open_root = _image_folder(tmp_path / "open", [20, 28, 36, 44, 52, 60], (200, 10, 10))
+    client = _image_folder(tmp_path / "client", [50, 70, 90], (10, 200, 10))
+    proc = run_train(["fit", *config("finetune_digits"), "--data.encoder_input_size", "32",
+                      "--model.init_args.input_size", "32", "--trainer.fast_dev_run", "true",
+                      "--data.cache_dir", cache_dir, *_folder_args(open_root, client, client)], tmp_path, cache_dir)
+    assert "client test accuracy" in proc.stdout
+
+
+def test_empty_client_folder_is_a_one_line_error(tmp_path, cache_dir):
+    open_root = _image_folder(tmp_path / "open", [20, 28, 36], (200, 10, 10))
+    (tmp_path / "empty").mkdir()
+    proc = run_train(["fit", *config("finetune_digits"), "--trainer.fast_dev_run", "true", "--data.cache_dir",
+                      cache_dir, *_folder_args(open_root, tmp_path / "empty", open_root)], tmp_path, cache_dir,
+                     check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "empty" in errors[0], proc.stderr[-2000:]
