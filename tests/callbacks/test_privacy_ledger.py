@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.privacy_ledger import PrivacyLedger, ledger_epsilon, read_ledger
@@ -34,38 +32,17 @@ class FakeProxyData(pl.LightningDataModule):
         return DataLoader(data, batch_size=4)
 
 
-class TinyModel(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(3 * 8 * 8, 4)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.cross_entropy(self.layer(x.flatten(1)), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def fit(tmp_path, datamodule, ledger):
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, default_root_dir=tmp_path, logger=CSVLogger(tmp_path),
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[ledger])
-    trainer.fit(TinyModel(), datamodule=datamodule)
-    return trainer
-
-
-def test_ledger_composes_distinct_artifacts_and_counts_a_rerun_once(tmp_path):
+def test_ledger_composes_distinct_artifacts_and_counts_a_rerun_once(tmp_path, fit_tiny):
     path = tmp_path / "ledger.json"
-    fit(tmp_path, FakeProxyData("a" * 16, ECOS), PrivacyLedger(str(path), delta=DELTA))
+    fit_tiny(FakeProxyData("a" * 16, ECOS), PrivacyLedger(str(path), delta=DELTA))
     assert ledger_epsilon(path, DELTA) == pytest.approx(releases_epsilon(ECOS, DELTA))
-    fit(tmp_path, FakeProxyData("b" * 16, ECOS_KNN), PrivacyLedger(str(path), delta=DELTA))
+    fit_tiny(FakeProxyData("b" * 16, ECOS_KNN), PrivacyLedger(str(path), delta=DELTA))
     union = releases_epsilon(ECOS + ECOS_KNN, DELTA)
     assert ledger_epsilon(path, DELTA) == pytest.approx(union)
     assert union > releases_epsilon(ECOS_KNN, DELTA)
 
     before = path.read_bytes()
-    fit(tmp_path, FakeProxyData("a" * 16, ECOS), PrivacyLedger(str(path), max_epsilon=union * 1.01, delta=DELTA))
+    fit_tiny(FakeProxyData("a" * 16, ECOS), PrivacyLedger(str(path), max_epsilon=union * 1.01, delta=DELTA))
     assert path.read_bytes() == before  # the same artifact again costs nothing and is not re-recorded
     ledger = read_ledger(path)
     assert [e["hash"] for e in ledger["entries"]] == ["a" * 16, "b" * 16]
@@ -74,32 +51,32 @@ def test_ledger_composes_distinct_artifacts_and_counts_a_rerun_once(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_ledger_default_path_is_in_the_log_dir(tmp_path):
-    trainer = fit(tmp_path, FakeProxyData("c" * 16, ECOS), PrivacyLedger())
+def test_ledger_default_path_is_in_the_log_dir(tmp_path, fit_tiny):
+    trainer = fit_tiny(FakeProxyData("c" * 16, ECOS), PrivacyLedger())
     path = tmp_path / "lightning_logs" / "version_0" / "privacy_ledger.json"
     assert trainer.log_dir == str(path.parent)
     assert ledger_epsilon(path) == pytest.approx(releases_epsilon(ECOS, 1e-5))
 
 
-def test_ledger_refuses_over_budget_and_writes_nothing(tmp_path):
+def test_ledger_refuses_over_budget_and_writes_nothing(tmp_path, fit_tiny):
     path = tmp_path / "ledger.json"
     first = releases_epsilon(ECOS, DELTA)
     with pytest.raises(ValueError, match=r"composed epsilon .* max_epsilon=.*raise the noise multiplier"):
-        fit(tmp_path, FakeProxyData("a" * 16, ECOS), PrivacyLedger(str(path), max_epsilon=first / 2, delta=DELTA))
+        fit_tiny(FakeProxyData("a" * 16, ECOS), PrivacyLedger(str(path), max_epsilon=first / 2, delta=DELTA))
     assert not path.exists()
 
-    fit(tmp_path, FakeProxyData("a" * 16, ECOS), PrivacyLedger(str(path), max_epsilon=first * 1.01, delta=DELTA))
+    fit_tiny(FakeProxyData("a" * 16, ECOS), PrivacyLedger(str(path), max_epsilon=first * 1.01, delta=DELTA))
     before = path.read_bytes()
     with pytest.raises(ValueError, match="max_epsilon"):
-        fit(tmp_path, FakeProxyData("b" * 16, ECOS_KNN),
+        fit_tiny(FakeProxyData("b" * 16, ECOS_KNN),
             PrivacyLedger(str(path), max_epsilon=first * 1.01, delta=DELTA))
     assert path.read_bytes() == before
 
 
-def test_non_private_release_is_infinite_and_refused_by_any_budget(tmp_path):
+def test_non_private_release_is_infinite_and_refused_by_any_budget(tmp_path, fit_tiny):
     path = tmp_path / "ledger.json"
     upload = [{"mechanism": "non_private", "count": 1, "what": "upload: client data"}]
-    fit(tmp_path, FakeProxyData("u" * 16, upload), PrivacyLedger(str(path)))
+    fit_tiny(FakeProxyData("u" * 16, upload), PrivacyLedger(str(path)))
     assert math.isinf(ledger_epsilon(path)) and read_ledger(path)["epsilon"] is None
     with pytest.raises(ValueError, match="inf"):
         PrivacyLedger(max_epsilon=100.0).record(path, "u" * 16, upload)
@@ -107,13 +84,13 @@ def test_non_private_release_is_infinite_and_refused_by_any_budget(tmp_path):
 
 @pytest.mark.parametrize("content", ["{not json", "[]", '{"version": 1}', '{"version": 99, "entries": []}',
                                      '{"version": 1, "entries": [{"hash": "a", "releases": [{"mechanism": "?"}]}]}'])
-def test_a_corrupt_ledger_is_an_error_naming_the_file(tmp_path, content):
+def test_a_corrupt_ledger_is_an_error_naming_the_file(tmp_path, content, fit_tiny):
     path = tmp_path / "ledger.json"
     path.write_text(content)
     with pytest.raises(ValueError, match="ledger.json"):
         ledger_epsilon(path)
     with pytest.raises(ValueError, match="never reset"):
-        fit(tmp_path, FakeProxyData("a" * 16, ECOS), PrivacyLedger(str(path)))
+        fit_tiny(FakeProxyData("a" * 16, ECOS), PrivacyLedger(str(path)))
     assert path.read_text() == content
 
 

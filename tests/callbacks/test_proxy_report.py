@@ -10,7 +10,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.proxy_report import ProxyReport, describe, plot_proxy_report, report_metrics
@@ -37,30 +36,8 @@ class FakeProxyData(pl.LightningDataModule):
         return DataLoader(data, batch_size=4)
 
 
-class TinyModel(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(3 * 8 * 8, 4)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.cross_entropy(self.layer(x.flatten(1)), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def fit(tmp_path, datamodule, callback):
-    logger = CSVLogger(tmp_path)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, default_root_dir=tmp_path, logger=logger,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[callback])
-    trainer.fit(TinyModel(), datamodule=datamodule)
-    return logger
-
-
-def test_report_writes_json_png_and_logs_metrics(tmp_path):
-    logger = fit(tmp_path, FakeProxyData(SUMMARY, cluster_scores=[0.0, 3.5, 7.0, 1.2, 0.4]), ProxyReport())
+def test_report_writes_json_png_and_logs_metrics(tmp_path, fit_tiny):
+    logger = fit_tiny(FakeProxyData(SUMMARY, cluster_scores=[0.0, 3.5, 7.0, 1.2, 0.4]), ProxyReport()).logger
     folder = tmp_path / "lightning_logs" / "version_0"
     assert logger.log_dir == str(folder)
     report = json.loads((folder / "proxy_report.json").read_text())
@@ -77,25 +54,25 @@ def test_report_writes_json_png_and_logs_metrics(tmp_path):
     assert not list(folder.glob("*.tmp"))  # atomic writes leave no temporary files
 
 
-def test_report_without_privacy_or_domains(tmp_path):
+def test_report_without_privacy_or_domains(tmp_path, fit_tiny):
     summary = {**SUMMARY, "sampler": "upload", "epsilon": math.inf, "label_accuracy": None}
     del summary["domains"]
     metrics = report_metrics(summary)
     assert "proxy/epsilon" not in metrics and "proxy/label_accuracy" not in metrics
     assert not any(k.startswith("proxy/domain/") for k in metrics)
     assert "not private" in describe(summary)
-    fit(tmp_path, FakeProxyData(summary), ProxyReport())
+    fit_tiny(FakeProxyData(summary), ProxyReport())
     report = json.loads((tmp_path / "lightning_logs" / "version_0" / "proxy_report.json").read_text())
     assert report["epsilon"] is None and report["cluster_scores"] is None  # strict JSON: no Infinity
 
 
-def test_report_skips_a_datamodule_without_summary(tmp_path):
+def test_report_skips_a_datamodule_without_summary(tmp_path, fit_tiny):
     class Plain(pl.LightningDataModule):
         def train_dataloader(self):
             return DataLoader(TensorDataset(torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)), batch_size=2)
 
     with pytest.warns(UserWarning, match="no summary"):
-        fit(tmp_path, Plain(), ProxyReport())
+        fit_tiny(Plain(), ProxyReport())
     assert not list(tmp_path.rglob("proxy_report.*"))
 
 
