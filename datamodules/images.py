@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.functional import pil_to_tensor
@@ -71,6 +72,20 @@ class TwoViewSubset(Dataset):
     def __getitem__(self, i: int):
         x = resize_square(to_uint8_chw(_item_image(self.base[int(self.indices[i])])), self.size)
         return self.weak(x).float().div_(255.0), self.strong(x).float().div_(255.0)
+
+
+class PathImageDataset(Dataset):
+    """Items ``(RGB PIL image, label)`` read from image files."""
+
+    def __init__(self, paths: list[str], labels: list[int]):
+        self.paths, self.labels = list(paths), np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.paths[i]) as image:
+            return image.convert("RGB"), int(self.labels[i])
 
 
 def dataset_labels(dataset: Dataset, indices=None) -> np.ndarray:

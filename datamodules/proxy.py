@@ -12,6 +12,7 @@ same process; only the messages and the released labels cross to the cloud's sid
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -30,9 +31,10 @@ from ecos_lightning.knn_labels import PrivateKnnLabeler
 from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
 from ecos_lightning.protocol.validation import positive_int
 from ecos_lightning.proxy import SAMPLERS, select_proxy
+from ecos_lightning.proxy_file import read_proxy_file
 
 from .digits import digits_lite_sources
-from .images import ImageSubset, TwoViewSubset, dataset_domains, dataset_labels, fingerprint
+from .images import ImageSubset, PathImageDataset, TwoViewSubset, dataset_domains, dataset_labels, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ class ProxyDataModule(pl.LightningDataModule):
         batch_size, num_workers: loader settings. cache_dir: features and artifacts.
         seed: seeds the protocol, the noise, the validation split.
         dataset_id: names custom datasets in the artifact hash (default: a content fingerprint).
+        proxy_file: train on a proxy chosen by ``ecos-cloud sample`` with a real client instead of
+            running the protocol here. Its images are its ``paths`` (an image-folder pool) or its indices
+            into ``open_dataset`` / the digits-lite pool it names; its labels are used as they are.
     """
 
     def __init__(self, open_dataset: Dataset | None = None, client_dataset: Dataset | None = None,
@@ -76,7 +81,7 @@ class ProxyDataModule(pl.LightningDataModule):
                  max_epsilon: float | None = None, val_fraction: float = 0.1, image_size: int = 32,
                  augment: bool = True, unlabelled_batch_size: int = 0, batch_size: int = 64,
                  num_workers: int = 0, cache_dir: str | None = None, seed: int = 0,
-                 dataset_id: str | None = None):
+                 dataset_id: str | None = None, proxy_file: str | None = None):
         super().__init__()
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -106,26 +111,41 @@ class ProxyDataModule(pl.LightningDataModule):
         """(open, client, client_test, data_id): the given datasets or the digits-lite split."""
         if self._sources is None:
             open_ds, client_ds, test_ds = self._datasets
-            if open_ds is None and client_ds is None and test_ds is None:
+            if self.hparams.proxy_file and open_ds is None:
+                self._sources = self._file_sources(test_ds)
+            elif open_ds is None and client_ds is None and test_ds is None:
                 src = digits_lite_sources(self.hparams.client_domain, self.hparams.data_seed, self.hparams.cache_dir)
                 self._sources = (src.open, src.client, src.client_test, src.data_id)
             else:
-                if open_ds is None or client_ds is None:
+                if open_ds is None or (client_ds is None and not self.hparams.proxy_file):
                     raise ValueError("pass both open_dataset and client_dataset (client_test_dataset optional), "
                                      "or none of them for digits-lite")
                 for name, ds in (("open_dataset", open_ds), ("client_dataset", client_ds)):
-                    if len(ds) == 0:
+                    if ds is not None and len(ds) == 0:
                         raise ValueError(f"{name} is empty: it must hold at least one image")
                 data_id = self.hparams.dataset_id or "/".join(
                     fingerprint(ds) for ds in (open_ds, client_ds, test_ds) if ds is not None)
                 self._sources = (open_ds, client_ds, test_ds, data_id)
         return self._sources
 
+    def _file_sources(self, test_ds):
+        """Sources of a proxy file: its image paths, or the digits-lite pool it was drawn from."""
+        proxy = read_proxy_file(self.hparams.proxy_file)
+        if proxy["paths"] is not None:
+            labels = proxy["labels"] or [-1] * len(proxy["paths"])
+            return (PathImageDataset(proxy["paths"], labels), None, test_ds, f"file:{proxy['open']}")
+        if not proxy["open"].startswith("digits-lite:"):
+            raise ValueError(f"proxy file {self.hparams.proxy_file} indexes the pool {proxy['open']!r}: pass that "
+                             "pool as open_dataset")
+        domain, _, seed = proxy["open"][len("digits-lite:"):].partition(":")
+        src = digits_lite_sources(domain, int(seed or 0), self.hparams.cache_dir)
+        return (src.open, None, test_ds if test_ds is not None else src.client_test, src.data_id)
+
     @property
     def num_classes(self) -> int:
         open_ds, client_ds, _, _ = self.sources()
-        return int(getattr(open_ds, "num_classes", 0) or max(dataset_labels(open_ds).max(),
-                                                            dataset_labels(client_ds).max()) + 1)
+        labels = [dataset_labels(ds) for ds in (open_ds, client_ds) if ds is not None]
+        return int(getattr(open_ds, "num_classes", 0) or max(int(x.max()) for x in labels) + 1)
 
     def config(self) -> dict:
         """Everything that determines the proxy artifact."""
@@ -161,6 +181,13 @@ class ProxyDataModule(pl.LightningDataModule):
     # --------------------------------------------------------- prepare / setup
     def prepare_data(self) -> None:
         """Run the protocol once per node and write the artifact (skipped when it already exists)."""
+        if self.hparams.proxy_file:
+            epsilon = self._proxy_from_file()["epsilon"]
+            epsilon = math.inf if epsilon is None else epsilon
+            if self.hparams.max_epsilon is not None and epsilon > self.hparams.max_epsilon:
+                raise ValueError(f"privacy budget: the proxy file reports epsilon={epsilon:.3g} > max_epsilon="
+                                 f"{self.hparams.max_epsilon:g}")
+            return
         planned = releases_epsilon(self.planned_releases(), self.hparams.delta)
         if self.hparams.max_epsilon is not None and planned > self.hparams.max_epsilon:
             raise ValueError(f"privacy budget: this run would spend epsilon={planned:.3g} at delta="
@@ -225,11 +252,26 @@ class ProxyDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Read the artifact (every rank), unless a checkpoint already restored the proxy."""
+        if self.proxy is None and self.hparams.proxy_file:
+            self.proxy = self._proxy_from_file()
         if self.proxy is None:
             path = self.artifact_path()
             if not path.exists():
                 raise FileNotFoundError(f"proxy artifact {path} is missing: prepare_data did not run or failed")
             self.proxy = load_artifact(path)
+
+    def _proxy_from_file(self) -> dict:
+        """The proxy of ``proxy_file`` in the artifact's form (releases stay in the client's ledger)."""
+        raw = Path(self.hparams.proxy_file).read_bytes()
+        proxy = read_proxy_file(self.hparams.proxy_file)
+        n = len(proxy["indices"])
+        by_path = proxy["paths"] is not None
+        return {"version": ARTIFACT_VERSION, "hash": hashlib.sha256(raw).hexdigest()[:16], "source": "open",
+                "indices": list(range(n)) if by_path else proxy["indices"],
+                "labels": proxy["labels"] if proxy["labels"] is not None else [-1] * n,
+                "clusters": proxy["clusters"], "cluster_scores": None, "releases": [], "epsilon": proxy["epsilon"],
+                "delta": proxy["delta"], "bytes_down": proxy["bytes_down"], "bytes_up": proxy["bytes_up"],
+                "label_accuracy": None, "domains": None, "domain_names": []}
 
     # ------------------------------------------------------------ properties
     @property

@@ -140,3 +140,28 @@ def test_budget_is_checked_even_when_the_artifact_exists(tmp_path, datasets):
     dm.prepare_data()
     with pytest.raises(ValueError, match="max_epsilon=0.1"):
         _module(tmp_path, datasets, noise_multiplier=1.0, max_epsilon=0.1).prepare_data()
+
+
+def test_trains_on_a_proxy_file_of_image_paths(tmp_path, datasets):
+    from PIL import Image
+
+    from ecos_lightning.proxy_file import write_proxy_file
+
+    paths = []
+    for i in range(10):
+        path = tmp_path / f"img{i}.png"
+        Image.new("RGB", (20 + i, 20 + i), (25 * i, 0, 0)).save(path)
+        paths.append(str(path))
+    write_proxy_file(tmp_path / "proxy.json", {
+        "version": 1, "kind": "ecos-proxy", "indices": list(range(10)), "paths": paths, "clusters": [0] * 10,
+        "scores": [1.0] * 10, "labels": [i % 2 for i in range(10)], "class_names": ["a", "b"], "epsilon": 0.5,
+        "delta": 1e-5, "bytes_down": 100, "bytes_up": 10, "open": str(tmp_path)})
+    dm = ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), client_test_dataset=datasets[2], image_size=16,
+                         batch_size=4, val_fraction=0.2, cache_dir=str(tmp_path / "cache"))
+    model = ForeignModel()
+    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               default_root_dir=tmp_path).fit(model, datamodule=dm)
+    assert model.seen == 8 and dm.epsilon == 0.5
+    assert not (tmp_path / "cache").exists()  # no protocol, no features, no artifact
+    with pytest.raises(ValueError, match="max_epsilon"):
+        ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), max_epsilon=0.1).prepare_data()
