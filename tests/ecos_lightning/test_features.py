@@ -1,0 +1,33 @@
+import numpy as np
+
+import ecos_lightning.features as features
+from ecos_lightning.encoders import EncoderSpec
+
+
+def test_features_are_cached_per_spec_and_data_id(tmp_path, monkeypatch):
+    calls = []
+    real_build = features.build_encoder
+
+    def counting_build(spec, device=None):
+        calls.append(spec)
+        return real_build(spec, device="cpu")
+
+    monkeypatch.setattr(features, "build_encoder", counting_build)
+    images = np.random.default_rng(0).integers(0, 255, size=(6, 16, 16, 3), dtype=np.uint8)
+    spec = EncoderSpec.for_model("efficientnet_lite0", weights="none", input_size=16)
+    first = features.cached_features(spec, images, "toy", tmp_path, progress=False)
+    again = features.cached_features(spec, images, "toy", tmp_path, progress=False)
+    np.testing.assert_array_equal(first, again)
+    assert len(calls) == 1 and first.shape[0] == 6
+    features.cached_features(spec, images, "other", tmp_path, progress=False)
+    assert len(calls) == 2
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_a_corrupt_cache_file_is_recomputed(tmp_path):
+    images = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    spec = EncoderSpec.for_model("efficientnet_lite0", weights="offline", input_size=16)
+    first = features.cached_features(spec, images, "toy", tmp_path, progress=False)
+    (cache,) = tmp_path.glob("features-*.npy")
+    cache.write_bytes(b"not a numpy file")
+    np.testing.assert_array_equal(features.cached_features(spec, images, "toy", tmp_path, progress=False), first)

@@ -1,0 +1,32 @@
+import math
+
+import numpy as np
+import pytest
+
+from ecos_lightning.protocol import gaussian_epsilon
+from ecos_lightning.proxy import select_proxy
+
+
+def test_ecos_goes_through_messages_and_reports_its_cost(mixture):
+    open_features, component, client = mixture
+    result = select_proxy("ecos", open_features, 300, client_features=client, num_clusters=20,
+                          noise_multiplier=8.0)
+    assert len(np.unique(result.indices)) == 300 and (component[result.indices] == 2).mean() >= 0.9
+    assert result.epsilon(1e-5) == pytest.approx(gaussian_epsilon(8.0, 1e-5))
+    assert result.bytes_up > 4 * 20 and result.bytes_down > 20 * 32 * 4
+    assert result.cluster_scores.shape == (20,)
+
+
+def test_baselines_release_nothing_but_upload_is_not_private(mixture):
+    open_features, _, client = mixture
+    assert select_proxy("random", open_features, 10).epsilon(1e-5) == 0.0
+    upload = select_proxy("upload", open_features, 10, client_features=client)
+    assert math.isinf(upload.epsilon(1e-5)) and upload.bytes_up == client.nbytes
+    assert np.all(upload.clusters == -1)
+
+
+def test_unknown_sampler_and_missing_client_features():
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        select_proxy("best", np.zeros((3, 2), np.float32), 1)
+    with pytest.raises(ValueError, match="client_features is required"):
+        select_proxy("ecos", np.zeros((3, 2), np.float32), 1)
