@@ -30,7 +30,7 @@ class PrivateKnnLabeler:
         seed: seeds the sampling and the noise (None: fresh OS entropy).
     """
 
-    def __init__(self, k: int = 10, noise_multiplier: float = 4.0, sampling_rate: float = 0.1,
+    def __init__(self, k: int = 20, noise_multiplier: float = 2.0, sampling_rate: float = 0.3,
                  seed: int | None = None):
         self.k = positive_int(k, "k")
         self.noise_multiplier = non_negative_float(noise_multiplier, "noise_multiplier")

@@ -80,7 +80,8 @@ class CloudSampler:
         """Cluster ``open_features`` [N, d] and return the centroids message for the client.
 
         Keeps a reference to the features (no copy when already float32 C-contiguous), the
-        assignment ``assignment_`` [N] and the order of each cluster's members by distance.
+        assignment ``assignment_`` [N] and ``member_order_`` [N]: pool indices grouped by cluster,
+        each cluster's members nearest to its centroid first.
         """
         features = as_features(open_features, "open_features")
         faiss_ops.configure_threads(self.num_threads)
@@ -102,15 +103,8 @@ class CloudSampler:
         sq_dist, labels = faiss_ops.nearest(features, centroids, k=1)
         if k == n:  # duplicate points may tie: pin each point to its own cluster
             labels[:, 0], sq_dist[:, 0] = np.arange(n), 0.0
-        self.features_ = features
-        self.centroids_ = centroids
-        self.assignment_ = labels[:, 0]
-        self.cluster_sizes_ = np.bincount(self.assignment_, minlength=k)
-        # members of every cluster, each sorted by distance to its centroid
-        order = np.lexsort((sq_dist[:, 0], self.assignment_))
-        self._members_sorted = order
-        self._member_starts = np.concatenate([[0], np.cumsum(self.cluster_sizes_)])
-
+        assignment = labels[:, 0]
+        member_order = np.lexsort((sq_dist[:, 0], assignment))  # by cluster, nearest to the centroid first
         projection = bias = None
         sent = centroids
         if self.pca_dim is not None:
@@ -118,14 +112,38 @@ class CloudSampler:
             sent = centroids @ projection + bias
         if self.fp16:
             sent = sent.astype(np.float16)
-        self.message_ = CentroidsMessage(np.ascontiguousarray(sent), projection, bias, self.encoder)
+        self._set_fitted(features, assignment, member_order,
+                         CentroidsMessage(np.ascontiguousarray(sent), projection, bias, self.encoder))
         log.info("k-means: %d open samples, d=%d -> K=%d clusters (sizes %d..%d); %d bytes down",
                  n, d, k, self.cluster_sizes_.min(), self.cluster_sizes_.max(), len(self.message_.to_bytes()))
         return self.message_
 
+    @classmethod
+    def restore(cls, message: CentroidsMessage, open_features, assignment: np.ndarray, member_order: np.ndarray,
+                **kwargs) -> "CloudSampler":
+        """A fitted sampler rebuilt from a saved fit (``message_``, ``assignment_``, ``member_order_``),
+        so :meth:`select` works in another process without running k-means again."""
+        features = as_features(open_features, "open_features")
+        assignment = np.asarray(assignment, dtype=np.int64)
+        member_order = np.asarray(member_order, dtype=np.int64)
+        n, k = features.shape[0], message.num_clusters
+        if assignment.shape != (n,) or member_order.shape != (n,) or not 0 <= assignment.min() <= assignment.max() < k:
+            raise ValueError(f"assignment and member_order must be [{n}] with clusters in [0, {k})")
+        sampler = cls(num_clusters=k, encoder=message.encoder, **kwargs)
+        sampler._set_fitted(features, assignment, member_order, message)
+        return sampler
+
+    def _set_fitted(self, features, assignment, member_order, message) -> None:
+        self.features_ = features
+        self.assignment_ = assignment
+        self.member_order_ = member_order
+        self.message_ = message
+        self.cluster_sizes_ = np.bincount(assignment, minlength=message.num_clusters)
+        self._member_starts = np.concatenate([[0], np.cumsum(self.cluster_sizes_)])
+
     def members(self, cluster: int) -> np.ndarray:
         """Open-pool indices of one cluster, nearest to its centroid first."""
-        return self._members_sorted[self._member_starts[cluster]:self._member_starts[cluster + 1]]
+        return self.member_order_[self._member_starts[cluster]:self._member_starts[cluster + 1]]
 
     # ----------------------------------------------------------------- sample
     def sample(self, scores: ScoresMessage, budget: int) -> np.ndarray:

@@ -102,7 +102,7 @@ def unpack(blob: bytes, kind: str, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[
 
 def _parse_header(raw: bytes) -> dict:
     try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_int=_bounded_int)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
         raise MessageError(f"header: not valid UTF-8 JSON ({exc})") from None
     if not isinstance(header, dict) or set(header) != {"kind", "tensors", "meta"}:
@@ -114,6 +114,12 @@ def _parse_header(raw: bytes) -> dict:
     if not isinstance(header["meta"], dict):
         raise MessageError("header.meta: must be an object")
     return header
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 18:  # beyond int64: no field of any message needs it
+        raise MessageError(f"header: integer {text[:24]}... is out of range")
+    return int(text)
 
 
 def _reject_constant(name: str):

@@ -196,3 +196,14 @@ def test_features_are_not_copied_when_already_float32(mixture):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cloud.fit(open_features.astype(np.float64))
+
+
+def test_restored_sampler_selects_exactly_like_the_fitted_one(mixture):
+    open_features, _, client = mixture
+    cloud = CloudSampler(num_clusters=20, seed=0)
+    up = _round_trip(cloud, open_features, client, sigma=2.0, seed=4)
+    restored = CloudSampler.restore(CentroidsMessage.from_bytes(cloud.message_.to_bytes()), open_features,
+                                    cloud.assignment_.copy(), cloud.member_order_.copy())
+    np.testing.assert_array_equal(restored.sample(up, 250), cloud.sample(up, 250))
+    with pytest.raises(ValueError, match="assignment and member_order"):
+        CloudSampler.restore(cloud.message_, open_features, cloud.assignment_[:-1], cloud.member_order_)

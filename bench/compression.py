@@ -1,0 +1,80 @@
+"""Compressed centroids on digits-lite: bytes down against in-domain precision of the proxy.
+
+ECOS at the noise giving epsilon ~0.5 (delta 1e-5), for each centroid dimension d' (full, or PCA to
+fewer dimensions; the PCA map travels in the message) with and without float16. In-domain precision
+= share of the proxy from the client's domain; mean ± std over client domains x seeds.
+
+    python bench/compression.py                               # 5 domains x seeds 1-3, budget 1000, K=100
+    python bench/compression.py --domains handwritten --seeds 1 --dims full 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import warnings
+
+import numpy as np
+
+from ecos_lightning.data import DOMAINS, load_digits_lite, paper_split
+from ecos_lightning.encoders import EncoderSpec
+from ecos_lightning.features import cached_features
+from ecos_lightning.protocol import noise_multiplier_for_epsilon
+from ecos_lightning.proxy import select_proxy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=DOMAINS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--dims", nargs="+", default=["full", "256", "64", "16"], help="'full' or a PCA dimension")
+    parser.add_argument("--budget", type=int, default=1000)
+    parser.add_argument("--num-clusters", type=int, default=100)
+    parser.add_argument("--epsilon", type=float, default=0.5)
+    parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--input-size", type=int, default=64, help="encoder input side in pixels")
+    parser.add_argument("--pooling", default="style", choices=("style", "avg"), help="encoder feature pooling")
+    parser.add_argument("--cache-dir", default=os.environ.get("ECOS_CACHE_DIR"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    warnings.simplefilter("ignore")
+
+    data = load_digits_lite(args.cache_dir)
+    spec = EncoderSpec.for_model("efficientnet_lite0", weights="offline", input_size=args.input_size,
+                                pooling=args.pooling)
+    cache = args.cache_dir or os.path.expanduser("~/.cache/ecos_lightning")
+    features = cached_features(spec, data.images, "digits-lite-v1-seed0", cache, desc="digits-lite features")
+    sigma = noise_multiplier_for_epsilon(args.epsilon, args.delta)
+    configs = [(dim, fp16) for dim in args.dims for fp16 in (False, True)]
+    results = {config: {"precision": [], "down": [], "epsilon": []} for config in configs}
+    for domain in args.domains:
+        for seed in args.seeds:
+            split = paper_split(data.domains, data.labels, domain, seed=seed)
+            open_idx, client_idx = split.open_indices, split.client_train_indices
+            in_domain = data.domains[open_idx] == DOMAINS.index(domain)
+            for dim, fp16 in configs:
+                res = select_proxy("ecos", features[open_idx], args.budget, client_features=features[client_idx],
+                                   num_clusters=args.num_clusters, noise_multiplier=sigma, delta=args.delta,
+                                   seed=seed, fp16=fp16, pca_dim=None if dim == "full" else int(dim))
+                r = results[(dim, fp16)]
+                r["precision"].append(in_domain[res.indices].mean())
+                r["down"].append(res.bytes_down)
+                r["epsilon"].append(res.epsilon(args.delta))
+
+    print(f"digits-lite, ECOS at sigma {sigma:.2f} (epsilon {np.mean(r['epsilon']):.3f} at delta {args.delta:g}), "
+          f"budget {args.budget}, K={args.num_clusters}, domains {args.domains}, seeds {args.seeds}, encoder "
+          f"efficientnet_lite0 (offline ImageNet) at {args.input_size}px, {args.pooling} pooling "
+          f"(full d={features.shape[1]})\n")
+    print("| centroids d' | dtype | bytes down | of which PCA map | in-domain precision |")
+    print("|---|---|---:|---:|---:|")
+    for dim, fp16 in configs:
+        r = results[(dim, fp16)]
+        label = f"full ({features.shape[1]})" if dim == "full" else f"{dim} (PCA)"
+        pca_map = 0 if dim == "full" else (features.shape[1] + 1) * int(dim) * 4  # float32 [d, d'] + [d']
+        print(f"| {label} | {'float16' if fp16 else 'float32'} | {int(np.mean(r['down'])):,} | {pca_map:,} | "
+              f"{np.mean(r['precision']):.3f} ± {np.std(r['precision']):.3f} |")
+
+
+if __name__ == "__main__":
+    main()

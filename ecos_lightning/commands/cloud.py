@@ -1,0 +1,246 @@
+"""``ecos-cloud``: the cloud's side of ECOS, one sub-command per step.
+
+    ecos-cloud probe --open <image folder | digits-lite:<domain>[:<split seed>]> --out centroids.ecos
+    ecos-cloud sample --scores scores.ecos --budget B --out proxy.json
+    ecos-cloud queries --proxy proxy.json --out queries.ecos
+    ecos-cloud attach-labels --proxy proxy.json --queries queries.ecos --labels labels.ecos --out proxy.json
+
+``probe`` keeps what the later steps need in a state folder (default ``cloud_state/`` next to
+``--out``): the open-pool features (``features-<hash>.npy``, reused by a later probe of the same
+pool and encoder), the cluster assignment and member order (``.npy``), the centroids message sent,
+and ``state.json`` (the pool's description and file paths). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..encoders import EncoderSpec
+from ..features import atomic_write_bytes, cached_features, stable_hash
+from ..protocol import CentroidsMessage, CloudSampler, ScoresMessage
+from ..protocol.label_messages import LabelsMessage, QueriesMessage
+from ..proxy_file import read_proxy_file, write_proxy_file
+from . import Parser, epsilon_text, positive, read_message, run
+from .images import ImageFiles, scan_images
+
+STATE_VERSION = 1
+DIGITS_LITE = "digits-lite:"
+SCORE_RULE = (
+    "Scores are clipped at 0 and used as allocation weights, uncapped (the cloud does not know the "
+    "client's size): an enormous score can at most give its cluster all of its members; the rest of "
+    "the budget goes to the other clusters by score, so the sample always holds B unique images.")
+
+
+@dataclass(frozen=True)
+class CloudState:
+    """What ``probe`` leaves for ``sample`` and ``queries``.
+
+    features: float32 [N, d] open-pool features. assignment: int64 [N] cluster of each.
+    members: int64 [N] pool indices grouped by cluster, each group nearest to its centroid first.
+    message: the centroids message sent; message_bytes: its exact bytes.
+    info: state.json (open, root, paths, features file, ...).
+    """
+
+    features: np.ndarray
+    assignment: np.ndarray
+    members: np.ndarray
+    message: CentroidsMessage
+    message_bytes: bytes
+    info: dict
+
+    @classmethod
+    def load(cls, folder: Path) -> "CloudState":
+        try:
+            info = json.loads((folder / "state.json").read_text())
+            if info.get("version") != STATE_VERSION:
+                raise ValueError(f"unknown state version {info.get('version')!r}")
+            features = np.load(folder / info["features"], allow_pickle=False)
+            assignment = np.load(folder / "assignment.npy", allow_pickle=False)
+            members = np.load(folder / "members.npy", allow_pickle=False)
+            blob = (folder / "centroids.ecos").read_bytes()
+            digest = info["centroids_digest"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"cloud state {folder} is missing or incomplete ({exc}); run `ecos-cloud probe` "
+                             "first or pass --state") from None
+        message = CentroidsMessage.from_bytes(blob)
+        if (message.digest() != digest or not len(features) == len(assignment) == len(members)
+                or assignment.max() >= message.num_clusters):
+            raise ValueError(f"cloud state {folder}: its files do not match (an interrupted probe?); run probe again")
+        return cls(features, assignment, members, message, blob, info)
+
+
+def probe(args) -> None:
+    out = Path(args.out)
+    state_dir = _state_dir(args, out)
+    spec = EncoderSpec.for_model(args.encoder, weights=args.encoder_weights, input_size=args.input_size,
+                                 pooling=args.pooling)
+    start = time.perf_counter()
+    data, data_id, root, paths = _open_pool(args.open)
+    features = cached_features(spec, data, data_id, state_dir, desc="open-pool features")
+    sampler = CloudSampler(num_clusters=args.num_clusters, seed=args.seed, fp16=args.fp16, pca_dim=args.pca_dim,
+                           encoder=spec.to_dict())
+    message = sampler.fit(features)
+    blob = message.to_bytes()
+    _write_npy(state_dir / "assignment.npy", sampler.assignment_.astype(np.int64))
+    _write_npy(state_dir / "members.npy", sampler.member_order_)
+    atomic_write_bytes(state_dir / "centroids.ecos", blob)
+    info = {"version": STATE_VERSION, "open": args.open, "root": root, "paths": paths,
+            # the file cached_features wrote for this pool and encoder
+            "features": f"features-{stable_hash([spec.to_dict(), data_id])}.npy", "num_open": len(features),
+            "centroids_digest": message.digest()}
+    atomic_write_bytes(state_dir / "state.json", json.dumps(info).encode())
+    atomic_write_bytes(out, blob)
+    dim = message.centroids.shape[1]
+    print(f"open pool: {len(features)} images, features d={features.shape[1]} ({spec.name}, {spec.input_size}px, "
+          f"{spec.pooling} pooling)")
+    print(f"wrote {out}: K={message.num_clusters} centroids, d={dim} {message.centroids.dtype}"
+          f"{' (PCA)' if args.pca_dim else ''}, {len(blob):,} bytes down")
+    print(f"state: {state_dir}  time: {time.perf_counter() - start:.1f} s")
+
+
+def sample(args) -> None:
+    out = Path(args.out)
+    state = CloudState.load(_state_dir(args, out))
+    scores, blob = read_message(ScoresMessage, args.scores)
+    pool = len(state.features)
+    if args.budget > pool:
+        raise ValueError(f"--budget {args.budget} is larger than the open pool ({pool} images)")
+    selection = CloudSampler.restore(state.message, state.features, state.assignment, state.members).select(
+        scores, args.budget)
+    paths = state.info["paths"]
+    proxy = {"version": 1, "kind": "ecos-proxy", "indices": selection.indices.tolist(),
+             "paths": None if paths is None else [str(Path(state.info["root"], paths[i])) for i in selection.indices],
+             "clusters": selection.clusters.tolist(), "scores": selection.scores.astype(float).tolist(),
+             "labels": None, "class_names": None, "epsilon": _json_epsilon(scores.epsilon), "delta": scores.delta,
+             "bytes_down": len(state.message_bytes), "bytes_up": len(blob), "open": state.info["open"]}
+    write_proxy_file(out, proxy)
+    print(f"wrote {out}: {len(selection.indices)} of {pool} open images from "
+          f"{int((selection.allocation > 0).sum())} of {len(selection.kept)} clusters "
+          f"({int(selection.kept.sum())} above the noise threshold)")
+    print(f"client epsilon: {epsilon_text(scores.epsilon)} at delta {scores.delta:g}; bytes down/up: "
+          f"{proxy['bytes_down']:,} / {proxy['bytes_up']:,}")
+
+
+def queries(args) -> None:
+    out = Path(args.out)
+    proxy = read_proxy_file(args.proxy)
+    state = CloudState.load(_state_dir(args, out))
+    if proxy["open"] != state.info["open"]:
+        raise ValueError(f"{args.proxy} was sampled from {proxy['open']!r}, the cloud state holds "
+                         f"{state.info['open']!r}: pass the matching --state")
+    if max(proxy["indices"]) >= len(state.features):
+        raise ValueError(f"{args.proxy}: indices beyond the open pool of {len(state.features)} images")
+    features = np.ascontiguousarray(state.features[proxy["indices"]], dtype=np.float32)
+    blob = QueriesMessage(features, state.message.encoder, stable_hash(proxy["indices"])).to_bytes()
+    atomic_write_bytes(out, blob)
+    print(f"wrote {out}: {features.shape[0]} query features, d={features.shape[1]}, {len(blob):,} bytes down")
+
+
+def attach_labels(args) -> None:
+    proxy = read_proxy_file(args.proxy)
+    query, query_blob = read_message(QueriesMessage, args.queries)
+    labels, label_blob = read_message(LabelsMessage, args.labels)
+    if proxy["labels"] is not None:
+        raise ValueError(f"{args.proxy} already carries labels")
+    if query.proxy != stable_hash(proxy["indices"]):
+        raise ValueError(f"{args.queries} was made for another proxy set than {args.proxy}")
+    if not labels.answers(query_blob) or len(labels.labels) != len(proxy["indices"]):
+        raise ValueError(f"{args.labels} does not answer {args.queries}")
+    proxy.update(labels=labels.labels.tolist(), class_names=list(labels.class_names),
+                 epsilon=_json_epsilon(labels.total_epsilon), delta=labels.delta,
+                 bytes_down=proxy["bytes_down"] + len(query_blob), bytes_up=proxy["bytes_up"] + len(label_blob))
+    write_proxy_file(args.out, proxy)
+    counts = np.bincount(labels.labels, minlength=len(labels.class_names))
+    print(f"wrote {args.out}: {len(labels.labels)} labels over {len(labels.class_names)} classes "
+          f"(per class {counts.tolist()})")
+    print(f"client epsilon (ledger total): {epsilon_text(labels.total_epsilon)} at delta {labels.delta:g}; "
+          f"bytes down/up: {proxy['bytes_down']:,} / {proxy['bytes_up']:,}")
+
+
+def _open_pool(source: str):
+    """(dataset, data id, absolute root or None, relative paths or None) of ``--open``."""
+    if source.startswith(DIGITS_LITE):
+        from datamodules.digits import digits_lite_sources
+
+        domain, _, seed = source[len(DIGITS_LITE):].partition(":")
+        if seed and not seed.isdigit():
+            raise ValueError(f"--open {source}: the split seed after the domain must be an integer")
+        sources = digits_lite_sources(domain, int(seed or 0))
+        return sources.open, sources.data_id, None, None
+    scan = scan_images(source)
+    if scan.skipped:
+        print(f"skipped {len(scan.skipped)} corrupt or unreadable images in {scan.root}")
+    paths = [p.relative_to(scan.root).as_posix() for p in scan.paths]
+    files = [(p, f.stat().st_size, f.stat().st_mtime_ns) for p, f in zip(paths, scan.paths)]
+    return ImageFiles(scan.paths), stable_hash([str(scan.root.resolve()), files]), str(scan.root.resolve()), paths
+
+
+def _state_dir(args, out: Path) -> Path:
+    return Path(args.state) if args.state else out.parent / "cloud_state"
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _json_epsilon(epsilon: float) -> float | None:
+    return None if epsilon == float("inf") else float(epsilon)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="ecos-cloud", description="The cloud's side of ECOS: probe, then sample from the client's "
+                    "scores; queries and attach-labels add Private kNN labels from the client.")
+    commands = parser.add_subparsers(required=True, metavar="command", parser_class=Parser)
+    state_help = "state folder written by probe (default: cloud_state/ next to --out)"
+
+    p = commands.add_parser("probe", help="features and k-means of the open pool -> centroids message")
+    p.add_argument("--open", required=True, help="image folder (nested folders fine) or digits-lite:<client domain>"
+                   "[:<split seed>]")
+    p.add_argument("--out", required=True, help="centroids message to send to the client")
+    p.add_argument("--num-clusters", type=positive(int), default=100, help="K (default 100)")
+    p.add_argument("--encoder", default="efficientnet_lite0", help="timm model name (default efficientnet_lite0)")
+    p.add_argument("--encoder-weights", default="offline", help="offline | hub | none | path to a state dict")
+    p.add_argument("--input-size", type=positive(int), help="encoder input side in pixels (default: the model's)")
+    p.add_argument("--pooling", choices=("style", "avg"), default="style", help="feature pooling (default style)")
+    p.add_argument("--fp16", action="store_true", help="send centroids as float16")
+    p.add_argument("--pca-dim", type=positive(int), help="send centroids projected to this many PCA dimensions")
+    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--state", help=state_help)
+    p.set_defaults(func=probe)
+
+    p = commands.add_parser("sample", help="noisy scores -> proxy file", description=SCORE_RULE)
+    p.add_argument("--scores", required=True, help="scores message from the client")
+    p.add_argument("--budget", type=positive(int), required=True, help="proxy size B (at most the pool size)")
+    p.add_argument("--out", required=True, help="proxy file (JSON)")
+    p.add_argument("--state", help=state_help)
+    p.set_defaults(func=sample)
+
+    p = commands.add_parser("queries", help="proxy file -> queries message (proxy features to label)")
+    p.add_argument("--proxy", required=True, help="proxy file written by sample")
+    p.add_argument("--out", required=True, help="queries message to send to the client")
+    p.add_argument("--state", help=state_help)
+    p.set_defaults(func=queries)
+
+    p = commands.add_parser("attach-labels", help="labels message -> labelled proxy file")
+    p.add_argument("--proxy", required=True, help="proxy file written by sample")
+    p.add_argument("--queries", required=True, help="the queries message the labels answer")
+    p.add_argument("--labels", required=True, help="labels message from the client")
+    p.add_argument("--out", required=True, help="labelled proxy file (may be --proxy itself)")
+    p.set_defaults(func=attach_labels)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    main()

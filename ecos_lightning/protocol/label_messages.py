@@ -1,0 +1,145 @@
+"""The auto-labelling messages: proxy features down (cloud -> client), private kNN labels up.
+
+Both travel in the container of :mod:`.container`; ``from_bytes`` treats its input as untrusted and
+raises :class:`MessageError` naming the field. The chain is tied by hashes: a queries message names
+its proxy set (``proxy``), a labels message names the queries it answers (``queries_digest``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .container import MAX_MESSAGE_BYTES, MessageError, pack, unpack
+from .messages import _expect_keys
+
+__all__ = ["LabelsMessage", "QueriesMessage"]
+
+_MAX_CLASSES = 10_000
+
+
+@dataclass(frozen=True, eq=False)
+class QueriesMessage:
+    """Features of the proxy set, to be labelled by the client.
+
+    features: float32 [Q, d], the open-pool features of the proxy images (public data).
+    encoder: the encoder spec (``EncoderSpec.to_dict()``) that produced them.
+    proxy: 16 hex characters, ``stable_hash`` of the proxy indices these rows follow.
+    """
+
+    features: np.ndarray
+    encoder: dict
+    proxy: str
+    KIND = "queries"
+
+    def __post_init__(self):
+        f = self.features
+        if not isinstance(f, np.ndarray) or f.dtype != np.float32 or f.ndim != 2 or 0 in f.shape:
+            raise MessageError("features: must be a float32 array [Q >= 1, d >= 1]")
+        if not np.isfinite(f).all():
+            raise MessageError("features: contains NaN or Inf")
+        from ..encoders import EncoderSpec
+
+        try:
+            EncoderSpec.from_dict(self.encoder)
+        except (ValueError, OverflowError) as exc:
+            raise MessageError(f"encoder: {exc}") from None
+        if not isinstance(self.proxy, str) or not re.fullmatch(r"[0-9a-f]{16}", self.proxy):
+            raise MessageError("proxy: must be 16 lowercase hex characters")
+
+    def to_bytes(self) -> bytes:
+        return pack(self.KIND, {"features": self.features}, {"encoder": self.encoder, "proxy": self.proxy})
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> "QueriesMessage":
+        tensors, meta = unpack(blob, cls.KIND, max_bytes)
+        _expect_keys(meta, {"encoder", "proxy"}, "meta")
+        if set(tensors) != {"features"}:
+            raise MessageError(f"tensors: expected exactly 'features', got {sorted(tensors)}")
+        return cls(tensors["features"], meta["encoder"], meta["proxy"])
+
+
+@dataclass(frozen=True, eq=False)
+class LabelsMessage:
+    """Private kNN labels of the queries, and what they cost.
+
+    labels: int64 [Q] in ``[0, len(class_names))``, the noisy-argmax label of each query row.
+    class_names: the client's class names, in label order.
+    queries_digest: SHA-256 (hex) of the queries message these labels answer.
+    noise_multiplier, k, sampling_rate: the Private kNN parameters.
+    epsilon: cost of this release at ``delta``; total_epsilon: the client's ledger total after it
+        (both ``inf`` when not private).
+    """
+
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    queries_digest: str
+    noise_multiplier: float
+    k: int
+    sampling_rate: float
+    delta: float
+    epsilon: float
+    total_epsilon: float
+    KIND = "labels"
+
+    def __post_init__(self):
+        names = self.class_names
+        if (not isinstance(names, (list, tuple)) or not 0 < len(names) <= _MAX_CLASSES
+                or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names)):
+            raise MessageError(f"class_names: must be 1 to {_MAX_CLASSES} unique non-empty strings")
+        object.__setattr__(self, "class_names", tuple(names))
+        y = self.labels
+        if not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.ndim != 1 or y.size == 0:
+            raise MessageError("labels: must be an int64 vector [Q >= 1]")
+        if y.min() < 0 or y.max() >= len(names):
+            raise MessageError(f"labels: must lie in [0, {len(names) - 1}]")
+        if not isinstance(self.queries_digest, str) or not re.fullmatch(r"[0-9a-f]{64}", self.queries_digest):
+            raise MessageError("queries_digest: must be a 64-character lowercase hex SHA-256")
+        _check(self.noise_multiplier, "noise_multiplier", lambda v: 0 <= v < math.inf, "a finite number >= 0")
+        if isinstance(self.k, bool) or not isinstance(self.k, numbers.Integral) or self.k < 1:
+            raise MessageError(f"k: must be an integer >= 1, got {self.k!r:.40}")
+        _check(self.sampling_rate, "sampling_rate", lambda v: 0 < v <= 1, "a number in (0, 1]")
+        _check(self.delta, "delta", lambda v: 0 < v < 1, "a number in (0, 1)")
+        _check(self.epsilon, "epsilon", lambda v: v >= 0, "a number >= 0 or inf")
+        _check(self.total_epsilon, "total_epsilon", lambda v: v >= 0, "a number >= 0 or inf")
+
+    def to_bytes(self) -> bytes:
+        meta = {"class_names": list(self.class_names), "queries_digest": self.queries_digest,
+                "noise_multiplier": float(self.noise_multiplier), "k": int(self.k),
+                "sampling_rate": float(self.sampling_rate), "delta": float(self.delta),
+                "epsilon": _json_epsilon(self.epsilon), "total_epsilon": _json_epsilon(self.total_epsilon)}
+        return pack(self.KIND, {"labels": self.labels}, meta)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> "LabelsMessage":
+        tensors, meta = unpack(blob, cls.KIND, max_bytes)
+        _expect_keys(meta, {"class_names", "queries_digest", "noise_multiplier", "k", "sampling_rate", "delta",
+                            "epsilon", "total_epsilon"}, "meta")
+        if set(tensors) != {"labels"}:
+            raise MessageError(f"tensors: expected exactly 'labels', got {sorted(tensors)}")
+        epsilons = [math.inf if meta[n] is None else meta[n] for n in ("epsilon", "total_epsilon")]
+        return cls(tensors["labels"], meta["class_names"], meta["queries_digest"], meta["noise_multiplier"],
+                   meta["k"], meta["sampling_rate"], meta["delta"], *epsilons)
+
+    def answers(self, queries_blob: bytes) -> bool:
+        """Whether these labels answer the queries message serialised as ``queries_blob``."""
+        return hashlib.sha256(queries_blob).hexdigest() == self.queries_digest
+
+
+def _check(value, name: str, ok, what: str) -> None:
+    """``MessageError`` unless ``value`` is a real number (not bool) with ``ok(float(value))``."""
+    try:
+        good = isinstance(value, numbers.Real) and not isinstance(value, bool) and ok(float(value))
+    except OverflowError:  # a JSON integer beyond the float range
+        good = False
+    if not good:
+        raise MessageError(f"{name}: must be {what}, got {value!r:.40}")
+
+
+def _json_epsilon(value: float) -> float | None:
+    return None if math.isinf(value) else float(value)

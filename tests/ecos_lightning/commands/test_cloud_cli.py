@@ -1,0 +1,202 @@
+"""ecos-cloud in-process: poisoned client responses, the sampling rule, one-line errors."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from ecos_lightning.commands import cloud
+from ecos_lightning.features import stable_hash
+from ecos_lightning.protocol import CentroidsMessage, ScoresMessage
+from ecos_lightning.protocol.container import pack
+from ecos_lightning.protocol.label_messages import LabelsMessage, QueriesMessage
+from ecos_lightning.proxy_file import read_proxy_file, write_proxy_file
+
+POOL = 60
+
+
+def centroids(probed) -> CentroidsMessage:
+    return CentroidsMessage.from_bytes((probed / "centroids.ecos").read_bytes())
+
+
+def scores_file(path, probed, scores, noise_multiplier=1.0):
+    message = centroids(probed)
+    blob = ScoresMessage(np.asarray(scores, np.float32), noise_multiplier, 1, 1e-5, 4.38, message.digest()).to_bytes()
+    path.write_bytes(blob)
+    return path
+
+
+def raw_scores_file(path, probed, scores):
+    """A scores message packed without the class's checks (a hostile client)."""
+    meta = {"noise_multiplier": 1.0, "q": 1, "delta": 1e-5, "epsilon": 1.0,
+            "centroids_digest": centroids(probed).digest(), "radius": None}
+    path.write_bytes(pack("scores", {"scores": np.asarray(scores, np.float32)}, meta))
+    return path
+
+
+def sample(cli, probed, tmp_path, scores_path, budget):
+    out = tmp_path / "proxy.json"
+    code, stdout, err = cli(cloud.main, "sample", "--scores", scores_path, "--budget", budget, "--out", out,
+                            "--state", probed / "cloud_state")
+    return code, stdout, err, out
+
+
+def cluster_of(probed) -> np.ndarray:
+    return np.load(probed / "cloud_state" / "assignment.npy")
+
+
+def one_error_line(err: str) -> bool:
+    """stderr ends with one ``error: ...`` line (progress bars may precede it)."""
+    return err.strip().splitlines()[-1].startswith("error: ") and err.count("error:") == 1
+
+
+def check_valid(out, budget):
+    proxy = read_proxy_file(out)
+    assert len(proxy["indices"]) == len(set(proxy["indices"])) == budget
+    assert all(s >= 0 for s in proxy["scores"])
+    return proxy
+
+
+def test_probe_state_holds_no_pickle_and_counts(probed):
+    state = probed / "cloud_state"
+    assert sorted(p.suffix for p in state.iterdir()) == [".ecos", ".json", ".npy", ".npy", ".npy"]
+    assert centroids(probed).num_clusters == 6
+    assert len(np.load(state / "members.npy")) == POOL
+
+
+def test_negative_scores_are_clipped_to_zero(cli, probed, tmp_path):
+    k = centroids(probed).num_clusters
+    scores = -np.arange(1, k + 1, dtype=np.float32) * 5
+    scores[2] = 40.0
+    code, _, err, out = sample(cli, probed, tmp_path, scores_file(tmp_path / "s.ecos", probed, scores), 10)
+    assert code == 0, err
+    proxy = check_valid(out, 10)
+    size = int((cluster_of(probed) == 2).sum())
+    assert sum(c == 2 for c in proxy["clusters"]) == min(10, size)
+    assert set(proxy["scores"]) <= {40.0, 0.0}
+
+
+def test_all_negative_scores_fall_back_with_a_one_line_warning(cli, probed, tmp_path):
+    k = centroids(probed).num_clusters
+    code, _, err, out = sample(cli, probed, tmp_path, scores_file(tmp_path / "s.ecos", probed, -np.ones(k)), 12)
+    assert code == 0
+    assert err.startswith("warning: ") and len(err.strip().splitlines()) == 1
+    check_valid(out, 12)
+
+
+def test_an_enormous_score_takes_at_most_its_cluster(cli, probed, tmp_path):
+    k = centroids(probed).num_clusters
+    scores = np.full(k, 30.0, np.float32)
+    scores[1] = np.finfo(np.float32).max
+    budget = 40
+    code, _, err, out = sample(cli, probed, tmp_path, scores_file(tmp_path / "s.ecos", probed, scores), budget)
+    assert code == 0, err
+    proxy = check_valid(out, budget)
+    members = set(np.flatnonzero(cluster_of(probed) == 1).tolist())
+    assert len(members) < budget  # the cluster is exhausted, the rest goes to the others
+    assert members <= set(proxy["indices"])
+
+
+def test_sample_help_documents_the_score_rule(cli):
+    code, out, _ = cli(cloud.main, "sample", "--help")
+    assert code == 0 and "an enormous score can at most give its cluster all of its members" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("bad,error", [
+    (lambda k: np.where(np.arange(k) == 0, np.nan, 1.0), "NaN or Inf"),
+    (lambda k: np.where(np.arange(k) == 0, np.inf, 1.0), "NaN or Inf"),
+    (lambda k: np.ones(k + 1), "length"),
+    (lambda k: np.ones(k - 1), "length"),
+])
+def test_poisoned_scores_are_rejected_at_read(cli, probed, tmp_path, bad, error):
+    path = raw_scores_file(tmp_path / "s.ecos", probed, bad(centroids(probed).num_clusters))
+    code, _, err, out = sample(cli, probed, tmp_path, path, 10)
+    assert code == 2 and error in err and one_error_line(err)
+    assert not out.exists()
+
+
+def test_scores_for_other_centroids_are_rejected(cli, probed, tmp_path):
+    k = centroids(probed).num_clusters
+    blob = ScoresMessage(np.ones(k, np.float32), 1.0, 1, 1e-5, 4.0, "ab" * 32).to_bytes()
+    (tmp_path / "s.ecos").write_bytes(blob)
+    code, _, err, out = sample(cli, probed, tmp_path, tmp_path / "s.ecos", 10)
+    assert code == 2 and "centroids_digest" in err and not out.exists()
+
+
+@pytest.mark.parametrize("argv,error", [
+    (["sample", "--scores", "{s}", "--budget", POOL + 1, "--out", "{out}", "--state", "{state}"],
+     "larger than the open"),
+    (["sample", "--scores", "{s}", "--budget", 0, "--out", "{out}", "--state", "{state}"], "must be > 0"),
+    (["sample", "--scores", "{tmp}/missing.ecos", "--budget", 5, "--out", "{out}", "--state", "{state}"],
+     "file not found"),
+    (["sample", "--scores", "{s}", "--budget", 5, "--out", "{out}", "--state", "{tmp}/nostate"], "cloud state"),
+    (["queries", "--proxy", "{tmp}/missing.json", "--out", "{out}", "--state", "{state}"], "No such file"),
+    (["probe", "--open", "{tmp}/nowhere", "--out", "{out}", "--input-size", 32], "data folder not found"),
+    (["probe", "--open", "{s}", "--out", "{out}", "--input-size", 32], "not a folder"),
+    (["probe", "--open", "digits-lite:moon", "--out", "{out}"], "client_domain 'moon' is unknown"),
+    (["probe", "--open", "{tmp}", "--out", "{out}", "--encoder", "resnet_nope"], "Unknown timm model"),
+    (["probe", "--open", "{tmp}", "--out", "{out}"], "no readable image"),
+    (["sample"], "required"),
+])
+def test_bad_command_lines_are_one_line_errors(cli, probed, tmp_path, argv, error):
+    s = scores_file(tmp_path / "s.ecos", probed, np.ones(centroids(probed).num_clusters))
+    out = tmp_path / "out" / "result"
+    fill = {"s": s, "out": out, "state": probed / "cloud_state", "tmp": tmp_path}
+    code, _, err = cli(cloud.main, *[str(a).format(**fill) for a in argv])
+    assert code == 2
+    assert one_error_line(err) and error in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def labelled_chain(cli, probed, tmp_path):
+    """sample -> queries -> a labels message answering them (as a client would)."""
+    k = centroids(probed).num_clusters
+    _, _, _, proxy_path = sample(cli, probed, tmp_path, scores_file(tmp_path / "s.ecos", probed, np.full(k, 9.0)), 8)
+    code, _, err = cli(cloud.main, "queries", "--proxy", proxy_path, "--out", tmp_path / "q.ecos",
+                       "--state", probed / "cloud_state")
+    assert code == 0, err
+    query_blob = (tmp_path / "q.ecos").read_bytes()
+    query = QueriesMessage.from_bytes(query_blob)
+    assert query.proxy == stable_hash(read_proxy_file(proxy_path)["indices"]) and query.features.shape[0] == 8
+    digest = hashlib.sha256(query_blob).hexdigest()
+    labels = LabelsMessage(np.arange(8, dtype=np.int64) % 2, ("circle", "square"), digest, 1.0, 5, 1.0, 1e-5, 3.0, 7.5)
+    (tmp_path / "l.ecos").write_bytes(labels.to_bytes())
+    return proxy_path
+
+
+def test_attach_labels_and_its_checks(cli, probed, tmp_path):
+    proxy_path = labelled_chain(cli, probed, tmp_path)
+    args = ["attach-labels", "--proxy", proxy_path, "--queries", tmp_path / "q.ecos", "--labels", tmp_path / "l.ecos"]
+    code, _, err = cli(cloud.main, *args, "--out", tmp_path / "labelled.json")
+    assert code == 0, err
+    before, after = read_proxy_file(proxy_path), read_proxy_file(tmp_path / "labelled.json")
+    assert after["labels"] == [0, 1] * 4 and after["class_names"] == ["circle", "square"] and after["epsilon"] == 7.5
+    assert after["bytes_down"] == before["bytes_down"] + (tmp_path / "q.ecos").stat().st_size
+    assert after["bytes_up"] == before["bytes_up"] + (tmp_path / "l.ecos").stat().st_size
+    # already labelled; queries for another proxy; a message of another kind; labels for other queries
+    code, _, err = cli(cloud.main, "attach-labels", "--proxy", tmp_path / "labelled.json", *args[3:], "--out",
+                       tmp_path / "x.json")
+    assert code == 2 and "already carries labels" in err
+    other = read_proxy_file(proxy_path)
+    other["indices"] = sorted(set(range(POOL)) - set(other["indices"]))[:len(other["indices"])]
+    write_proxy_file(tmp_path / "other.json", other)
+    code, _, err = cli(cloud.main, "attach-labels", "--proxy", tmp_path / "other.json", *args[3:], "--out",
+                       tmp_path / "x.json")
+    assert code == 2 and "another proxy set" in err
+    code, _, err = cli(cloud.main, *args[:5], "--labels", tmp_path / "q.ecos", "--out", tmp_path / "x.json")
+    assert code == 2 and "kind" in err
+    stray = LabelsMessage.from_bytes((tmp_path / "l.ecos").read_bytes())
+    (tmp_path / "l2.ecos").write_bytes(LabelsMessage(stray.labels, stray.class_names, "ef" * 32, 1.0, 5, 1.0, 1e-5,
+                                                     3.0, 7.5).to_bytes())
+    code, _, err = cli(cloud.main, *args[:5], "--labels", tmp_path / "l2.ecos", "--out", tmp_path / "x.json")
+    assert code == 2 and "does not answer" in err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_queries_refuse_a_proxy_from_another_pool(cli, probed, tmp_path):
+    proxy_path = labelled_chain(cli, probed, tmp_path)
+    proxy = read_proxy_file(proxy_path)
+    write_proxy_file(proxy_path, {**proxy, "open": "digits-lite:handwritten"})
+    code, _, err = cli(cloud.main, "queries", "--proxy", proxy_path, "--out", tmp_path / "q3.ecos",
+                       "--state", probed / "cloud_state")
+    assert code == 2 and "was sampled from" in err and not (tmp_path / "q3.ecos").exists()

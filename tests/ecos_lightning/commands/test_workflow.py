@@ -1,0 +1,73 @@
+"""The whole protocol through files, with the cloud and the client as separate processes and folders."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from callbacks.privacy_ledger import ledger_epsilon, read_ledger
+from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
+from ecos_lightning.proxy_file import read_proxy_file
+
+BUDGET = 15
+
+
+def run(side: str, cwd: Path, *argv) -> str:
+    """``python -m ecos_lightning.commands.<side> argv`` in ``cwd``; returns its stdout."""
+    proc = subprocess.run([sys.executable, "-m", f"ecos_lightning.commands.{side}", *map(str, argv)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def send(source: Path, machine: Path) -> None:
+    shutil.copy(source, machine / source.name)
+
+
+def test_probe_respond_sample_queries_label_attach(folders, tmp_path, tree):
+    cloud_dir, client_dir = tmp_path / "cloud", tmp_path / "client"
+    cloud_dir.mkdir()
+    client_dir.mkdir()
+    data_before = {name: tree(folders[name]) for name in ("client", "labelled")}
+
+    out = run("cloud", cloud_dir, "probe", "--open", folders["open"], "--out", "centroids.ecos", "--num-clusters", 6,
+              "--input-size", 32, "--fp16", "--pca-dim", 16)
+    assert "K=6 centroids, d=16 float16" in out and "60 images" in out
+    send(cloud_dir / "centroids.ecos", client_dir)
+
+    out = run("client", client_dir, "respond", "--centroids", "centroids.ecos", "--data", folders["client"],
+              "--out", "scores.ecos", "--ledger", "ledger.json", "--noise-multiplier", 1.0, "--encoder",
+              "efficientnet_lite0")
+    assert "20 images" in out and "1 corrupt or unreadable skipped" in out
+    send(client_dir / "scores.ecos", cloud_dir)
+
+    out = run("cloud", cloud_dir, "sample", "--scores", "scores.ecos", "--budget", BUDGET, "--out", "proxy.json")
+    assert f"{BUDGET} of 60 open images" in out
+    run("cloud", cloud_dir, "queries", "--proxy", "proxy.json", "--out", "queries.ecos")
+    send(cloud_dir / "queries.ecos", client_dir)
+
+    run("client", client_dir, "label", "--queries", "queries.ecos", "--data", folders["labelled"], "--out",
+        "labels.ecos", "--ledger", "ledger.json", "--k", 5, "--noise-multiplier", 4.0, "--sampling-rate", 0.5)
+    send(client_dir / "labels.ecos", cloud_dir)
+    run("cloud", cloud_dir, "attach-labels", "--proxy", "proxy.json", "--queries", "queries.ecos", "--labels",
+        "labels.ecos", "--out", "proxy.json")
+
+    proxy = read_proxy_file(cloud_dir / "proxy.json")
+    assert len(set(proxy["indices"])) == BUDGET and proxy["open"] == str(folders["open"])
+    assert all(Path(p).is_file() and Path(p).is_relative_to(folders["open"]) for p in proxy["paths"])
+    assert sum("/green/" in p for p in proxy["paths"]) > BUDGET // 2  # the client's domain dominates
+    assert proxy["class_names"] == ["circle", "square"] and len(proxy["labels"]) == BUDGET
+    size = {name: (cloud_dir / name).stat().st_size for name in ("centroids.ecos", "scores.ecos", "queries.ecos",
+                                                                 "labels.ecos")}
+    assert proxy["bytes_down"] == size["centroids.ecos"] + size["queries.ecos"]
+    assert proxy["bytes_up"] == size["scores.ecos"] + size["labels.ecos"]
+
+    releases = [gaussian_release(1.0), gaussian_release(4.0, BUDGET, 0.5)]
+    ledger = client_dir / "ledger.json"
+    assert [r["count"] for e in read_ledger(ledger)["entries"] for r in e["releases"]] == [1, BUDGET]
+    assert ledger_epsilon(ledger) == releases_epsilon(releases, 1e-5) == proxy["epsilon"]
+
+    # the client wrote its two messages and the ledger, nothing else, and nothing in its data folders
+    assert sorted(p.name for p in client_dir.rglob("*")) == ["centroids.ecos", "labels.ecos", "ledger.json",
+                                                             "queries.ecos", "scores.ecos"]
+    assert {name: tree(folders[name]) for name in ("client", "labelled")} == data_before
