@@ -307,14 +307,17 @@ class ProxyDataModule(pl.LightningDataModule):
         return ImageSubset(base, indices, labels, self.hparams.image_size, transform)
 
     # ----------------------------------------------------------- dataloaders
-    def _loader(self, dataset, shuffle: bool, batch_size: int | None = None, sampler=None) -> DataLoader:
+    def _loader(self, dataset, shuffle: bool, batch_size: int | None = None, sampler=None,
+                drop_last: bool = False) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size or self.hparams.batch_size, shuffle=shuffle,
-                          sampler=sampler, num_workers=self.hparams.num_workers,
+                          sampler=sampler, num_workers=self.hparams.num_workers, drop_last=drop_last,
                           persistent_workers=self.hparams.num_workers > 0)
 
     def train_dataloader(self):
         train = self._subset(self._train_val_positions()[0], train=True)
-        proxy_loader = self._loader(train, shuffle=True)
+        # a last batch of a single image breaks BatchNorm in training: drop it
+        single = len(train) > 1 and len(train) % self.hparams.batch_size == 1
+        proxy_loader = self._loader(train, shuffle=True, drop_last=single)
         if self.hparams.unlabelled_batch_size <= 0:
             return proxy_loader
         open_ds = self.sources()[0]

@@ -71,3 +71,14 @@ def test_probe_respond_sample_queries_label_attach(folders, tmp_path, tree):
     assert sorted(p.name for p in client_dir.rglob("*")) == ["centroids.ecos", "labels.ecos", "ledger.json",
                                                              "queries.ecos", "scores.ecos"]
     assert {name: tree(folders[name]) for name in ("client", "labelled")} == data_before
+
+    # the cloud trains on the proxy from the real client: one fast epoch through train.py
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.run([sys.executable, str(root / "train.py"), "fit", "--config",
+                           str(root / "configs/finetune_digits.yaml"), "--data.proxy_file", "proxy.json",
+                           "--data.max_epsilon", "null", "--trainer.callbacks.init_args.max_epsilon", "null",
+                           "--model.init_args.num_classes", "2", "--model.init_args.input_size", "32",
+                           "--trainer.max_epochs", "1", "--test_after_fit", "false", "--data.batch_size", "4"],
+                          cwd=cloud_dir, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (cloud_dir / "runs/finetune_digits/checkpoints/last.ckpt").exists()
