@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -47,14 +48,12 @@ def cached_features(spec: EncoderSpec, data, data_id: str, cache_dir: str | os.P
             path.unlink(missing_ok=True)
     encoder = build_encoder(spec, device=device)
     features = extract_features(encoder, data, batch_size=batch_size, progress=progress, desc=desc)
-    buffer = _npy_bytes(features)
-    atomic_write_bytes(path, buffer)
+    atomic_save_npy(path, features)
     return features
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    out = io.BytesIO()
-    np.save(out, array, allow_pickle=False)
-    return out.getvalue()
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` (no pickle) through :func:`atomic_write_bytes`."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    atomic_write_bytes(Path(path), buffer.getvalue())

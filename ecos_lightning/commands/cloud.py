@@ -13,7 +13,6 @@ and ``state.json`` (the pool's description and file paths). Nothing is pickled.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..encoders import EncoderSpec
-from ..features import atomic_write_bytes, cached_features, stable_hash
+from ..features import atomic_save_npy, atomic_write_bytes, cached_features, stable_hash
 from ..protocol import CentroidsMessage, CloudSampler, ScoresMessage
 from ..protocol.label_messages import LabelsMessage, QueriesMessage
 from ..proxy_file import read_proxy_file, write_proxy_file
@@ -87,8 +86,8 @@ def probe(args) -> None:
                            encoder=spec.to_dict())
     message = sampler.fit(features)
     blob = message.to_bytes()
-    _write_npy(state_dir / "assignment.npy", sampler.assignment_.astype(np.int64))
-    _write_npy(state_dir / "members.npy", sampler.member_order_)
+    atomic_save_npy(state_dir / "assignment.npy", sampler.assignment_.astype(np.int64))
+    atomic_save_npy(state_dir / "members.npy", sampler.member_order_)
     atomic_write_bytes(state_dir / "centroids.ecos", blob)
     info = {"version": STATE_VERSION, "open": args.open, "root": root, "paths": paths,
             # the file cached_features wrote for this pool and encoder
@@ -183,12 +182,6 @@ def _open_pool(source: str):
 
 def _state_dir(args, out: Path) -> Path:
     return Path(args.state) if args.state else out.parent / "cloud_state"
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _json_epsilon(epsilon: float) -> float | None:
