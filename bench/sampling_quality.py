@@ -13,38 +13,25 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import warnings
 
 import numpy as np
 
-from ecos_lightning.data import DOMAINS, load_digits_lite, paper_split
-from ecos_lightning.encoders import EncoderSpec
-from ecos_lightning.features import cached_features
+from ecos_lightning.data import DOMAINS, paper_split
 from ecos_lightning.protocol import noise_multiplier_for_epsilon
 from ecos_lightning.proxy import select_proxy
+
+from digits_features import add_arguments, digits_lite_features
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=DOMAINS)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--budget", type=int, default=1000)
-    parser.add_argument("--num-clusters", type=int, default=100)
-    parser.add_argument("--epsilon", type=float, default=0.5, help="target epsilon of the private ECOS row")
-    parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--input-size", type=int, default=64, help="encoder input side in pixels")
-    parser.add_argument("--pooling", default="style", choices=("style", "avg"), help="encoder feature pooling")
-    parser.add_argument("--cache-dir", default=os.environ.get("ECOS_CACHE_DIR"))
+    add_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     warnings.simplefilter("ignore")
 
-    data = load_digits_lite(args.cache_dir)
-    spec = EncoderSpec.for_model("efficientnet_lite0", weights="offline", input_size=args.input_size,
-                                pooling=args.pooling)
-    cache = args.cache_dir or os.path.expanduser("~/.cache/ecos_lightning")
-    features = cached_features(spec, data.images, "digits-lite-v1-seed0", cache, desc="digits-lite features")
+    data, features = digits_lite_features(args)
     sigma = noise_multiplier_for_epsilon(args.epsilon, args.delta)
     rows = [("ecos (sigma=0)", "ecos", 0.0), (f"ecos (eps~{args.epsilon})", "ecos", sigma),
             ("random", "random", 0.0), ("kcenter", "kcenter", 0.0), ("upload", "upload", 0.0)]
