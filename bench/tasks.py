@@ -7,6 +7,7 @@ file as they finish, so an interrupted run resumes where it stopped.
     python bench/tasks.py                          # 3 client domains x seeds 1-3 (about an hour on 2 CPU cores)
     python bench/tasks.py --all-domains            # the full 5-domain grid
     python bench/tasks.py --tasks finetune --domains handwritten --seeds 1
+    python bench/tasks.py --report-only            # the report from the cells finished so far
 
 Writes docs/tasks.md (table) and docs/tasks.png (bar chart).
 """
@@ -151,6 +152,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--results", default="docs/tasks_results.json")
     parser.add_argument("--out", default="docs/tasks")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the cells done so far")
     args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
@@ -163,7 +165,7 @@ def main() -> None:
     done = {(c["task"], c["sampler"], c["domain"], c["seed"]) for c in cells}
     grid = [(t, s, d, seed) for seed in args.seeds for d in domains for t in args.tasks for s in SAMPLERS[t]]
     for task, sampler, domain, seed in grid:  # seed-major: a partial run still covers every task
-        if (task, sampler, domain, seed) in done:
+        if (task, sampler, domain, seed) in done or args.report_only:
             continue
         cell = run_cell(task, sampler, domain, seed, sigma, args.budget, args.cache_dir, root)
         cells.append(cell)
@@ -172,7 +174,8 @@ def main() -> None:
               flush=True)
     selected = [c for c in cells if c["domain"] in domains and c["seed"] in args.seeds]
     header = (f"digits-lite, budget {args.budget}, client domains {domains}, seeds {args.seeds}; ECOS query at "
-              f"epsilon {args.epsilon} (sigma {sigma:.2f}), delta 1e-5. Recipes: {RECIPE}; teacher {TEACHER}.")
+              f"epsilon {args.epsilon} (sigma {sigma:.2f}), delta 1e-5; {len(selected)} of {len(grid)} cells finished. "
+              f"Recipes: {RECIPE}; teacher {TEACHER}.")
     report(selected, args.tasks, Path(args.out + ".md"), Path(args.out + ".png"), header)
 
 
