@@ -7,18 +7,15 @@ entries (dp-accounting PLD, :func:`releases_epsilon`) must stay within ``max_eps
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from ecos_lightning.features import atomic_write_bytes
-from ecos_lightning.protocol.privacy import release_event, releases_epsilon
+from ecos_lightning.ledger import ledger_epsilon, read_ledger, record_releases
 from ecos_lightning.protocol.validation import probability
 
-LEDGER_VERSION = 1
+__all__ = ["PrivacyLedger", "ledger_epsilon", "read_ledger"]
 
 
 class PrivacyLedger(pl.Callback):
@@ -67,54 +64,7 @@ class PrivacyLedger(pl.Callback):
 
         Raises ``ValueError`` (and writes nothing) when the composed epsilon would exceed ``max_epsilon``.
         """
-        path = Path(path)
-        ledger = read_ledger(path)
-        known = any(entry["hash"] == artifact_hash for entry in ledger["entries"])
-        entries = ledger["entries"] + ([] if known else [_entry(artifact_hash, releases, self.delta)])
-        epsilon = releases_epsilon([r for entry in entries for r in entry["releases"]], self.delta)
-        if self.max_epsilon is not None and epsilon > self.max_epsilon:
-            raise ValueError(f"privacy ledger {path}: composed epsilon {epsilon:.3g} at delta={self.delta:g} "
-                             f"would exceed max_epsilon={self.max_epsilon:g}; reuse a recorded proxy, raise "
-                             "the noise multiplier, or raise max_epsilon")
-        if not known:
-            ledger = {"version": LEDGER_VERSION, "delta": self.delta, "epsilon": _json_float(epsilon),
-                      "entries": entries}
-            atomic_write_bytes(path, json.dumps(ledger, indent=2).encode())
-        rank_zero_info(f"privacy ledger {path}: {len(entries)} release set(s), composed epsilon "
+        epsilon, count, known = record_releases(path, artifact_hash, releases, self.delta, self.max_epsilon)
+        rank_zero_info(f"privacy ledger {path}: {count} release set(s), composed epsilon "
                        f"{epsilon:.3g} at delta={self.delta:g}" + (" (this proxy was already recorded)" * known))
         return epsilon
-
-
-def read_ledger(path: str | Path) -> dict:
-    """The ledger at ``path`` (an empty one when the file does not exist); ``ValueError`` if it is corrupt."""
-    path = Path(path)
-    if not path.exists():
-        return {"version": LEDGER_VERSION, "entries": []}
-    try:
-        ledger = json.loads(path.read_text())
-        if ledger.get("version") != LEDGER_VERSION:
-            raise ValueError(f"unknown version {ledger.get('version')!r}")
-        for entry in ledger["entries"]:
-            if not isinstance(entry["hash"], str):
-                raise ValueError("an entry has no artifact hash")
-            for release in entry["releases"]:
-                release_event(release)  # raises on a malformed release record
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ValueError(f"privacy ledger {path} is corrupt or unreadable ({exc}); repair or move it aside "
-                         "(a privacy ledger is never reset automatically)") from None
-    return ledger
-
-
-def ledger_epsilon(path: str | Path, delta: float = 1e-5) -> float:
-    """Composed epsilon at ``delta`` of every release recorded in the ledger at ``path`` (0 when absent)."""
-    return releases_epsilon([r for entry in read_ledger(path)["entries"] for r in entry["releases"]], delta)
-
-
-def _entry(artifact_hash: str, releases: list[dict], delta: float) -> dict:
-    return {"hash": artifact_hash, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "what": [r.get("what", "") for r in releases], "epsilon": _json_float(releases_epsilon(releases, delta)),
-            "releases": releases}
-
-
-def _json_float(value: float):
-    return None if value == float("inf") else value

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from callbacks.privacy_ledger import PrivacyLedger, read_ledger
+from ..ledger import read_ledger, record_releases
 
 from ..encoders import EncoderSpec, build_encoder, extract_features
 from ..features import atomic_write_bytes
@@ -110,8 +110,7 @@ def _check_budget(args, releases: list[dict]) -> tuple[float, float]:
 
 def _release(args, blob: bytes, releases: list[dict]) -> None:
     """Record the release in the ledger, then write the output (a failed write keeps the charge)."""
-    PrivacyLedger(max_epsilon=args.max_epsilon, delta=args.delta).record(
-        args.ledger, hashlib.sha256(blob).hexdigest(), releases)
+    record_releases(args.ledger, hashlib.sha256(blob).hexdigest(), releases, args.delta, args.max_epsilon)
     atomic_write_bytes(Path(args.out), blob)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from dp_accounting.pld import PLDAccountant
 
-from callbacks.privacy_ledger import ledger_epsilon, read_ledger
+from ecos_lightning.ledger import ledger_epsilon, read_ledger
 from ecos_lightning.commands import client
 from ecos_lightning.protocol import CentroidsMessage, ScoresMessage
 from ecos_lightning.protocol.label_messages import LabelsMessage, QueriesMessage

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from callbacks.privacy_ledger import ledger_epsilon, read_ledger
+from ecos_lightning.ledger import ledger_epsilon, read_ledger
 from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
 from ecos_lightning.proxy_file import read_proxy_file
 
