@@ -219,7 +219,7 @@ class ProxyDataModule(pl.LightningDataModule):
                                                   desc="client features", **extract)
             result = select_proxy(h.sampler, open_features, h.budget, client_features=client_features,
                                   num_clusters=h.num_clusters, q=h.q, noise_multiplier=h.noise_multiplier,
-                                  delta=h.delta, seed=h.seed, encoder=self.spec.to_dict())
+                                  delta=h.delta, seed=h.seed, encoder=self.spec.to_dict(), progress=True)
             indices = result.indices
             labels = np.full(len(indices), -1, dtype=np.int64)
             if h.label_source in ("open", "manual"):

@@ -47,7 +47,7 @@ class ProxyResult:
 def select_proxy(sampler: str, open_features: np.ndarray, budget: int, *, client_features=None,
                  num_clusters: int = 100, q: int = 1, noise_multiplier: float = 8.0, delta: float = 1e-5,
                  seed: int = 0, fp16: bool = False, pca_dim: int | None = None,
-                 encoder: dict | None = None) -> ProxyResult:
+                 encoder: dict | None = None, progress: bool = False) -> ProxyResult:
     """Select a proxy of ``budget`` open samples with ``sampler`` (one of ``OPEN_SAMPLERS``)."""
     if sampler not in OPEN_SAMPLERS:
         raise ValueError(f"sampler must be one of {OPEN_SAMPLERS}, got {sampler!r}")
@@ -55,7 +55,8 @@ def select_proxy(sampler: str, open_features: np.ndarray, budget: int, *, client
     if sampler == "ecos":
         if client_features is None:
             raise ValueError("client_features is required by the 'ecos' sampler")
-        cloud = CloudSampler(num_clusters=num_clusters, seed=seed, fp16=fp16, pca_dim=pca_dim, encoder=encoder)
+        cloud = CloudSampler(num_clusters=num_clusters, seed=seed, fp16=fp16, pca_dim=pca_dim, encoder=encoder,
+                             progress=progress)
         down = cloud.fit(open_features).to_bytes()
         responder = ClientResponder(noise_multiplier=noise_multiplier, q=q, delta=delta, seed=seed)
         up = responder.respond(CentroidsMessage.from_bytes(down), client_features).to_bytes()

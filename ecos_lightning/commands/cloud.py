@@ -83,7 +83,7 @@ def probe(args) -> None:
     data, data_id, root, paths = _open_pool(args.open)
     features = cached_features(spec, data, data_id, state_dir, desc="open-pool features")
     sampler = CloudSampler(num_clusters=args.num_clusters, seed=args.seed, fp16=args.fp16, pca_dim=args.pca_dim,
-                           encoder=spec.to_dict())
+                           encoder=spec.to_dict(), progress=True)
     message = sampler.fit(features)
     blob = message.to_bytes()
     atomic_save_npy(state_dir / "assignment.npy", sampler.assignment_.astype(np.int64))

@@ -50,13 +50,14 @@ class CloudSampler:
             the centroid first; k-center greedy picks the allocation among them.
         use_gpu: run faiss on GPUs (default: when faiss sees one).
         num_threads: faiss OpenMP threads (default: all cores).
+        progress: show k-means iterations and a progress bar over the assignment of the pool.
     """
 
     def __init__(self, num_clusters: int = 100, *, seed: int = 0, niter: int = 20, nredo: int = 1,
                  max_points_per_centroid: int = 64, spherical: bool = False, fp16: bool = False,
                  pca_dim: int | None = None, encoder: dict | None = None, noise_z: float = 3.0,
                  min_score: float = 0.0, candidate_factor: float = 3.0, use_gpu: bool | None = None,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, progress: bool = False):
         self.num_clusters = positive_int(num_clusters, "num_clusters")
         self.seed = int(seed)
         self.niter = positive_int(niter, "niter")
@@ -73,6 +74,7 @@ class CloudSampler:
         self.candidate_factor = float(candidate_factor)
         self.use_gpu = faiss_ops.gpu_available() if use_gpu is None else bool(use_gpu)
         self.num_threads = num_threads
+        self.progress = bool(progress)
         self.features_: np.ndarray | None = None
 
     # ------------------------------------------------------------------ probe
@@ -99,8 +101,9 @@ class CloudSampler:
             centroids = faiss_ops.kmeans(
                 features, k, niter=self.niter, nredo=self.nredo, seed=self.seed,
                 max_points_per_centroid=self.max_points_per_centroid, spherical=self.spherical,
-                use_gpu=self.use_gpu)
-        sq_dist, labels = faiss_ops.nearest(features, centroids, k=1)
+                use_gpu=self.use_gpu, verbose=self.progress)
+        sq_dist, labels = faiss_ops.nearest(features, centroids, k=1,
+                                            desc="assigning to centroids" if self.progress else None)
         if k == n:  # duplicate points may tie: pin each point to its own cluster
             labels[:, 0], sq_dist[:, 0] = np.arange(n), 0.0
         assignment = labels[:, 0]

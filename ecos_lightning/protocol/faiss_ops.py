@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from tqdm.auto import tqdm
 
 try:
     import faiss
@@ -30,27 +31,30 @@ def gpu_available() -> bool:
 
 
 def kmeans(features: np.ndarray, k: int, *, niter: int, nredo: int, seed: int,
-           max_points_per_centroid: int, spherical: bool, use_gpu: bool) -> np.ndarray:
-    """Centroids [k, d] float32 of faiss k-means on ``features`` [N, d] (N >= k)."""
+           max_points_per_centroid: int, spherical: bool, use_gpu: bool, verbose: bool = False) -> np.ndarray:
+    """Centroids [k, d] float32 of faiss k-means on ``features`` [N, d] (N >= k); ``verbose``: faiss's
+    per-iteration progress lines."""
     km = faiss.Kmeans(
-        features.shape[1], k, niter=niter, nredo=nredo, seed=seed, verbose=False,
+        features.shape[1], k, niter=niter, nredo=nredo, seed=seed, verbose=verbose,
         max_points_per_centroid=max_points_per_centroid, spherical=spherical, gpu=use_gpu,
     )
     km.train(features)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
-def nearest(queries: np.ndarray, base: np.ndarray, k: int = 1, batch_size: int = 65536):
+def nearest(queries: np.ndarray, base: np.ndarray, k: int = 1, batch_size: int = 65536, desc: str | None = None):
     """Exact L2 nearest neighbours: (squared distances [M, k] float32, indices [M, k] int64).
 
-    Queries are processed in batches so the distance work space stays bounded.
+    Queries are processed in batches so the distance work space stays bounded; ``desc`` shows a
+    progress bar over them.
     """
     index = faiss.IndexFlatL2(base.shape[1])
     index.add(base)
     k = min(k, base.shape[0])
     distances = np.empty((queries.shape[0], k), dtype=np.float32)
     labels = np.empty((queries.shape[0], k), dtype=np.int64)
-    for start in range(0, queries.shape[0], batch_size):
+    starts = range(0, queries.shape[0], batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None):
         stop = start + batch_size
         distances[start:stop], labels[start:stop] = index.search(queries[start:stop], k)
     return distances, labels

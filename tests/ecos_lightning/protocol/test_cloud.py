@@ -207,3 +207,10 @@ def test_restored_sampler_selects_exactly_like_the_fitted_one(mixture):
     np.testing.assert_array_equal(restored.sample(up, 250), cloud.sample(up, 250))
     with pytest.raises(ValueError, match="assignment and member_order"):
         CloudSampler.restore(cloud.message_, open_features, cloud.assignment_[:-1], cloud.member_order_)
+
+
+def test_progress_shows_kmeans_iterations_and_assignment(mixture, capsys):
+    open_features, _, _ = mixture
+    CloudSampler(num_clusters=5, seed=0, progress=True).fit(open_features)
+    err = capsys.readouterr().err
+    assert "assigning to centroids" in err
