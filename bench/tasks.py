@@ -106,8 +106,13 @@ def report(cells: list[dict], tasks, out_md: Path, out_png: Path, header: str) -
              "auto-label accuracy | wall s / run | runs |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     chart = {}
     for task in tasks:
+        # compare samplers on the same (domain, seed) cells only: those every sampler has finished
+        finished = [{(c["domain"], c["seed"]) for c in cells if c["task"] == task and c["sampler"] == s}
+                    for s in SAMPLERS[task]]
+        complete = set.intersection(*finished)
         for sampler in SAMPLERS[task]:
-            rows = [c for c in cells if c["task"] == task and c["sampler"] == sampler]
+            rows = [c for c in cells if c["task"] == task and c["sampler"] == sampler
+                    and (c["domain"], c["seed"]) in complete]
             if not rows:
                 continue
             acc = np.array([r["acc"] for r in rows]) * 100
