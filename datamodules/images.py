@@ -11,6 +11,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.functional import pil_to_tensor
 
+from ecos_lightning.encoders import item_image
+
 
 def to_uint8_chw(image) -> torch.Tensor:
     """PIL image, uint8/float array or tensor (HWC or CHW, grey or RGB) -> uint8 tensor [3, H, W]."""
@@ -30,14 +32,11 @@ def to_uint8_chw(image) -> torch.Tensor:
     return x.contiguous()
 
 
-def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
+def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [3, H, W] -> [3, size, size] (antialiased)."""
     if tuple(x.shape[-2:]) == (size, size):
         return x
     return v2.functional.resize(x, [size, size], antialias=True)
-
-
-def _item_image(item):
-    return item[0] if isinstance(item, (tuple, list)) else item
 
 
 class ImageSubset(Dataset):
@@ -54,7 +53,7 @@ class ImageSubset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        x = resize_square(to_uint8_chw(_item_image(self.base[int(self.indices[i])])), self.size)
+        x = resize_uint8(to_uint8_chw(item_image(self.base[int(self.indices[i])])), self.size)
         if self.transform is not None:
             x = self.transform(x)
         return x.float().div_(255.0), int(self.labels[i])
@@ -70,7 +69,7 @@ class TwoViewSubset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        x = resize_square(to_uint8_chw(_item_image(self.base[int(self.indices[i])])), self.size)
+        x = resize_uint8(to_uint8_chw(item_image(self.base[int(self.indices[i])])), self.size)
         return self.weak(x).float().div_(255.0), self.strong(x).float().div_(255.0)
 
 
@@ -109,5 +108,5 @@ def fingerprint(dataset: Dataset) -> str:
     digest = hashlib.sha256(f"{type(dataset).__name__}:{len(dataset)}".encode())
     for i in sorted({0, len(dataset) // 2, len(dataset) - 1}):
         if len(dataset):
-            digest.update(to_uint8_chw(_item_image(dataset[i])).numpy().tobytes())
+            digest.update(to_uint8_chw(item_image(dataset[i])).numpy().tobytes())
     return digest.hexdigest()[:16]

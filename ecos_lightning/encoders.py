@@ -494,18 +494,20 @@ def _to_unit_float(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def resize_square(x: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
+    """float [B,C,H,W] in [0,1] -> [B,C,size,size] (no crop; antialiased when shrinking; bicubic clamped)."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    if interpolation == "nearest":
+        return F.interpolate(x, size=(size, size), mode="nearest")
+    x = F.interpolate(x, size=(size, size), mode=interpolation, align_corners=False, antialias=h > size or w > size)
+    return x.clamp(0.0, 1.0) if interpolation == "bicubic" else x
+
+
 def _resize_normalise(x: torch.Tensor, spec: EncoderSpec) -> torch.Tensor:
     """float [B,3,H,W] in [0,1] -> resized to spec.input_size and normalised."""
-    s = spec.input_size
-    h, w = x.shape[-2:]
-    if (h, w) != (s, s):
-        if spec.interpolation == "nearest":
-            x = F.interpolate(x, size=(s, s), mode="nearest")
-        else:
-            antialias = h > s or w > s
-            x = F.interpolate(x, size=(s, s), mode=spec.interpolation, align_corners=False, antialias=antialias)
-            if spec.interpolation == "bicubic":
-                x = x.clamp_(0.0, 1.0)
+    x = resize_square(x, spec.input_size, spec.interpolation)
     mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -709,7 +711,8 @@ def build_encoder(
 # --------------------------------------------------------------------------- #
 # Batched extraction
 # --------------------------------------------------------------------------- #
-def _item_image(item: Any) -> Any:
+def item_image(item: Any) -> Any:
+    """The image of a dataset item: ``image``, ``(image, ...)`` or ``{"image": image, ...}``."""
     if isinstance(item, Mapping):
         for key in ("image", "img", "pixel_values"):
             if key in item:
@@ -762,7 +765,7 @@ class _Collate:
         return _to_nchw(img.unsqueeze(0))[0]
 
     def __call__(self, items: list) -> tuple[torch.Tensor, bool]:
-        imgs = [self._as_chw(_item_image(it)) for it in items]
+        imgs = [self._as_chw(item_image(it)) for it in items]
         if self.preprocessed:
             return torch.stack(imgs), True
         first = imgs[0]

@@ -16,11 +16,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ecos_lightning.encoders import EncoderSpec, create_timm_model
+from ecos_lightning.encoders import EncoderSpec, create_timm_model, resize_square
 from ecos_lightning.modules.losses import IGNORE_INDEX, masked_cross_entropy
 
 __all__ = ["ClassifierModule", "Preprocess", "split_batch"]
@@ -53,17 +52,7 @@ class Preprocess(nn.Module):
             raise ValueError(f"Preprocess expects images [B,3,H,W] in [0,1], got shape {tuple(x.shape)}")
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        s = self.input_size
-        h, w = x.shape[-2:]
-        if (h, w) != (s, s):
-            if self.interpolation == "nearest":
-                x = F.interpolate(x, size=(s, s), mode="nearest")
-            else:
-                x = F.interpolate(
-                    x, size=(s, s), mode=self.interpolation, align_corners=False, antialias=h > s or w > s
-                )
-                if self.interpolation == "bicubic":
-                    x = x.clamp(0.0, 1.0)
+        x = resize_square(x, self.input_size, self.interpolation)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def extra_repr(self) -> str:
