@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from ecos_lightning.data.digits_lite import default_cache_dir
 from ecos_lightning.encoders import EncoderSpec
 from ecos_lightning.features import atomic_write_bytes, cached_features, stable_hash
 from ecos_lightning.knn_labels import PrivateKnnLabeler
-from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
+from ecos_lightning.protocol.privacy import epsilon_from_json, epsilon_to_json, gaussian_release, releases_epsilon
 from ecos_lightning.protocol.validation import positive_int
 from ecos_lightning.proxy import SAMPLERS, select_proxy
 from ecos_lightning.proxy_file import read_proxy_file
@@ -182,8 +181,7 @@ class ProxyDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Run the protocol once per node and write the artifact (skipped when it already exists)."""
         if self.hparams.proxy_file:
-            epsilon = self._proxy_from_file()["epsilon"]
-            epsilon = math.inf if epsilon is None else epsilon
+            epsilon = epsilon_from_json(self._proxy_from_file()["epsilon"])
             if self.hparams.max_epsilon is not None and epsilon > self.hparams.max_epsilon:
                 raise ValueError(f"privacy budget: the proxy file reports epsilon={epsilon:.3g} > max_epsilon="
                                  f"{self.hparams.max_epsilon:g}")
@@ -241,7 +239,7 @@ class ProxyDataModule(pl.LightningDataModule):
             "cluster_scores": (result.cluster_scores.tolist()
                                if result is not None and result.cluster_scores is not None else None),
             "releases": releases,
-            "epsilon": _json_float(releases_epsilon(releases, h.delta)),
+            "epsilon": epsilon_to_json(releases_epsilon(releases, h.delta)),
             "delta": h.delta,
             "bytes_down": result.bytes_down if result is not None else 0,
             "bytes_up": result.bytes_up if result is not None else 0,
@@ -276,8 +274,7 @@ class ProxyDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------ properties
     @property
     def epsilon(self) -> float:
-        value = self._proxy()["epsilon"]
-        return math.inf if value is None else float(value)
+        return epsilon_from_json(self._proxy()["epsilon"])
 
     @property
     def proxy_label_accuracy(self) -> float | None:
@@ -388,10 +385,6 @@ def load_artifact(path: Path) -> dict:
     if artifact.get("version") != ARTIFACT_VERSION or len(artifact["indices"]) != len(artifact["labels"]):
         raise ValueError(f"proxy artifact {path} has an unknown version or is inconsistent; delete it to rebuild")
     return artifact
-
-
-def _json_float(value: float):
-    return None if math.isinf(value) else value
 
 
 def _weak_augmentation(size: int):

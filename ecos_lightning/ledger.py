@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .features import atomic_write_bytes
-from .protocol.privacy import release_event, releases_epsilon
+from .protocol.privacy import epsilon_to_json, release_event, releases_epsilon
 
 LEDGER_VERSION = 1
 
@@ -34,7 +34,7 @@ def record_releases(path: str | Path, release_hash: str, releases: list[dict], d
                          f"would exceed max_epsilon={max_epsilon:g}; reuse a recorded proxy, raise "
                          "the noise multiplier, or raise max_epsilon")
     if not known:
-        ledger = {"version": LEDGER_VERSION, "delta": delta, "epsilon": _json_float(epsilon), "entries": entries}
+        ledger = {"version": LEDGER_VERSION, "delta": delta, "epsilon": epsilon_to_json(epsilon), "entries": entries}
         atomic_write_bytes(path, json.dumps(ledger, indent=2).encode())
     return epsilon, len(entries), known
 
@@ -65,9 +65,5 @@ def ledger_epsilon(path: str | Path, delta: float = 1e-5) -> float:
 
 def _entry(artifact_hash: str, releases: list[dict], delta: float) -> dict:
     return {"hash": artifact_hash, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "what": [r.get("what", "") for r in releases], "epsilon": _json_float(releases_epsilon(releases, delta)),
+            "what": [r.get("what", "") for r in releases], "epsilon": epsilon_to_json(releases_epsilon(releases, delta)),
             "releases": releases}
-
-
-def _json_float(value: float):
-    return None if value == float("inf") else value

@@ -24,6 +24,7 @@ from ..encoders import EncoderSpec
 from ..features import atomic_save_npy, atomic_write_bytes, cached_features, stable_hash
 from ..protocol import CentroidsMessage, CloudSampler, ScoresMessage
 from ..protocol.label_messages import LabelsMessage, QueriesMessage
+from ..protocol.privacy import epsilon_to_json
 from ..proxy_file import read_proxy_file, write_proxy_file
 from . import Parser, epsilon_text, positive, read_message, run
 from .images import ImageFiles, scan_images
@@ -116,7 +117,7 @@ def sample(args) -> None:
     proxy = {"version": 1, "kind": "ecos-proxy", "indices": selection.indices.tolist(),
              "paths": None if paths is None else [str(Path(state.info["root"], paths[i])) for i in selection.indices],
              "clusters": selection.clusters.tolist(), "scores": selection.scores.astype(float).tolist(),
-             "labels": None, "class_names": None, "epsilon": _json_epsilon(scores.epsilon), "delta": scores.delta,
+             "labels": None, "class_names": None, "epsilon": epsilon_to_json(scores.epsilon), "delta": scores.delta,
              "bytes_down": len(state.message_bytes), "bytes_up": len(blob), "open": state.info["open"]}
     write_proxy_file(out, proxy)
     print(f"wrote {out}: {len(selection.indices)} of {pool} open images from "
@@ -152,7 +153,7 @@ def attach_labels(args) -> None:
     if not labels.answers(query_blob) or len(labels.labels) != len(proxy["indices"]):
         raise ValueError(f"{args.labels} does not answer {args.queries}")
     proxy.update(labels=labels.labels.tolist(), class_names=list(labels.class_names),
-                 epsilon=_json_epsilon(labels.total_epsilon), delta=labels.delta,
+                 epsilon=epsilon_to_json(labels.total_epsilon), delta=labels.delta,
                  bytes_down=proxy["bytes_down"] + len(query_blob), bytes_up=proxy["bytes_up"] + len(label_blob))
     write_proxy_file(args.out, proxy)
     counts = np.bincount(labels.labels, minlength=len(labels.class_names))
@@ -182,10 +183,6 @@ def _open_pool(source: str):
 
 def _state_dir(args, out: Path) -> Path:
     return Path(args.state) if args.state else out.parent / "cloud_state"
-
-
-def _json_epsilon(epsilon: float) -> float | None:
-    return None if epsilon == float("inf") else float(epsilon)
 
 
 def build_parser() -> Parser:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .container import MAX_MESSAGE_BYTES, MessageError, pack, unpack
 from .messages import _expect_keys
+from .privacy import epsilon_from_json, epsilon_to_json
 
 __all__ = ["LabelsMessage", "QueriesMessage"]
 
@@ -112,7 +113,7 @@ class LabelsMessage:
         meta = {"class_names": list(self.class_names), "queries_digest": self.queries_digest,
                 "noise_multiplier": float(self.noise_multiplier), "k": int(self.k),
                 "sampling_rate": float(self.sampling_rate), "delta": float(self.delta),
-                "epsilon": _json_epsilon(self.epsilon), "total_epsilon": _json_epsilon(self.total_epsilon)}
+                "epsilon": epsilon_to_json(self.epsilon), "total_epsilon": epsilon_to_json(self.total_epsilon)}
         return pack(self.KIND, {"labels": self.labels}, meta)
 
     @classmethod
@@ -122,7 +123,7 @@ class LabelsMessage:
                             "epsilon", "total_epsilon"}, "meta")
         if set(tensors) != {"labels"}:
             raise MessageError(f"tensors: expected exactly 'labels', got {sorted(tensors)}")
-        epsilons = [math.inf if meta[n] is None else meta[n] for n in ("epsilon", "total_epsilon")]
+        epsilons = [epsilon_from_json(meta[n]) for n in ("epsilon", "total_epsilon")]
         return cls(tensors["labels"], meta["class_names"], meta["queries_digest"], meta["noise_multiplier"],
                    meta["k"], meta["sampling_rate"], meta["delta"], *epsilons)
 
@@ -139,7 +140,3 @@ def _check(value, name: str, ok, what: str) -> None:
         good = False
     if not good:
         raise MessageError(f"{name}: must be {what}, got {value!r:.40}")
-
-
-def _json_epsilon(value: float) -> float | None:
-    return None if math.isinf(value) else float(value)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .container import MAX_MESSAGE_BYTES, MessageError, pack, unpack
+from .privacy import epsilon_from_json, epsilon_to_json
 from .validation import as_features
 
 __all__ = ["CentroidsMessage", "ScoresMessage", "MessageError"]
@@ -146,7 +147,7 @@ class ScoresMessage:
             "noise_multiplier": float(self.noise_multiplier),
             "q": int(self.q),
             "delta": float(self.delta),
-            "epsilon": None if math.isinf(self.epsilon) else float(self.epsilon),
+            "epsilon": epsilon_to_json(self.epsilon),
             "centroids_digest": self.centroids_digest,
             "radius": None if self.radius is None else float(self.radius),
         }
@@ -158,7 +159,7 @@ class ScoresMessage:
         _expect_keys(meta, _SCORES_META_KEYS, "meta")
         if set(tensors) != {"scores"}:
             raise MessageError(f"tensors: expected exactly 'scores', got {sorted(tensors)}")
-        epsilon = math.inf if meta["epsilon"] is None else meta["epsilon"]
+        epsilon = epsilon_from_json(meta["epsilon"])
         return cls(tensors["scores"], meta["noise_multiplier"], meta["q"], meta["delta"], epsilon,
                    meta["centroids_digest"], meta["radius"])
 

@@ -102,3 +102,14 @@ def release_event(release: dict) -> dp_accounting.DpEvent | None:
 def releases_epsilon(releases: Iterable[dict], delta: float) -> float:
     """Composed epsilon at ``delta`` of release records (see :func:`gaussian_release`)."""
     return events_epsilon([release_event(r) for r in releases if r.get("count", 1) > 0], delta)
+
+
+def epsilon_to_json(epsilon: float) -> float | None:
+    """Epsilon as JSON allows it: ``inf`` (not private) becomes ``null``."""
+    return None if math.isinf(epsilon) else float(epsilon)
+
+
+def epsilon_from_json(value: float | None) -> float:
+    """The inverse of :func:`epsilon_to_json`: ``null`` becomes ``inf``; any other value is returned as it is
+    (readers of untrusted input validate it afterwards)."""
+    return math.inf if value is None else value
