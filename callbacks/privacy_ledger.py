@@ -1,8 +1,9 @@
 """PrivacyLedger: a JSON record of every proxy release a client made, with a composed-epsilon budget.
 
-The ledger holds one entry per distinct proxy artifact (by its hash): rerunning or resuming a run on
-the same artifact reuses releases already made and costs nothing more. The composed epsilon of all
-entries (dp-accounting PLD, :func:`releases_epsilon`) must stay within ``max_epsilon``.
+The ledger (:mod:`ecos_lightning.ledger`) holds one entry per distinct proxy artifact (by its hash):
+rerunning or resuming a run on the same artifact reuses releases already made and costs nothing more.
+The composed epsilon of all entries (dp-accounting PLD) must stay within the ledger's budget. Check and
+record are one step under an exclusive file lock, so concurrent runs sharing a ledger cannot overspend.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from ecos_lightning.ledger import ledger_epsilon, read_ledger, record_releases
+from ecos_lightning.ledger import ledger_epsilon, open_ledger, read_ledger
 from ecos_lightning.protocol.validation import probability
 
 __all__ = ["PrivacyLedger", "ledger_epsilon", "read_ledger"]
@@ -25,19 +26,21 @@ class PrivacyLedger(pl.Callback):
         path: the ledger file; default ``<trainer.log_dir>/privacy_ledger.json`` (one per run: pass a
             shared path to account for several runs on the same client data).
         max_epsilon: refuse (``ValueError``, nothing written) a run whose recorded releases together
-            with all earlier ones would compose to more than this, at ``delta``.
-        delta: the delta at which epsilon is composed.
+            with all earlier ones would compose to more than this. A ledger stores its budget: this may
+            lower it for the run, never raise it; with no stored budget it becomes the ledger's budget.
+        delta: the delta at which epsilon is composed; a ledger has one, fixed when it is created
+            (None: the ledger's own, 1e-5 for a new one). Another delta is refused.
 
     The check runs after ``prepare_data``, so it guards training and the ledger; the datamodule's own
     ``max_epsilon`` guards a single run's query before it is made.
     """
 
-    def __init__(self, path: str | None = None, max_epsilon: float | None = None, delta: float = 1e-5):
+    def __init__(self, path: str | None = None, max_epsilon: float | None = None, delta: float | None = None):
         if max_epsilon is not None and not max_epsilon > 0:
             raise ValueError(f"max_epsilon must be > 0, got {max_epsilon!r}")
         self.path = path
         self.max_epsilon = max_epsilon
-        self.delta = probability(delta, "delta")
+        self.delta = None if delta is None else probability(delta, "delta")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -64,7 +67,8 @@ class PrivacyLedger(pl.Callback):
 
         Raises ``ValueError`` (and writes nothing) when the composed epsilon would exceed ``max_epsilon``.
         """
-        epsilon, count, known = record_releases(path, artifact_hash, releases, self.delta, self.max_epsilon)
-        rank_zero_info(f"privacy ledger {path}: {count} release set(s), composed epsilon "
-                       f"{epsilon:.3g} at delta={self.delta:g}" + (" (this proxy was already recorded)" * known))
+        with open_ledger(path, self.delta, self.max_epsilon) as book:
+            epsilon, known = book.record(artifact_hash, releases)
+            rank_zero_info(f"privacy ledger {path}: {len(book.entries)} release set(s), composed epsilon "
+                           f"{epsilon:.3g} at delta={book.delta:g}" + (" (this proxy was already recorded)" * known))
         return epsilon

@@ -59,6 +59,7 @@ __all__ = [
     "FeatureEncoder",
     "build_encoder",
     "create_timm_model",
+    "encoder_feature_dim",
     "extract_features",
     "load_offline_efficientnet_lite0_state_dict",
     "map_state_dict_by_position",
@@ -679,6 +680,18 @@ class FeatureEncoder(nn.Module):
         return f"spec={self.spec}, feature_dim={self.feature_dim}"
 
 
+def encoder_feature_dim(spec: EncoderSpec) -> int:
+    """Feature length of the encoder ``spec`` describes, found on PyTorch's meta device.
+
+    No weights are read and no memory is allocated for parameters or activations, so the size of
+    what a spec asks for can be checked before the encoder is built.
+    """
+    _check_timm_name(spec.name)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = timm.create_model(spec.name, pretrained=False, num_classes=0)
+    return FeatureEncoder(model, spec, channels_last=False).feature_dim
+
+
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -692,7 +705,8 @@ def build_encoder(
 
     A string is a timm model name, expanded with :meth:`EncoderSpec.for_model`
     (default weights ``"offline"``, so other names need an explicit spec).
-    ``device`` None picks CUDA when available, else CPU.
+    ``device`` None picks CUDA when available, else CPU. The model is created
+    on a fork of the global torch random stream, which is left as it was.
 
     Raises:
         ValueError: unknown timm name; ``weights="offline"`` for a model other
@@ -703,7 +717,8 @@ def build_encoder(
         spec = EncoderSpec.for_model(spec)
     elif not isinstance(spec, EncoderSpec):
         raise TypeError(f"spec must be an EncoderSpec or a timm model name, got {type(spec).__name__}")
-    model = create_timm_model(spec.name, num_classes=0, weights=spec.weights)
+    with torch.random.fork_rng(devices=[]):
+        model = create_timm_model(spec.name, num_classes=0, weights=spec.weights)
     model = model.to(_resolve_device(device))
     return FeatureEncoder(model, spec)
 
@@ -804,7 +819,8 @@ def extract_features(
     dataset using ``encoder.pil_transform()``).
 
     Runs under ``torch.inference_mode()`` on the encoder's device, with a tqdm
-    progress bar when ``progress``.
+    progress bar when ``progress``. The loader draws from its own generator,
+    never from the global torch random stream.
 
     Raises:
         ValueError: empty data, or a non-finite feature row.
@@ -849,6 +865,7 @@ def extract_features(
             collate_fn=_Collate(spec, preprocessed),
             pin_memory=device.type == "cuda",
             drop_last=False,
+            generator=torch.Generator().manual_seed(0),
         )
         batch_iter = iter(loader)
     else:

@@ -1,69 +1,280 @@
-"""A JSON privacy ledger: every release a client made, with the epsilon composed by dp-accounting.
+"""The privacy ledger: every release a client made, one delta, one budget, safe under concurrency and crashes.
 
-One entry per distinct release set (by hash: a proxy artifact, or a message the client wrote);
-recording a hash already in the ledger costs nothing more. No Lightning needed: the client's
-commands and the training callback share it.
+A ledger is one JSON file (schema below) with a lock file beside it (``<ledger>.lock``). Everything
+that reads it to decide on a release holds an exclusive OS lock (``filelock``) from the read, through
+the budget check, to the durable write of the new entry, so two processes sharing a ledger can never
+both spend the same budget. A release is recorded before its output is written: a crash in between
+keeps the charge and loses the output, never the reverse. Writes replace the file atomically and are
+flushed to disk, so a kill at any moment leaves the old ledger or the new one.
+
+Schema (version 2; every key required, nothing else allowed)::
+
+    {"version": 2,
+     "delta": float in (0, 1),            # fixed when the ledger is created
+     "max_epsilon": float > 0 | null,     # the budget: set once, can only be lowered
+     "epsilon": float | null,             # composed epsilon of all entries (null = inf); recomputed on read
+     "entries": [{"hash": str, "time": str, "what": [str], "epsilon": float | null,
+                  "releases": [release record, ...]}]}
+
+Release records are checked by :func:`ecos_lightning.protocol.privacy.check_release`. One entry per
+distinct release (by hash: a message the client wrote, or a proxy artifact); recording a hash already
+in the ledger costs nothing more. Anything else on disk is refused with one line, never reset.
+Version-1 ledgers (no stored budget) are read as version 2 with no budget and rewritten on the next
+release.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .features import atomic_write_bytes
-from .protocol.privacy import epsilon_to_json, release_event, releases_epsilon
+from filelock import FileLock, Timeout
 
-LEDGER_VERSION = 1
+from .files import atomic_write_bytes
+from .protocol.privacy import check_release, epsilon_to_json, releases_epsilon
+
+LEDGER_VERSION = 2
+DEFAULT_DELTA = 1e-5
+LOCK_TIMEOUT_S = 120.0
+MAX_LEDGER_BYTES = 64 << 20
+_MAX_HASH_CHARS = 128
+_ENTRY_KEYS = {"hash", "time", "what", "epsilon", "releases"}
 
 
-def record_releases(path: str | Path, release_hash: str, releases: list[dict], delta: float,
-                    max_epsilon: float | None = None) -> tuple[float, int, bool]:
-    """Add ``releases`` under ``release_hash`` unless already recorded.
+class LedgerBook:
+    """A ledger read under its lock: check releases against the budget and record them.
 
-    Returns (composed epsilon, number of entries, whether the hash was already there). Raises
-    ``ValueError`` and writes nothing when the composed epsilon would exceed ``max_epsilon``.
+    Only :func:`open_ledger` makes one; it is valid inside that ``with`` block.
+
+    Attributes:
+        delta: the delta at which the ledger composes epsilon.
+        budget: the stored budget (None: none stored yet).
+        max_epsilon: the budget this call obeys: the stored one, or the caller's when lower.
+    """
+
+    def __init__(self, path: Path, ledger: dict | None, delta: float | None, max_epsilon: float | None,
+                 locked: bool):
+        self.path, self.locked = path, locked
+        self.exists = ledger is not None
+        ledger = ledger or {"delta": DEFAULT_DELTA if delta is None else delta, "max_epsilon": None, "entries": []}
+        self.delta = ledger["delta"]
+        if delta is not None and delta != self.delta:
+            raise ValueError(f"privacy ledger {path} composes epsilon at delta {self.delta:g}, not {delta:g}: a "
+                             f"ledger has one delta; pass --delta {self.delta:g} (or no delta)")
+        self.budget = ledger["max_epsilon"]
+        if max_epsilon is not None and self.budget is not None and max_epsilon > self.budget:
+            raise ValueError(f"privacy ledger {path} has a budget of epsilon {self.budget:g}; a call may not raise "
+                             f"it to {max_epsilon:g} (a budget can only be lowered)")
+        self.max_epsilon = self.budget if max_epsilon is None else max_epsilon
+        self.entries = ledger["entries"]
+
+    @property
+    def releases(self) -> list[dict]:
+        return [r for entry in self.entries for r in entry["releases"]]
+
+    @property
+    def epsilon(self) -> float:
+        """Composed epsilon of everything recorded, at :attr:`delta`."""
+        return releases_epsilon(self.releases, self.delta)
+
+    def knows(self, release_hash: str) -> bool:
+        return any(entry["hash"] == release_hash for entry in self.entries)
+
+    def check(self, releases: list[dict], release_hash: str | None = None) -> float:
+        """Composed epsilon once ``releases`` are added; ``ValueError`` when it passes the budget."""
+        if release_hash is not None and self.knows(release_hash):
+            return self.epsilon
+        before, after = self.epsilon, releases_epsilon(self.releases + list(releases), self.delta)
+        if self.max_epsilon is not None and after > self.max_epsilon:
+            raise ValueError(f"privacy ledger {self.path}: this release would raise the composed epsilon from "
+                             f"{_text(before)} to {_text(after)} > budget {self.max_epsilon:g} at delta "
+                             f"{self.delta:g}; refused, nothing was released")
+        return after
+
+    def record(self, release_hash: str, releases: list[dict]) -> tuple[float, bool]:
+        """Add ``releases`` under ``release_hash`` (durably) unless already there: (composed epsilon, known).
+
+        ``ValueError``, nothing written, when the composed epsilon would pass the budget.
+        """
+        _check_hash(release_hash, "release hash")
+        releases = [check_release(r) for r in releases]
+        if self.knows(release_hash):
+            return self.epsilon, True
+        after = self.check(releases)
+        entry = {"hash": release_hash, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "what": [r.get("what", "") for r in releases],
+                 "epsilon": epsilon_to_json(releases_epsilon(releases, self.delta)), "releases": releases}
+        self.entries = self.entries + [entry]
+        if self.budget is None:
+            self.budget = self.max_epsilon
+        self._write()
+        return after, False
+
+    def set_budget(self, max_epsilon: float) -> None:
+        """Store ``max_epsilon`` as the budget (creating the ledger); it may lower, never raise, a stored one."""
+        if not (isinstance(max_epsilon, numbers.Real) and 0 < max_epsilon < math.inf):
+            raise ValueError(f"max_epsilon must be a finite number > 0, got {max_epsilon!r}")
+        if self.budget is not None and max_epsilon > self.budget:
+            raise ValueError(f"privacy ledger {self.path} has a budget of epsilon {self.budget:g}; it can only be "
+                             f"lowered, not raised to {max_epsilon:g}")
+        if self.epsilon > max_epsilon:
+            raise ValueError(f"privacy ledger {self.path} has already spent epsilon {_text(self.epsilon)} > "
+                             f"{max_epsilon:g}: choose a budget of at least that")
+        self.budget = self.max_epsilon = float(max_epsilon)
+        self._write()
+
+    def _write(self) -> None:
+        if not self.locked:
+            raise RuntimeError("a ledger snapshot is read-only: record through open_ledger()")
+        ledger = {"version": LEDGER_VERSION, "delta": self.delta, "max_epsilon": self.budget,
+                  "epsilon": epsilon_to_json(self.epsilon), "entries": self.entries}
+        atomic_write_bytes(self.path, json.dumps(ledger, indent=2, allow_nan=False).encode(), durable=True)
+        self.exists = True
+
+
+@contextmanager
+def open_ledger(path: str | Path, delta: float | None = None,
+                max_epsilon: float | None = None) -> Iterator[LedgerBook]:
+    """Hold the ledger's exclusive lock and yield its validated :class:`LedgerBook`.
+
+    ``delta`` must equal the ledger's own (None: the ledger's, or 1e-5 for a new one). ``max_epsilon``
+    may lower the stored budget for this call, never raise it; with no stored budget it becomes the
+    budget at the next write. ``ValueError`` (one line) for a corrupt ledger, a lock held too long,
+    or a conflicting delta or budget.
     """
     path = Path(path)
-    ledger = read_ledger(path)
-    known = any(entry["hash"] == release_hash for entry in ledger["entries"])
-    entries = ledger["entries"] + ([] if known else [_entry(release_hash, releases, delta)])
-    epsilon = releases_epsilon([r for entry in entries for r in entry["releases"]], delta)
-    if max_epsilon is not None and epsilon > max_epsilon:
-        raise ValueError(f"privacy ledger {path}: composed epsilon {epsilon:.3g} at delta={delta:g} "
-                         f"would exceed max_epsilon={max_epsilon:g}; reuse a recorded proxy, raise "
-                         "the noise multiplier, or raise max_epsilon")
-    if not known:
-        ledger = {"version": LEDGER_VERSION, "delta": delta, "epsilon": epsilon_to_json(epsilon), "entries": entries}
-        atomic_write_bytes(path, json.dumps(ledger, indent=2).encode())
-    return epsilon, len(entries), known
+    _check_arguments(delta, max_epsilon)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ValueError(f"privacy ledger {path} has been locked by another process for {LOCK_TIMEOUT_S:.0f} s; "
+                         "wait for it to finish and try again") from None
+    try:
+        yield LedgerBook(path, _read(path), delta, max_epsilon, locked=True)
+    finally:
+        lock.release()
+
+
+def ledger_snapshot(path: str | Path, delta: float | None = None, max_epsilon: float | None = None) -> LedgerBook:
+    """A read-only :class:`LedgerBook` of the ledger as it is now, without the lock and without creating files.
+
+    For a check before expensive work (nothing is read or written when it refuses); the binding check
+    is the one :meth:`LedgerBook.record` makes under the lock.
+    """
+    path = Path(path)
+    _check_arguments(delta, max_epsilon)
+    return LedgerBook(path, _read(path), delta, max_epsilon, locked=False)
+
+
+def record_releases(path: str | Path, release_hash: str, releases: list[dict], delta: float | None = None,
+                    max_epsilon: float | None = None) -> tuple[float, int, bool]:
+    """Check and record ``releases`` in one locked step: (composed epsilon, number of entries, already known)."""
+    with open_ledger(path, delta, max_epsilon) as book:
+        epsilon, known = book.record(release_hash, releases)
+        return epsilon, len(book.entries), known
+
 
 def read_ledger(path: str | Path) -> dict:
-    """The ledger at ``path`` (an empty one when the file does not exist); ``ValueError`` if it is corrupt."""
-    path = Path(path)
-    if not path.exists():
-        return {"version": LEDGER_VERSION, "entries": []}
-    try:
-        ledger = json.loads(path.read_text())
-        if ledger.get("version") != LEDGER_VERSION:
-            raise ValueError(f"unknown version {ledger.get('version')!r}")
-        for entry in ledger["entries"]:
-            if not isinstance(entry["hash"], str):
-                raise ValueError("an entry has no artifact hash")
-            for release in entry["releases"]:
-                release_event(release)  # raises on a malformed release record
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ValueError(f"privacy ledger {path} is corrupt or unreadable ({exc}); repair or move it aside "
-                         "(a privacy ledger is never reset automatically)") from None
+    """A validated snapshot of the ledger at ``path`` (an empty one when absent); ``ValueError`` if corrupt."""
+    ledger = _read(Path(path))
+    if ledger is None:
+        return {"version": LEDGER_VERSION, "delta": DEFAULT_DELTA, "max_epsilon": None, "epsilon": 0.0,
+                "entries": []}
     return ledger
 
 
-def ledger_epsilon(path: str | Path, delta: float = 1e-5) -> float:
-    """Composed epsilon at ``delta`` of every release recorded in the ledger at ``path`` (0 when absent)."""
-    return releases_epsilon([r for entry in read_ledger(path)["entries"] for r in entry["releases"]], delta)
+def ledger_epsilon(path: str | Path, delta: float | None = None) -> float:
+    """Composed epsilon of every release in the ledger at ``path`` (0 when absent), at its delta or ``delta``."""
+    ledger = read_ledger(path)
+    releases = [r for entry in ledger["entries"] for r in entry["releases"]]
+    return releases_epsilon(releases, ledger["delta"] if delta is None else delta)
 
 
-def _entry(artifact_hash: str, releases: list[dict], delta: float) -> dict:
-    return {"hash": artifact_hash, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "what": [r.get("what", "") for r in releases], "epsilon": epsilon_to_json(releases_epsilon(releases, delta)),
-            "releases": releases}
+def _read(path: Path) -> dict | None:
+    """The validated ledger (version 2 form), or None when the file does not exist."""
+    try:
+        if not path.exists():
+            return None
+        if path.is_dir() or path.stat().st_size > MAX_LEDGER_BYTES:
+            raise ValueError(f"not a ledger file of at most {MAX_LEDGER_BYTES} bytes")
+        ledger = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
+        ledger = _validate(ledger)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ValueError(f"privacy ledger {path} is corrupt or unreadable ({str(exc).splitlines()[0]}); repair it "
+                         "or move it aside (a privacy ledger is never reset automatically)") from None
+    return ledger
+
+
+def _validate(ledger) -> dict:
+    if not isinstance(ledger, dict):
+        raise ValueError("the ledger must be a JSON object")
+    version = ledger.get("version")
+    if version == 1 and isinstance(version, int) and not isinstance(version, bool):
+        ledger = {**ledger, "version": LEDGER_VERSION, "max_epsilon": None}
+        ledger.setdefault("delta", DEFAULT_DELTA)
+        ledger.setdefault("epsilon", None)
+    elif version != LEDGER_VERSION or isinstance(version, bool):
+        raise ValueError(f"unknown version {version!r}")
+    keys = {"version", "delta", "max_epsilon", "epsilon", "entries"}
+    if set(ledger) != keys:
+        raise ValueError(f"keys must be {sorted(keys)}, got {sorted(ledger)}")
+    _check_delta(ledger["delta"], "delta")
+    budget = ledger["max_epsilon"]
+    if budget is not None and not (_real(budget) and 0 < budget < math.inf):
+        raise ValueError(f"max_epsilon must be null or a finite number > 0, got {budget!r}")
+    if not isinstance(ledger["entries"], list):
+        raise ValueError("entries must be a list")
+    hashes = set()
+    for i, entry in enumerate(ledger["entries"]):
+        if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
+            raise ValueError(f"entry {i} must be an object with keys {sorted(_ENTRY_KEYS)}")
+        _check_hash(entry["hash"], f"entry {i} hash")
+        if entry["hash"] in hashes:
+            raise ValueError(f"entry {i} repeats hash {entry['hash']!r}")
+        hashes.add(entry["hash"])
+        if not isinstance(entry["time"], str) or not isinstance(entry["what"], list):
+            raise ValueError(f"entry {i}: time must be a string and what a list")
+        if not isinstance(entry["releases"], list) or not entry["releases"]:
+            raise ValueError(f"entry {i}: releases must be a non-empty list")
+        for release in entry["releases"]:
+            check_release(release)
+    return ledger
+
+
+def _check_arguments(delta, max_epsilon) -> None:
+    if delta is not None:
+        _check_delta(delta, "delta")
+    if max_epsilon is not None and not (_real(max_epsilon) and max_epsilon > 0):
+        raise ValueError(f"max_epsilon must be a finite number > 0, got {max_epsilon!r}")
+
+
+def _check_delta(delta, name: str) -> None:
+    if not (_real(delta) and 0 < delta < 1):
+        raise ValueError(f"{name} must be a number in (0, 1), got {delta!r}")
+
+
+def _check_hash(value, name: str) -> None:
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_HASH_CHARS or not value.isalnum():
+        raise ValueError(f"{name} must be 1 to {_MAX_HASH_CHARS} letters or digits, got {value!r:.80}")
+
+
+def _real(value) -> bool:
+    try:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an integer beyond the float range
+        return False
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def _text(epsilon: float) -> str:
+    return "inf (not private)" if math.isinf(epsilon) else f"{epsilon:.3f}"

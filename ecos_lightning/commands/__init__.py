@@ -38,12 +38,14 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
 
 
 def read_message(cls, path: str | Path):
-    """Read a message file: (``cls.from_bytes`` of it, its bytes). Size-checked before it is read."""
+    """Read a message file: (``cls.from_bytes`` of it, its bytes). Checked against its kind's size limit before
+    it is read."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
-    if path.stat().st_size > MAX_MESSAGE_BYTES:
-        raise MessageError(f"{path}: larger than the message size limit of {MAX_MESSAGE_BYTES} bytes")
+    limit = MAX_MESSAGE_BYTES[cls.KIND]
+    if path.stat().st_size > limit:
+        raise MessageError(f"{path}: larger than the size limit of a {cls.KIND} message ({limit:,} bytes)")
     blob = path.read_bytes()
     try:
         return cls.from_bytes(blob), blob

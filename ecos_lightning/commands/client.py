@@ -1,29 +1,32 @@
 """``ecos-client``: the client's side of ECOS. Only the output message and the privacy ledger are written.
 
+    ecos-client budget --max-epsilon 3 --delta 1e-5
     ecos-client respond --centroids centroids.ecos --data <image folder> --out scores.ecos
     ecos-client label --queries queries.ecos --data <class sub-folders of images> --out labels.ecos
 
 Images never leave the machine and features are never written: the output holds K noisy scores
 (``respond``) or one noisy-argmax label per query (``label``). Every release is recorded in one JSON
-privacy ledger per client (default ``~/.ecos_lightning/privacy_ledger.json``) whose composed epsilon
-(dp-accounting PLD) must stay within ``--max-epsilon``: a release that would pass it is refused
-before any image is read or anything is written.
+privacy ledger per client (default ``~/.ecos_lightning/privacy_ledger.json``, see
+:mod:`ecos_lightning.ledger`) with one delta and one budget: a release that would pass it is refused
+before any image is read, and checked again and recorded under the ledger's lock before the output is
+written. The client runs only an encoder its own policy allows (:mod:`ecos_lightning.encoder_policy`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from ..ledger import read_ledger, record_releases
-
-from ..encoders import EncoderSpec, build_encoder, extract_features
-from ..features import atomic_write_bytes
+from ..encoder_policy import DEFAULT_MAX_INPUT_SIZE, EncoderPolicy
+from ..encoders import build_encoder, extract_features
+from ..files import atomic_write_bytes
 from ..knn_labels import PrivateKnnLabeler
-from ..protocol import CentroidsMessage, ClientResponder, ScoresMessage, gaussian_epsilon
+from ..ledger import ledger_snapshot, open_ledger
+from ..protocol import CentroidsMessage, ClientResponder, ScoresMessage
 from ..protocol.label_messages import LabelsMessage, QueriesMessage
 from ..protocol.privacy import gaussian_release, releases_epsilon
 from . import Parser, epsilon_text, positive, read_message, run
@@ -32,95 +35,92 @@ from .images import ImageFiles, scan_images, scan_labelled_images
 DEFAULT_LEDGER = Path.home() / ".ecos_lightning" / "privacy_ledger.json"
 
 
+def budget(args) -> None:
+    if args.max_epsilon is None:
+        book = ledger_snapshot(args.ledger, args.delta)
+        if not book.exists:
+            raise ValueError(f"privacy ledger {args.ledger} does not exist; create it with --max-epsilon")
+    else:
+        with open_ledger(args.ledger, args.delta) as book:
+            book.set_budget(args.max_epsilon)
+    limit = "none" if book.budget is None else f"{book.budget:g}"
+    print(f"ledger {args.ledger}: {len(book.entries)} release(s), total epsilon {epsilon_text(book.epsilon)} at "
+          f"delta {book.delta:g}, budget {limit}")
+
+
 def respond(args) -> None:
     start = time.perf_counter()
     centroids, _ = read_message(CentroidsMessage, args.centroids)
-    spec = _message_encoder(centroids.encoder, args.encoder, args.centroids)
-    responder = ClientResponder(noise_multiplier=args.noise_multiplier, q=args.q, delta=args.delta)
+    spec = _policy(args).accept(centroids.encoder, centroids.feature_dim, args.centroids)
+    book = ledger_snapshot(args.ledger, args.delta, args.max_epsilon)
     release = {**gaussian_release(args.noise_multiplier, what=f"ecos coverage scores, centroids "
-                                  f"{centroids.digest()[:16]}"), "q": args.q, "delta": args.delta}
-    before, after = _check_budget(args, [release])
+                                  f"{centroids.digest()[:16]}"), "q": args.q, "delta": book.delta}
+    before, after = book.epsilon, book.check([release])
     scan = scan_images(args.data)
-    epsilon = gaussian_epsilon(args.noise_multiplier, args.delta)
+    epsilon = releases_epsilon([release], book.delta)
     what = f"{centroids.num_clusters} float32 noisy scores"
     if args.dry_run:
         zeros = np.zeros(centroids.num_clusters, np.float32)
-        blob = ScoresMessage(zeros, args.noise_multiplier, args.q, args.delta, epsilon, centroids.digest()).to_bytes()
-        _report(args, scan, blob, what, epsilon, before, after, start, dry_run=True)
+        blob = ScoresMessage(zeros, args.noise_multiplier, args.q, book.delta, epsilon, centroids.digest()).to_bytes()
+        _report(args, scan, blob, what, epsilon, book.delta, before, after, start, dry_run=True)
         return
     features = extract_features(build_encoder(spec), ImageFiles(scan.paths), desc="client features")
+    responder = ClientResponder(noise_multiplier=args.noise_multiplier, q=args.q, delta=book.delta)
     blob = responder.respond(centroids, features).to_bytes()
-    _release(args, blob, [release])
-    _report(args, scan, blob, what, epsilon, before, after, start)
+    before, after, _ = _release(args, [release], lambda total: blob)
+    _report(args, scan, blob, what, epsilon, book.delta, before, after, start)
 
 
 def label(args) -> None:
     start = time.perf_counter()
     queries, down = read_message(QueriesMessage, args.queries)
-    spec = _message_encoder(queries.encoder, args.encoder, args.queries)
+    spec = _policy(args).accept(queries.encoder, queries.features.shape[1], args.queries)
     labeler = PrivateKnnLabeler(k=args.k, noise_multiplier=args.noise_multiplier, sampling_rate=args.sampling_rate)
     num_queries = queries.features.shape[0]
-    release = {**labeler.release(num_queries), "k": args.k, "delta": args.delta}
-    before, after = _check_budget(args, [release])
+    book = ledger_snapshot(args.ledger, args.delta, args.max_epsilon)
+    release = {**labeler.release(num_queries), "k": args.k, "delta": book.delta}
+    before, after = book.epsilon, book.check([release])
     scan = scan_labelled_images(args.data)
-    epsilon = releases_epsilon([release], args.delta)
+    epsilon = releases_epsilon([release], book.delta)
 
-    def message(labels: np.ndarray) -> bytes:
+    def message(labels: np.ndarray, total: float) -> bytes:
         return LabelsMessage(labels, scan.class_names, hashlib.sha256(down).hexdigest(), args.noise_multiplier,
-                             args.k, labeler.sampling_rate, args.delta, epsilon, after).to_bytes()
+                             args.k, labeler.sampling_rate, book.delta, epsilon, total).to_bytes()
 
     what = f"{num_queries} int64 labels over {len(scan.class_names)} classes"
     if args.dry_run:
-        blob = message(np.zeros(num_queries, np.int64))
-        _report(args, scan, blob, what, epsilon, before, after, start, dry_run=True)
+        blob = message(np.zeros(num_queries, np.int64), after)
+        _report(args, scan, blob, what, epsilon, book.delta, before, after, start, dry_run=True)
         return
-    encoder = build_encoder(spec)
-    if encoder.feature_dim != queries.features.shape[1]:
-        raise ValueError(f"{args.queries}: query features have d={queries.features.shape[1]} but encoder "
-                         f"{spec.name} gives d={encoder.feature_dim}")
-    features = extract_features(encoder, ImageFiles(scan.paths), desc="client features")
+    features = extract_features(build_encoder(spec), ImageFiles(scan.paths), desc="client features")
     labels = labeler.label(queries.features, features, np.asarray(scan.labels), len(scan.class_names))
-    blob = message(labels)
-    _release(args, blob, [release])
-    _report(args, scan, blob, what, epsilon, before, after, start)
+    before, after, blob = _release(args, [release], lambda total: message(labels, total))
+    _report(args, scan, blob, what, epsilon, book.delta, before, after, start)
 
 
-def _message_encoder(encoder: dict | None, expected: str | None, source: str) -> EncoderSpec:
-    """The encoder spec named in a message; ``ValueError`` when absent or not ``--encoder``."""
-    if encoder is None:
-        raise ValueError(f"{source} names no encoder: the cloud must send its encoder spec")
-    spec = EncoderSpec.from_dict(encoder)
-    if expected is not None and spec.name != expected:
-        raise ValueError(f"{source} was made with encoder {spec.name!r}, not --encoder {expected!r}: "
-                         "features of different encoders are not comparable")
-    return spec
+def _policy(args) -> EncoderPolicy:
+    return EncoderPolicy.for_client(args.encoder, args.encoder_weights, args.max_input_size)
 
 
-def _check_budget(args, releases: list[dict]) -> tuple[float, float]:
-    """Composed ledger epsilon (before, after) these releases; ``ValueError`` when after > --max-epsilon."""
-    recorded = [r for entry in read_ledger(args.ledger)["entries"] for r in entry["releases"]]
-    before = releases_epsilon(recorded, args.delta)
-    after = releases_epsilon(recorded + releases, args.delta)
-    if args.max_epsilon is not None and after > args.max_epsilon:
-        raise ValueError(f"privacy ledger {args.ledger}: this release would raise the composed epsilon from "
-                         f"{epsilon_text(before)} to {epsilon_text(after)} > --max-epsilon {args.max_epsilon:g} "
-                         f"at delta {args.delta:g}; refused, nothing was read or written")
-    return before, after
-
-
-def _release(args, blob: bytes, releases: list[dict]) -> None:
-    """Record the release in the ledger, then write the output (a failed write keeps the charge)."""
-    record_releases(args.ledger, hashlib.sha256(blob).hexdigest(), releases, args.delta, args.max_epsilon)
+def _release(args, releases: list[dict], make_blob: Callable[[float], bytes]) -> tuple[float, float, bytes]:
+    """Under the ledger's lock: check the budget, build the output (given the new total), record it; then
+    write the output. A crash after recording keeps the charge. Returns (epsilon before, after, output)."""
+    with open_ledger(args.ledger, args.delta, args.max_epsilon) as book:
+        before, after = book.epsilon, book.check(releases)
+        blob = make_blob(after)
+        book.record(hashlib.sha256(blob).hexdigest(), releases)
     atomic_write_bytes(Path(args.out), blob)
+    return before, after, blob
 
 
-def _report(args, scan, blob: bytes, what: str, epsilon: float, before: float, after: float, start: float,
-            dry_run: bool = False) -> None:
+def _report(args, scan, blob: bytes, what: str, epsilon: float, delta: float, before: float, after: float,
+            start: float, dry_run: bool = False) -> None:
     verb = "would write" if dry_run else "wrote"
     print(f"data: {scan.summary()}")
     print(f"{verb} {args.out}: {len(blob):,} bytes up ({what})")
-    print(f"epsilon: {epsilon_text(epsilon)} at delta {args.delta:g}")
-    limit = f" (max {args.max_epsilon:g})" if args.max_epsilon is not None else ""
+    print(f"epsilon: {epsilon_text(epsilon)} at delta {delta:g}")
+    budget = ledger_snapshot(args.ledger, delta, args.max_epsilon).max_epsilon
+    limit = f" (max {budget:g})" if budget is not None else ""
     print(f"ledger {args.ledger}: total epsilon {epsilon_text(before)} -> {epsilon_text(after)}{limit}")
     print(f"time: {time.perf_counter() - start:.1f} s" + ("  (dry run: nothing written)" if dry_run else ""))
 
@@ -130,15 +130,30 @@ def build_parser() -> Parser:
                     "differentially private releases; only the output message and the privacy ledger are written.")
     commands = parser.add_subparsers(required=True, metavar="command", parser_class=Parser)
 
+    def ledger_options(p) -> None:
+        p.add_argument("--ledger", type=Path, default=DEFAULT_LEDGER, help=f"privacy ledger (default {DEFAULT_LEDGER})")
+        p.add_argument("--delta", type=positive(float), help="delta at which the ledger composes epsilon, fixed "
+                       "when it is created (default: the ledger's own; 1e-5 for a new ledger)")
+
+    p = commands.add_parser("budget", help="set (or lower) the ledger's epsilon budget, or show the ledger")
+    ledger_options(p)
+    p.add_argument("--max-epsilon", type=positive(float), help="the budget: set once, can only be lowered later")
+    p.set_defaults(func=budget)
+
     def common(p, noise: float) -> None:
         p.add_argument("--out", required=True, help="message to send back to the cloud")
         p.add_argument("--noise-multiplier", type=float, default=noise,
                        help=f"Gaussian noise std / sensitivity (default {noise:g}; 0 = not private)")
-        p.add_argument("--delta", type=float, default=1e-5, help="delta at which epsilon is composed")
-        p.add_argument("--ledger", type=Path, default=DEFAULT_LEDGER, help=f"privacy ledger (default {DEFAULT_LEDGER})")
+        ledger_options(p)
         p.add_argument("--max-epsilon", type=positive(float), help="refuse a release that would compose the "
-                       "ledger past this epsilon")
-        p.add_argument("--encoder", help="expected encoder name: refuse a message made with another one")
+                       "ledger past this epsilon; with no stored budget it becomes the ledger's budget, and it "
+                       "can never raise a stored one")
+        p.add_argument("--encoder", help="the only encoder to run for the cloud (default: the allow-list, "
+                       "efficientnet_lite0 with its offline weights); a message naming another is refused")
+        p.add_argument("--encoder-weights", help="weights this client loads for --encoder: offline | none | hub | "
+                       "a weights file on this machine (never a path from the message)")
+        p.add_argument("--max-input-size", type=positive(int), default=DEFAULT_MAX_INPUT_SIZE,
+                       help=f"refuse an encoder input side above this many pixels (default {DEFAULT_MAX_INPUT_SIZE})")
         p.add_argument("--dry-run", action="store_true", help="show what would be written and the ledger "
                        "effect; write nothing, extract nothing")
 

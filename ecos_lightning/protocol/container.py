@@ -31,7 +31,18 @@ FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sHHIQ")
 _CHECKSUM_BYTES = 32
 MAX_HEADER_BYTES = 1 << 20
-MAX_MESSAGE_BYTES = 1 << 31
+#: Upper bounds of what each kind may legitimately need. centroids: K <= MAX_CLUSTERS rows of
+#: d <= MAX_FEATURE_DIM (float32; plus an optional projection); scores: 4 bytes per centroid;
+#: queries: the proxy's features; labels: 8 bytes per query and the class names.
+MAX_CLUSTERS = 1 << 16
+MAX_FEATURE_DIM = 1 << 14
+MAX_QUERIES = 1 << 20
+MAX_MESSAGE_BYTES = {
+    "centroids": 256 << 20,
+    "scores": 4 * MAX_CLUSTERS + (64 << 10),
+    "queries": 1 << 30,
+    "labels": 8 * MAX_QUERIES + MAX_HEADER_BYTES + (64 << 10),
+}
 ALLOWED_DTYPES = ("float16", "float32", "int64")
 
 
@@ -54,13 +65,17 @@ def pack(kind: str, tensors: dict[str, np.ndarray], meta: dict) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def unpack(blob: bytes, kind: str, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[dict[str, np.ndarray], dict]:
-    """Parse a message of the given ``kind``: returns (tensors, meta). Raises ``MessageError`` only."""
+def unpack(blob: bytes, kind: str, max_bytes: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Parse a message of the given ``kind``: returns (tensors, meta). Raises ``MessageError`` only.
+
+    ``max_bytes`` (default: ``MAX_MESSAGE_BYTES[kind]``) bounds the message before anything is parsed.
+    """
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise MessageError(f"message must be bytes, got {type(blob).__name__}")
-    blob = bytes(blob)
+    max_bytes = MAX_MESSAGE_BYTES[kind] if max_bytes is None else max_bytes
     if len(blob) > max_bytes:
-        raise MessageError(f"message size: {len(blob)} bytes exceeds the limit of {max_bytes}")
+        raise MessageError(f"message size: {len(blob)} bytes exceeds the limit of {max_bytes} for a {kind!r} message")
+    blob = bytes(blob)
     if len(blob) < _PREFIX.size + _CHECKSUM_BYTES:
         raise MessageError(f"message truncated: {len(blob)} bytes is shorter than the fixed prefix and checksum")
     magic, version, reserved, header_len, payload_len = _PREFIX.unpack_from(blob)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .container import MAX_MESSAGE_BYTES, MessageError, pack, unpack
+from .container import MAX_FEATURE_DIM, MAX_QUERIES, MessageError, pack, unpack
 from .messages import _expect_keys
 from .privacy import epsilon_from_json, epsilon_to_json
 
@@ -40,8 +40,10 @@ class QueriesMessage:
 
     def __post_init__(self):
         f = self.features
-        if not isinstance(f, np.ndarray) or f.dtype != np.float32 or f.ndim != 2 or 0 in f.shape:
-            raise MessageError("features: must be a float32 array [Q >= 1, d >= 1]")
+        if (not isinstance(f, np.ndarray) or f.dtype != np.float32 or f.ndim != 2
+                or not 1 <= f.shape[0] <= MAX_QUERIES or not 1 <= f.shape[1] <= MAX_FEATURE_DIM):
+            raise MessageError(f"features: must be a float32 array [1 <= Q <= {MAX_QUERIES}, "
+                               f"1 <= d <= {MAX_FEATURE_DIM}]")
         if not np.isfinite(f).all():
             raise MessageError("features: contains NaN or Inf")
         from ..encoders import EncoderSpec
@@ -57,7 +59,7 @@ class QueriesMessage:
         return pack(self.KIND, {"features": self.features}, {"encoder": self.encoder, "proxy": self.proxy})
 
     @classmethod
-    def from_bytes(cls, blob: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> "QueriesMessage":
+    def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "QueriesMessage":
         tensors, meta = unpack(blob, cls.KIND, max_bytes)
         _expect_keys(meta, {"encoder", "proxy"}, "meta")
         if set(tensors) != {"features"}:
@@ -95,8 +97,8 @@ class LabelsMessage:
             raise MessageError(f"class_names: must be 1 to {_MAX_CLASSES} unique non-empty strings")
         object.__setattr__(self, "class_names", tuple(names))
         y = self.labels
-        if not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.ndim != 1 or y.size == 0:
-            raise MessageError("labels: must be an int64 vector [Q >= 1]")
+        if not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.ndim != 1 or not 1 <= y.size <= MAX_QUERIES:
+            raise MessageError(f"labels: must be an int64 vector [1 <= Q <= {MAX_QUERIES}]")
         if y.min() < 0 or y.max() >= len(names):
             raise MessageError(f"labels: must lie in [0, {len(names) - 1}]")
         if not isinstance(self.queries_digest, str) or not re.fullmatch(r"[0-9a-f]{64}", self.queries_digest):
@@ -117,7 +119,7 @@ class LabelsMessage:
         return pack(self.KIND, {"labels": self.labels}, meta)
 
     @classmethod
-    def from_bytes(cls, blob: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> "LabelsMessage":
+    def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "LabelsMessage":
         tensors, meta = unpack(blob, cls.KIND, max_bytes)
         _expect_keys(meta, {"class_names", "queries_digest", "noise_multiplier", "k", "sampling_rate", "delta",
                             "epsilon", "total_epsilon"}, "meta")

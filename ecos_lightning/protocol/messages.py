@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .container import MAX_MESSAGE_BYTES, MessageError, pack, unpack
+from .container import MAX_CLUSTERS, MAX_FEATURE_DIM, MessageError, pack, unpack
 from .privacy import epsilon_from_json, epsilon_to_json
 from .validation import as_features
 
@@ -81,7 +81,7 @@ class CentroidsMessage:
         return pack(self.KIND, tensors, {"encoder": self.encoder})
 
     @classmethod
-    def from_bytes(cls, blob: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> "CentroidsMessage":
+    def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "CentroidsMessage":
         tensors, meta = unpack(blob, cls.KIND, max_bytes)
         _expect_keys(meta, {"encoder"}, "meta")
         if set(tensors) not in ({"centroids"}, {"centroids", "projection", "bias"}):
@@ -102,7 +102,7 @@ class ScoresMessage:
 
     scores: [K] float32, ``s + N(0, (noise_multiplier * sqrt(q))^2)``; may be negative.
     epsilon: privacy cost at ``delta`` of this release (``inf`` when noise_multiplier is 0).
-    centroids_digest: :meth:`CentroidsMessage.digest` of the centroids these scores answer.
+    centroids_digest: :meth:`CentroidsMessage.digest` of the centroids these scores answer (required).
     """
 
     scores: np.ndarray
@@ -110,15 +110,15 @@ class ScoresMessage:
     q: int
     delta: float
     epsilon: float
-    centroids_digest: str = ""
+    centroids_digest: str
     radius: float | None = None
     KIND = "scores"
 
     def __post_init__(self):
         if not isinstance(self.scores, np.ndarray) or self.scores.dtype != np.float32 or self.scores.ndim != 1:
             raise MessageError("scores: must be a float32 vector [K]")
-        if self.scores.size == 0:
-            raise MessageError("scores: must hold at least one score")
+        if not 1 <= self.scores.size <= MAX_CLUSTERS:
+            raise MessageError(f"scores: must hold 1 to {MAX_CLUSTERS} scores, got {self.scores.size}")
         if not np.isfinite(self.scores).all():
             raise MessageError("scores: contains NaN or Inf")
         _check_number(self.noise_multiplier, "noise_multiplier", low=0.0)
@@ -128,8 +128,9 @@ class ScoresMessage:
         if not (isinstance(self.epsilon, numbers.Real) and not isinstance(self.epsilon, bool)
                 and (self.epsilon >= 0 or math.isinf(self.epsilon)) and not math.isnan(self.epsilon)):
             raise MessageError(f"epsilon: must be a number >= 0 or inf, got {self.epsilon!r}")
-        if not isinstance(self.centroids_digest, str) or not re.fullmatch(r"([0-9a-f]{64})?", self.centroids_digest):
-            raise MessageError("centroids_digest: must be a 64-character lowercase hex SHA-256 or empty")
+        if not isinstance(self.centroids_digest, str) or not re.fullmatch(r"[0-9a-f]{64}", self.centroids_digest):
+            raise MessageError("centroids_digest: must be the 64-character lowercase hex SHA-256 of the centroids "
+                               "message these scores answer")
         if self.radius is not None:
             _check_number(self.radius, "radius", low=0.0)
 
@@ -154,7 +155,7 @@ class ScoresMessage:
         return pack(self.KIND, {"scores": self.scores}, meta)
 
     @classmethod
-    def from_bytes(cls, blob: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> "ScoresMessage":
+    def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "ScoresMessage":
         tensors, meta = unpack(blob, cls.KIND, max_bytes)
         _expect_keys(meta, _SCORES_META_KEYS, "meta")
         if set(tensors) != {"scores"}:
@@ -169,15 +170,17 @@ class ScoresMessage:
             raise MessageError(
                 f"scores: length {self.num_clusters} != number of centroids K={centroids.num_clusters}"
             )
-        if self.centroids_digest and self.centroids_digest != centroids.digest():
+        if self.centroids_digest != centroids.digest():
             raise MessageError("centroids_digest: these scores answer a different centroids message")
 
 
 def _check_centroids(centroids, projection, bias) -> None:
     if not isinstance(centroids, np.ndarray) or centroids.dtype.name not in ("float16", "float32"):
         raise MessageError("centroids: must be a float16 or float32 array")
-    if centroids.ndim != 2 or centroids.shape[0] < 1 or centroids.shape[1] < 1:
-        raise MessageError(f"centroids: must have shape [K >= 1, d >= 1], got {list(centroids.shape)}")
+    if (centroids.ndim != 2 or not 1 <= centroids.shape[0] <= MAX_CLUSTERS
+            or not 1 <= centroids.shape[1] <= MAX_FEATURE_DIM):
+        raise MessageError(f"centroids: must have shape [1 <= K <= {MAX_CLUSTERS}, 1 <= d <= {MAX_FEATURE_DIM}], "
+                           f"got {list(centroids.shape)}")
     if not np.isfinite(centroids).all():
         raise MessageError("centroids: contains NaN or Inf")
     if (projection is None) != (bias is None):
@@ -189,10 +192,9 @@ def _check_centroids(centroids, projection, bias) -> None:
             raise MessageError(f"{name}: must be a float32 array with {ndim} dimension(s)")
         if not np.isfinite(array).all():
             raise MessageError(f"{name}: contains NaN or Inf")
-    if projection.shape[1] != centroids.shape[1] or projection.shape[0] < 1:
-        raise MessageError(
-            f"projection: shape {list(projection.shape)} must be [d, {centroids.shape[1]}] to match the centroids"
-        )
+    if projection.shape[1] != centroids.shape[1] or not 1 <= projection.shape[0] <= MAX_FEATURE_DIM:
+        raise MessageError(f"projection: shape {list(projection.shape)} must be [d <= {MAX_FEATURE_DIM}, "
+                           f"{centroids.shape[1]}] to match the centroids")
     if bias.shape != (centroids.shape[1],):
         raise MessageError(f"bias: shape {list(bias.shape)} must be [{centroids.shape[1]}]")
 

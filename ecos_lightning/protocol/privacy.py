@@ -8,6 +8,7 @@ so its noise multiplier is ``sigma`` whatever ``q`` is.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 
 import dp_accounting
@@ -81,27 +82,60 @@ def gaussian_release(noise_multiplier: float, count: int = 1, sampling_rate: flo
             "sampling_rate": float(sampling_rate), "what": what}
 
 
+_RELEASE_KEYS = {"gaussian": {"mechanism", "noise_multiplier", "count", "sampling_rate", "what"},
+                 "non_private": {"mechanism", "count", "what"}}
+_OPTIONAL_RELEASE_KEYS = {"q", "k", "delta"}
+MAX_RELEASE_COUNT = 10**9
+
+
+def check_release(release) -> dict:
+    """Return a release record (see :func:`gaussian_release`) unchanged, or raise ``ValueError`` naming the field.
+
+    Strict: a known mechanism, its keys (plus optional ``q``, ``k``, ``delta``) and nothing else,
+    ``count`` an integer in [1, 1e9], ``noise_multiplier`` a finite number >= 0, ``sampling_rate`` in (0, 1].
+    """
+    if not isinstance(release, dict) or release.get("mechanism") not in _RELEASE_KEYS:
+        raise ValueError("a release record must be an object with mechanism 'gaussian' or 'non_private'")
+    required = _RELEASE_KEYS[release["mechanism"]]
+    if not required <= set(release) <= required | _OPTIONAL_RELEASE_KEYS:
+        raise ValueError(f"a {release['mechanism']} release record needs keys {sorted(required)} "
+                         f"(optional {sorted(_OPTIONAL_RELEASE_KEYS)}), got {sorted(release)}")
+    if not _integer(release["count"], 1, MAX_RELEASE_COUNT):
+        raise ValueError(f"release count must be an integer in [1, {MAX_RELEASE_COUNT}], got {release['count']!r:.40}")
+    if not isinstance(release["what"], str):
+        raise ValueError("release 'what' must be a string")
+    for key in ("q", "k"):
+        if key in release and not _integer(release[key], 1, MAX_RELEASE_COUNT):
+            raise ValueError(f"release {key} must be an integer >= 1, got {release[key]!r:.40}")
+    if "delta" in release:
+        probability(release["delta"], "release delta")
+    if release["mechanism"] == "gaussian":
+        non_negative_float(release["noise_multiplier"], "release noise_multiplier")
+        rate = release["sampling_rate"]
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 < rate <= 1.0:
+            raise ValueError(f"release sampling_rate must be in (0, 1], got {rate!r:.40}")
+    return release
+
+
 def release_event(release: dict) -> dp_accounting.DpEvent | None:
-    """The dp-accounting event of a release record (None for a non-private one)."""
-    if release.get("mechanism") == "non_private":
-        return None
-    if release.get("mechanism") != "gaussian":
-        raise ValueError(f"release mechanism must be 'gaussian' or 'non_private', got {release.get('mechanism')!r}")
-    sigma = non_negative_float(release["noise_multiplier"], "noise_multiplier")
-    rate = float(release.get("sampling_rate", 1.0))
-    if not 0.0 < rate <= 1.0:
-        raise ValueError(f"sampling_rate must be in (0, 1], got {rate!r}")
+    """The dp-accounting event of a release record (None for a non-private one); ``ValueError`` if malformed."""
+    check_release(release)
+    sigma = 0.0 if release["mechanism"] == "non_private" else float(release["noise_multiplier"])
     if sigma == 0.0:
         return None
     event = dp_accounting.GaussianDpEvent(sigma)
-    if rate < 1.0:
-        event = dp_accounting.PoissonSampledDpEvent(rate, event)
+    if release["sampling_rate"] < 1.0:
+        event = dp_accounting.PoissonSampledDpEvent(float(release["sampling_rate"]), event)
     return dp_accounting.SelfComposedDpEvent(event, int(release["count"]))
 
 
 def releases_epsilon(releases: Iterable[dict], delta: float) -> float:
     """Composed epsilon at ``delta`` of release records (see :func:`gaussian_release`)."""
-    return events_epsilon([release_event(r) for r in releases if r.get("count", 1) > 0], delta)
+    return events_epsilon([release_event(r) for r in releases], delta)
+
+
+def _integer(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def epsilon_to_json(epsilon: float) -> float | None:

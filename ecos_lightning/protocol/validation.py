@@ -45,8 +45,12 @@ def positive_int(value, name: str) -> int:
 
 def non_negative_float(value, name: str) -> float:
     """Return ``value`` as a finite float >= 0, or raise ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    try:
+        ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and np.isfinite(float(value)) and value >= 0
+    except OverflowError:  # an integer beyond the float range
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r:.40}")
     return float(value)
 
 

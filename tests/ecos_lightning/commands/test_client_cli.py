@@ -1,6 +1,5 @@
 """ecos-client in-process: the privacy ledger, dry runs, the encoder check, one-line errors."""
 
-import json
 import os
 
 import dp_accounting
@@ -49,7 +48,7 @@ def test_ledger_composes_releases_and_refuses_the_one_past_the_budget(cli, probe
     code, _, err = respond(cli, probed, folders, tmp_path, "--noise-multiplier", 8.0, "--max-epsilon", expected + 0.05)
     assert code == 2 and one_error_line(err) and "refused" in err
     assert (tmp_path / "ledger.json").read_bytes() == ledger_bytes
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.json", "ledger.json.lock"]
 
 
 def test_dry_run_writes_nothing_and_predicts_the_output(cli, probed, folders, tmp_path, tree):
@@ -65,15 +64,15 @@ def test_dry_run_writes_nothing_and_predicts_the_output(cli, probed, folders, tm
     assert f"wrote {tmp_path / 'scores.ecos'}: {size:,} bytes up" in real
     message = ScoresMessage.from_bytes((tmp_path / "scores.ecos").read_bytes())
     assert message.num_clusters == CentroidsMessage.from_bytes((probed / "centroids.ecos").read_bytes()).num_clusters
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.json", "scores.ecos"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.json", "ledger.json.lock", "scores.ecos"]
 
 
 def queries_file(probed, path, rows=5):
-    state = probed / "cloud_state"
-    info = json.loads((state / "state.json").read_text())
-    features = np.load(state / info["features"])[:rows]
-    encoder = CentroidsMessage.from_bytes((probed / "centroids.ecos").read_bytes()).encoder
-    path.write_bytes(QueriesMessage(features, encoder, "0" * 16).to_bytes())
+    """A queries message for ``rows`` unit feature vectors in the space of the probed centroids."""
+    centroids = CentroidsMessage.from_bytes((probed / "centroids.ecos").read_bytes())
+    features = np.random.default_rng(0).normal(size=(rows, centroids.feature_dim)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    path.write_bytes(QueriesMessage(features, centroids.encoder, "0" * 16).to_bytes())
     return path
 
 
@@ -95,10 +94,10 @@ def test_label_dry_run_then_label(cli, probed, folders, tmp_path):
         releases_epsilon([gaussian_release(4.0, 5, 1.0)], 1e-5))
 
 
-def test_encoder_other_than_the_message_is_refused(cli, probed, folders, tmp_path):
-    code, _, err = respond(cli, probed, folders, tmp_path, "--encoder", "resnet18")
+def test_encoder_other_than_the_clients_own_is_refused(cli, probed, folders, tmp_path):
+    code, _, err = respond(cli, probed, folders, tmp_path, "--encoder", "resnet18", "--encoder-weights", "none")
     assert code == 2 and one_error_line(err)
-    assert "made with encoder 'efficientnet_lite0', not --encoder 'resnet18'" in err
+    assert "asks for encoder 'efficientnet_lite0', which this client does not run (allowed: resnet18)" in err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -108,7 +107,7 @@ def test_encoder_other_than_the_message_is_refused(cli, probed, folders, tmp_pat
     ("data_is_a_file", "not a folder"),
     ("only_corrupt_images", "no readable image"),
     ("garbage_message", "magic"),
-    ("oversized_message", "larger than the message size limit"),
+    ("oversized_message", "larger than the size limit of a centroids message"),
     ("scores_as_centroids", "kind: expected a 'centroids' message"),
     ("labels_without_classes", "no class sub-folders"),
     ("bad_noise", "noise_multiplier must be a finite number >= 0"),
@@ -138,7 +137,7 @@ def test_bad_command_lines_are_one_line_errors(cli, probed, folders, tmp_path, c
             handle.truncate(3 << 30)  # sparse
     elif case == "scores_as_centroids":
         centroids = inputs / "scores.ecos"
-        centroids.write_bytes(ScoresMessage(np.ones(3, np.float32), 1.0, 1, 1e-5, 1.0).to_bytes())
+        centroids.write_bytes(ScoresMessage(np.ones(3, np.float32), 1.0, 1, 1e-5, 1.0, "ab" * 32).to_bytes())
     elif case == "labels_without_classes":
         argv = ["label", "--queries", queries_file(probed, inputs / "q.ecos")]
         data = inputs / "flat"

@@ -27,7 +27,7 @@ VALID = {
                          np.zeros(2, np.float32), SPEC).to_bytes(),
     ],
     ScoresMessage: [ScoresMessage(np.array([3, -1, 0.5], np.float32), 4.0, 2, 1e-5, 0.9, "ab" * 32, 1.5).to_bytes(),
-                    ScoresMessage(np.ones(2, np.float32), 0.0, 1, 1e-5, float("inf")).to_bytes()],
+                    ScoresMessage(np.ones(2, np.float32), 0.0, 1, 1e-5, float("inf"), "cd" * 32).to_bytes()],
     QueriesMessage: [QueriesMessage(RNG.normal(size=(3, 4)).astype(np.float32), SPEC, "0123456789abcdef").to_bytes()],
     LabelsMessage: [LabelsMessage(np.array([0, 2, 1], np.int64), ("a", "b", "c"), "cd" * 32, 2.0, 5, 0.3, 1e-5, 1.2,
                                   3.4).to_bytes()],

@@ -42,7 +42,7 @@ def _rebuild(blob: bytes, header_edit=None, version=FORMAT_VERSION, magic=MAGIC)
     _centroids(np.float16),
     CentroidsMessage(np.ones((3, 2), np.float32), np.ones((6, 2), np.float32), np.zeros(2, np.float32)),
     _scores(),
-    ScoresMessage(np.ones(4, np.float32), 0.0, 1, 1e-5, float("inf")),
+    ScoresMessage(np.ones(4, np.float32), 0.0, 1, 1e-5, float("inf"), "cd" * 32),
 ])
 def test_round_trip_is_byte_exact(message):
     blob = message.to_bytes()
@@ -152,7 +152,7 @@ def test_wrong_shape_is_rejected():
 
 @pytest.mark.parametrize("field, value", [
     ("q", 0), ("q", 1.5), ("delta", 2.0), ("noise_multiplier", -1.0), ("epsilon", -0.1),
-    ("centroids_digest", "xyz"), ("radius", -1.0),
+    ("centroids_digest", "xyz"), ("centroids_digest", ""), ("radius", -1.0),
 ])
 def test_bad_meta_fields_are_named(field, value):
     def edit(header):
