@@ -85,26 +85,26 @@ class LedgerBook:
     def knows(self, release_hash: str) -> bool:
         return any(entry["hash"] == release_hash for entry in self.entries)
 
-    def check(self, releases: list[dict], release_hash: str | None = None) -> float:
+    def check(self, releases: list[dict]) -> float:
         """Composed epsilon once ``releases`` are added; ``ValueError`` when it passes the budget."""
-        if release_hash is not None and self.knows(release_hash):
-            return self.epsilon
         before, after = self.epsilon, releases_epsilon(self.releases + list(releases), self.delta)
         if self.max_epsilon is not None and after > self.max_epsilon:
             raise ValueError(f"privacy ledger {self.path}: this release would raise the composed epsilon from "
                              f"{_text(before)} to {_text(after)} > budget {self.max_epsilon:g} at delta "
-                             f"{self.delta:g}; refused, nothing was released")
+                             f"{self.delta:g}; refused, nothing was released (raise the noise multiplier, or "
+                             "reuse a release already recorded)")
         return after
 
     def record(self, release_hash: str, releases: list[dict]) -> tuple[float, bool]:
         """Add ``releases`` under ``release_hash`` (durably) unless already there: (composed epsilon, known).
 
-        ``ValueError``, nothing written, when the composed epsilon would pass the budget.
+        ``ValueError``, nothing written, when the composed epsilon would pass the budget (for a known
+        hash: when the ledger is already past this call's budget).
         """
         _check_hash(release_hash, "release hash")
         releases = [check_release(r) for r in releases]
         if self.knows(release_hash):
-            return self.epsilon, True
+            return self.check([]), True
         after = self.check(releases)
         entry = {"hash": release_hash, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "what": [r.get("what", "") for r in releases],
@@ -202,8 +202,8 @@ def _read(path: Path) -> dict | None:
     try:
         if not path.exists():
             return None
-        if path.is_dir() or path.stat().st_size > MAX_LEDGER_BYTES:
-            raise ValueError(f"not a ledger file of at most {MAX_LEDGER_BYTES} bytes")
+        if not path.is_file() or path.stat().st_size > MAX_LEDGER_BYTES:
+            raise ValueError(f"not a regular file of at most {MAX_LEDGER_BYTES} bytes")
         ledger = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
         ledger = _validate(ledger)
     except (OSError, ValueError, RecursionError) as exc:

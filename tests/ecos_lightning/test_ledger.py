@@ -227,3 +227,9 @@ def test_fuzzed_ledgers_are_valid_or_refused_with_one_error(tmp_path, path, valu
         assert "corrupt" in str(exc) and len(str(exc).splitlines()) == 1
         return
     assert book.epsilon >= 0 and all(r["count"] >= 1 for r in book.releases)
+
+
+def test_a_ledger_path_that_is_not_a_regular_file_is_refused(tmp_path):
+    (tmp_path / "ledger.json").mkdir()
+    with pytest.raises(ValueError, match="not a regular file"):
+        record_releases(tmp_path / "ledger.json", "ab", [gaussian_release(8.0)])
