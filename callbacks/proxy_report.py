@@ -10,7 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from ecos_lightning.features import atomic_write_bytes
+from ecos_lightning.files import atomic_write_bytes
 
 
 class ProxyReport(pl.Callback):

@@ -7,11 +7,14 @@ import hashlib
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset, TensorDataset
+from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2
 from torchvision.transforms.functional import pil_to_tensor
 
 from ecos_lightning.encoders import item_image
+
+from .digits import ArrayImageDataset
 
 
 def to_uint8_chw(image) -> torch.Tensor:
@@ -87,15 +90,37 @@ class PathImageDataset(Dataset):
             return image.convert("RGB"), int(self.labels[i])
 
 
-def dataset_labels(dataset: Dataset, indices=None) -> np.ndarray:
-    """Labels int64 of ``dataset`` (all, or at ``indices``): from ``.labels``/``.targets`` or the items."""
-    for attr in ("labels", "targets"):
-        values = getattr(dataset, attr, None)
-        if values is not None:
-            values = np.asarray(values if not isinstance(values, torch.Tensor) else values.cpu(), dtype=np.int64)
-            return values if indices is None else values[np.asarray(indices, dtype=np.int64)]
-    positions = range(len(dataset)) if indices is None else indices
-    return np.asarray([int(dataset[int(i)][1]) for i in positions], dtype=np.int64)
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """Labels int64 [N] of ``dataset``: the second element of each item, as ``dataset[i]`` gives it.
+
+    Items go through the dataset's ``target_transform`` like any training batch. Reading every item
+    loads every image, so datasets whose labels are provably the items' labels are read without
+    images: :class:`~datamodules.ArrayImageDataset` (digits-lite), :class:`PathImageDataset`, a
+    ``TensorDataset`` of ``(images, labels [N])``, a torchvision ``DatasetFolder``/``ImageFolder``
+    without ``target_transform``, and a ``Subset`` of any of these.
+    """
+    if type(dataset).__getitem__ is Subset.__getitem__:
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    fast = _labels_without_images(dataset)
+    if fast is not None:
+        return np.asarray(fast.cpu() if isinstance(fast, torch.Tensor) else fast, dtype=np.int64)
+    with torch.random.fork_rng(devices=[]):  # a random transform of the dataset's must not move the global stream
+        return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
+
+
+def _labels_without_images(dataset: Dataset):
+    """The labels of the datasets :func:`dataset_labels` reads without loading images, else None.
+
+    A dataset qualifies by its item method (a subclass that overrides ``__getitem__`` does not).
+    """
+    getitem = type(dataset).__getitem__
+    if getitem in (ArrayImageDataset.__getitem__, PathImageDataset.__getitem__):
+        return dataset.labels
+    if getitem is TensorDataset.__getitem__ and len(dataset.tensors) >= 2 and dataset.tensors[1].ndim == 1:
+        return dataset.tensors[1]
+    if getitem is DatasetFolder.__getitem__ and dataset.target_transform is None:
+        return dataset.targets
+    return None
 
 
 def dataset_domains(dataset: Dataset) -> np.ndarray | None:
@@ -104,9 +129,10 @@ def dataset_domains(dataset: Dataset) -> np.ndarray | None:
 
 
 def fingerprint(dataset: Dataset) -> str:
-    """A short content hash of a dataset: its length and its first, middle and last images."""
+    """A short content hash of a dataset's images: its length and its first, middle and last images."""
     digest = hashlib.sha256(f"{type(dataset).__name__}:{len(dataset)}".encode())
-    for i in sorted({0, len(dataset) // 2, len(dataset) - 1}):
-        if len(dataset):
-            digest.update(to_uint8_chw(item_image(dataset[i])).numpy().tobytes())
+    with torch.random.fork_rng(devices=[]):
+        for i in sorted({0, len(dataset) // 2, len(dataset) - 1}):
+            if len(dataset):
+                digest.update(to_uint8_chw(item_image(dataset[i])).numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -1,10 +1,12 @@
 """ProxyDataModule: the ECOS proxy set as a LightningDataModule, usable in any Lightning project.
 
 ``prepare_data`` (once per node) extracts features, runs the protocol (or a baseline) and writes a
-JSON artifact keyed by a hash of everything that determines it; a second run reuses it.
-``setup`` (every rank) reads the artifact, so every rank trains on the same proxy. The selected
-indices and labels are also part of the module's ``state_dict``: a resumed run trains on the
-restored proxy and never runs the protocol again.
+JSON artifact keyed by a hash of everything that determines it (labels included); a second run
+reuses it. ``setup`` (every rank) reads the artifact, so every rank trains on the same proxy. The
+proxy is also part of the module's ``state_dict``: when the trainer resumes from a checkpoint
+(``trainer.ckpt_path``, which ``train.py`` sets from ``--ckpt_path``), ``prepare_data`` and
+``setup`` take the proxy from that checkpoint and never run the protocol; a checkpoint whose proxy
+is not the one this module's settings give is refused.
 
 In this simulation the client's side (its features, coverage counts and kNN votes) runs in the
 same process; only the messages and the released labels cross to the cloud's side.
@@ -15,22 +17,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
 from ecos_lightning.data.digits_lite import default_cache_dir
 from ecos_lightning.encoders import EncoderSpec
-from ecos_lightning.features import atomic_write_bytes, cached_features, stable_hash
+from ecos_lightning.features import cached_features, stable_hash
+from ecos_lightning.files import atomic_write_bytes
 from ecos_lightning.knn_labels import PrivateKnnLabeler
 from ecos_lightning.protocol.privacy import epsilon_from_json, epsilon_to_json, gaussian_release, releases_epsilon
 from ecos_lightning.protocol.validation import positive_int
 from ecos_lightning.proxy import SAMPLERS, select_proxy
-from ecos_lightning.proxy_file import read_proxy_file
+from ecos_lightning.proxy_file import proxy_image_files, read_proxy_file
 
 from .digits import digits_lite_sources
 from .images import ImageSubset, PathImageDataset, TwoViewSubset, dataset_domains, dataset_labels, fingerprint
@@ -47,8 +53,9 @@ class ProxyDataModule(pl.LightningDataModule):
     Args:
         open_dataset, client_dataset, client_test_dataset: map-style datasets of ``(image, label)``
             (image: PIL, uint8 HWC array or tensor CHW); None = digits-lite split for ``client_domain``.
-            Open labels are read only for the selected images (``manual``/``open``); client labels
-            only on the client side (``client_knn``, ``local``).
+            Labels are read through the items (so a ``target_transform`` applies; see
+            ``dataset_labels`` for the datasets read without images) and hashed into the artifact's
+            key; the proxy carries the labels of the selected images only (``manual``/``open``).
         client_domain, data_seed: digits-lite client domain and split seed.
         encoder, encoder_weights, encoder_input_size, encoder_pooling: the feature encoder both sides use.
         num_clusters, q, noise_multiplier, delta: the ECOS query (K centroids, q nearest, sigma, delta).
@@ -99,6 +106,7 @@ class ProxyDataModule(pl.LightningDataModule):
                                           pooling=encoder_pooling)
         self._datasets = (open_dataset, client_dataset, client_test_dataset)
         self._sources = None
+        self._label_cache: dict[int, np.ndarray] = {}
         self.proxy: dict | None = None  # the artifact's content, from setup or a restored checkpoint
 
     # --------------------------------------------------------------- sources
@@ -128,34 +136,52 @@ class ProxyDataModule(pl.LightningDataModule):
         return self._sources
 
     def _file_sources(self, test_ds):
-        """Sources of a proxy file: its image paths, or the digits-lite pool it was drawn from."""
+        """Sources of a proxy file: its images (each checked to lie inside the pool root and to open as an
+        image), or the digits-lite pool it was drawn from."""
         proxy = read_proxy_file(self.hparams.proxy_file)
         if proxy["paths"] is not None:
-            labels = proxy["labels"] or [-1] * len(proxy["paths"])
-            return (PathImageDataset(proxy["paths"], labels), None, test_ds, f"file:{proxy['open']}")
-        if not proxy["open"].startswith("digits-lite:"):
+            files = proxy_image_files(proxy, f"proxy file {self.hparams.proxy_file}")
+            labels = proxy["labels"] or [-1] * len(files)
+            return (PathImageDataset(files, labels), None, test_ds, f"file:{proxy['open']}")
+        domain, _, seed = proxy["open"].removeprefix("digits-lite:").partition(":")
+        if not proxy["open"].startswith("digits-lite:") or not (not seed or seed.isdecimal()):
             raise ValueError(f"proxy file {self.hparams.proxy_file} indexes the pool {proxy['open']!r}: pass that "
                              "pool as open_dataset")
-        domain, _, seed = proxy["open"][len("digits-lite:"):].partition(":")
         src = digits_lite_sources(domain, int(seed or 0), self.hparams.cache_dir)
         return (src.open, None, test_ds if test_ds is not None else src.client_test, src.data_id)
+
+    def labels(self, dataset: Dataset) -> np.ndarray:
+        """Every label int64 [N] of one of this module's datasets (see ``dataset_labels``), read once."""
+        key = id(dataset)  # the module holds its datasets, so an id names one for the module's lifetime
+        if key not in self._label_cache:
+            self._label_cache[key] = dataset_labels(dataset)
+        return self._label_cache[key]
 
     @property
     def num_classes(self) -> int:
         open_ds, client_ds, _, _ = self.sources()
-        labels = [dataset_labels(ds) for ds in (open_ds, client_ds) if ds is not None]
+        labels = [self.labels(ds) for ds in (open_ds, client_ds) if ds is not None]
         return int(getattr(open_ds, "num_classes", 0) or max(int(x.max()) for x in labels) + 1)
 
     def config(self) -> dict:
-        """Everything that determines the proxy artifact."""
+        """Everything that determines the proxy artifact: settings, encoder, data and labels."""
         h = self.hparams
         keys = ("num_clusters", "q", "noise_multiplier", "delta", "budget", "sampler", "label_source", "seed")
         cfg = {k: h[k] for k in keys}
         if h.label_source == "client_knn":
             cfg.update(knn_k=h.knn_k, knn_noise_multiplier=h.knn_noise_multiplier,
                        knn_sampling_rate=h.knn_sampling_rate)
-        cfg.update(encoder=self.spec.to_dict(), data=self.sources()[3], version=ARTIFACT_VERSION)
+        open_ds, client_ds, _, data_id = self.sources()
+        labels = [hashlib.sha256(self.labels(ds).astype("<i8").tobytes()).hexdigest() for ds in (open_ds, client_ds)]
+        cfg.update(encoder=self.spec.to_dict(), data=data_id, labels=labels, version=ARTIFACT_VERSION)
         return cfg
+
+    def proxy_hash(self) -> str:
+        """The hash of the proxy these settings give (the proxy file's, else the artifact's), found
+        without running the protocol."""
+        if self.hparams.proxy_file:
+            return self._proxy_from_file()["hash"]
+        return stable_hash(self.config())
 
     def artifact_path(self) -> Path:
         return self.cache_dir / f"proxy-{stable_hash(self.config())}.json"
@@ -179,18 +205,31 @@ class ProxyDataModule(pl.LightningDataModule):
 
     # --------------------------------------------------------- prepare / setup
     def prepare_data(self) -> None:
-        """Run the protocol once per node and write the artifact (skipped when it already exists)."""
+        """Run the protocol once per node and write the artifact.
+
+        Skipped when the artifact exists, when the module already holds its proxy, and when the
+        trainer resumes from a checkpoint (whose proxy ``setup`` takes). The global torch random
+        stream is left as it was, so training is the same whatever the cache held.
+        """
+        if self.proxy is None:
+            with torch.random.fork_rng(devices=[]):
+                self._prepare()
+
+    def _prepare(self) -> None:
         if self.hparams.proxy_file:
             epsilon = epsilon_from_json(self._proxy_from_file()["epsilon"])
             if self.hparams.max_epsilon is not None and epsilon > self.hparams.max_epsilon:
                 raise ValueError(f"privacy budget: the proxy file reports epsilon={epsilon:.3g} > max_epsilon="
                                  f"{self.hparams.max_epsilon:g}")
+            self._resumed_proxy()  # refuses, before training, a checkpoint trained on another proxy
             return
         planned = releases_epsilon(self.planned_releases(), self.hparams.delta)
         if self.hparams.max_epsilon is not None and planned > self.hparams.max_epsilon:
             raise ValueError(f"privacy budget: this run would spend epsilon={planned:.3g} at delta="
                              f"{self.hparams.delta:g} > max_epsilon={self.hparams.max_epsilon:g}; raise "
                              "noise_multiplier (or knn_noise_multiplier) or max_epsilon")
+        if self._resumed_proxy() is not None:
+            return
         path = self.artifact_path()
         if path.exists():
             log.info("proxy artifact %s exists: reusing it", path)
@@ -206,7 +245,7 @@ class ProxyDataModule(pl.LightningDataModule):
         extract = dict(cache_dir=cache, progress=True)
         if h.sampler == "local":
             indices = np.arange(len(client_ds), dtype=np.int64)
-            labels = dataset_labels(client_ds)
+            labels = self.labels(client_ds)
             result = None
         else:
             open_features = cached_features(self.spec, open_ds, f"{data_id}/open", desc="open-pool features",
@@ -221,12 +260,12 @@ class ProxyDataModule(pl.LightningDataModule):
             indices = result.indices
             labels = np.full(len(indices), -1, dtype=np.int64)
             if h.label_source in ("open", "manual"):
-                labels = dataset_labels(open_ds, indices)
+                labels = self.labels(open_ds)[indices]
             elif h.label_source == "client_knn":
-                labels = self._knn().label(open_features[indices], client_features, dataset_labels(client_ds),
+                labels = self._knn().label(open_features[indices], client_features, self.labels(client_ds),
                                            self.num_classes)
         releases = self.planned_releases()
-        truth = dataset_labels(client_ds if h.sampler == "local" else open_ds, indices)
+        truth = self.labels(client_ds if h.sampler == "local" else open_ds)[indices]
         domains = dataset_domains(client_ds if h.sampler == "local" else open_ds)
         return {
             "version": ARTIFACT_VERSION,
@@ -249,7 +288,10 @@ class ProxyDataModule(pl.LightningDataModule):
         }
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the artifact (every rank), unless a checkpoint already restored the proxy."""
+        """Read the proxy (every rank): from the checkpoint the trainer resumes from, else the proxy
+        file or the artifact; nothing when the module already holds it."""
+        if self.proxy is None:
+            self.proxy = self._resumed_proxy()
         if self.proxy is None and self.hparams.proxy_file:
             self.proxy = self._proxy_from_file()
         if self.proxy is None:
@@ -259,17 +301,48 @@ class ProxyDataModule(pl.LightningDataModule):
             self.proxy = load_artifact(path)
 
     def _proxy_from_file(self) -> dict:
-        """The proxy of ``proxy_file`` in the artifact's form (releases stay in the client's ledger)."""
-        raw = Path(self.hparams.proxy_file).read_bytes()
+        """The proxy of ``proxy_file`` in the artifact's form (releases stay in the client's ledger).
+
+        Its images are its paths when no open_dataset is given, else its indices into open_dataset;
+        ``ValueError`` when an index is beyond the pool."""
         proxy = read_proxy_file(self.hparams.proxy_file)
         n = len(proxy["indices"])
-        by_path = proxy["paths"] is not None
-        return {"version": ARTIFACT_VERSION, "hash": hashlib.sha256(raw).hexdigest()[:16], "source": "open",
-                "indices": list(range(n)) if by_path else proxy["indices"],
+        by_path = proxy["paths"] is not None and self._datasets[0] is None
+        indices = list(range(n)) if by_path else proxy["indices"]
+        pool = len(self.sources()[0])
+        if max(indices) >= pool:
+            raise ValueError(f"proxy file {self.hparams.proxy_file}: index {max(indices)} is beyond the open pool of "
+                             f"{pool} images: pass the pool it was sampled from ({proxy['open']})")
+        return {"version": ARTIFACT_VERSION, "hash": stable_hash(proxy), "source": "open", "indices": indices,
                 "labels": proxy["labels"] if proxy["labels"] is not None else [-1] * n,
                 "clusters": proxy["clusters"], "cluster_scores": None, "releases": [], "epsilon": proxy["epsilon"],
                 "delta": proxy["delta"], "bytes_down": proxy["bytes_down"], "bytes_up": proxy["bytes_up"],
                 "label_accuracy": None, "domains": None, "domain_names": []}
+
+    def _resumed_proxy(self) -> dict | None:
+        """The proxy in the checkpoint the trainer resumes from (``trainer.ckpt_path``), checked to be
+        the one these settings give; None when there is no such checkpoint or it holds no proxy."""
+        path = self.trainer.ckpt_path if self.trainer is not None else None
+        if not path:
+            return None
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+            raise ValueError(f"checkpoint {path} is unreadable ({exc}); pass another ckpt_path") from None
+        state = checkpoint.get(type(self).__qualname__) or {}
+        if "proxy_json" not in state:
+            return None
+        proxy = json.loads(state["proxy_json"])
+        self._check_same_proxy(proxy, f"checkpoint {path}")
+        return proxy
+
+    def _check_same_proxy(self, proxy: dict, where: str) -> None:
+        """Refuse a saved proxy that is not the one these settings (or this proxy file) give."""
+        expected = self.proxy_hash()
+        if proxy.get("hash") != expected:
+            raise ValueError(f"{where} was trained on proxy {proxy.get('hash')}, but these settings give proxy "
+                             f"{expected}: resume with the data, protocol settings and proxy file of that run, "
+                             "or start a new run without ckpt_path")
 
     # ------------------------------------------------------------ properties
     @property
@@ -334,31 +407,37 @@ class ProxyDataModule(pl.LightningDataModule):
         return self._loader(self._subset(val, train=False), shuffle=False)
 
     def test_dataloader(self):
+        """The client's held-out data; under several processes each image goes to exactly one of them
+        (no padding), so the synced test metrics count every image once."""
         test_ds = self.sources()[2]
         if test_ds is None:
             raise ValueError("no client_test_dataset was given: pass one to evaluate on the client's data")
-        labels = dataset_labels(test_ds)
-        return self._loader(ImageSubset(test_ds, np.arange(len(test_ds)), labels, self.hparams.image_size),
-                            shuffle=False)
+        test = ImageSubset(test_ds, np.arange(len(test_ds)), self.labels(test_ds), self.hparams.image_size)
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(test, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                                   shuffle=False)
+        return self._loader(test, shuffle=False, sampler=sampler)
 
     def predict_dataloader(self):
         return self.test_dataloader()
 
     # ---------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        """The proxy as plain lists/ints/floats/str (loads with ``weights_only=True``)."""
+        """The whole proxy as one JSON string (loads with ``weights_only=True``)."""
         if self.proxy is None:
             return {}
-        keys = ("hash", "source", "indices", "labels", "epsilon", "delta", "releases", "bytes_down",
-                "bytes_up", "label_accuracy")
-        return {"proxy_json": json.dumps({k: self.proxy.get(k) for k in keys})}
+        return {"proxy_json": json.dumps(self.proxy)}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore the proxy from a checkpoint; the artifact and the protocol are not needed."""
+        """Restore the proxy from a checkpoint (the artifact and the protocol are not needed); a proxy
+        that is not the one these settings give is refused."""
         if "proxy_json" in state_dict:
             restored = json.loads(state_dict["proxy_json"])
-            full = self.proxy if self.proxy is not None and self.proxy.get("hash") == restored["hash"] else {}
-            self.proxy = {**full, **restored}
+            if self.proxy is None or self.proxy.get("hash") != restored.get("hash"):
+                self._check_same_proxy(restored, "the checkpoint")
+                self.proxy = restored
 
     def summary(self) -> dict:
         """Proxy size, class histogram, domain composition, epsilon, bytes: for reports."""

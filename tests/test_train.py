@@ -52,7 +52,7 @@ def test_teacher_then_distill(tmp_path, cache_dir):
     assert "client test accuracy" in proc.stdout
 
 
-def test_resume_after_a_crash_reuses_the_proxy(tmp_path, cache_dir):
+def test_resume_after_a_crash_takes_the_proxy_from_the_checkpoint(tmp_path, cache_dir):
     args = ["fit", *config("finetune_digits"), *SMALL, "--trainer.max_epochs", "3", "--trainer.limit_train_batches",
             "2", "--trainer.limit_val_batches", "1", "--data.cache_dir", cache_dir, "--test_after_fit", "false"]
     crash = ["--trainer.callbacks+=train_helpers.CrashAtEpoch", "--trainer.callbacks.init_args.epoch", "1"]
@@ -60,6 +60,8 @@ def test_resume_after_a_crash_reuses_the_proxy(tmp_path, cache_dir):
     assert proc.returncode != 0  # killed
     last = tmp_path / "runs/finetune_digits/checkpoints/last.ckpt"
     assert last.exists()
+    for artifact in Path(cache_dir).glob("proxy-*.json"):
+        artifact.unlink()  # the resumed run must not need it, nor run the protocol again to rebuild it
     artifacts = {p: p.stat().st_mtime_ns for p in Path(cache_dir).glob("*")}
 
     record = ["--trainer.callbacks+=train_helpers.RecordRun", f"--trainer.callbacks.init_args.out={tmp_path}/rec"]
@@ -75,22 +77,48 @@ def test_resume_after_a_crash_reuses_the_proxy(tmp_path, cache_dir):
     saved = json.loads(state["ProxyDataModule"]["proxy_json"])
     assert saved["indices"] == rec["proxy_indices"]
 
+    other = run_train(args + ["--data.budget", "150", "--ckpt_path", "last"], tmp_path, cache_dir, check=False)
+    errors = [line for line in other.stderr.splitlines() if line.startswith("error:")]
+    assert other.returncode == 2 and len(errors) == 1, other.stderr[-2000:]
+    assert f"trained on proxy {saved['hash']}, but these settings give proxy" in errors[0]
+    assert {p: p.stat().st_mtime_ns for p in Path(cache_dir).glob("*")} == artifacts
 
-def test_ddp_two_cpu_processes_share_the_proxy_and_shard_batches(tmp_path, cache_dir):
-    run_train(["fit", *config("finetune_digits"), *SMALL, "--trainer", str(ROOT / "configs/trainer/ddp_sim.yaml"),
-               "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "2", "--data.cache_dir", cache_dir,
-               "--test_after_fit", "false", "--trainer.callbacks+=train_helpers.RecordRun",
-               f"--trainer.callbacks.init_args.out={tmp_path}/rec"], tmp_path, cache_dir)
+
+def _summaries(proc):
+    """The client test accuracies of the run summaries printed by a train.py run."""
+    return [float(line.split(":")[1]) for line in proc.stdout.splitlines() if line.startswith("client test accuracy")]
+
+
+def _check_tested_once(rec):
+    """Every client test image was tested by exactly one rank, and test_acc is their accuracy."""
+    ranks = [json.loads(path.read_text()) for path in sorted(Path(rec).glob("test*.json"))]
+    assert len(ranks) == 2 and ranks[0]["size"] == ranks[1]["size"]
+    assert sum(r["seen"] for r in ranks) == ranks[0]["size"]
+    accuracy = sum(r["correct"] for r in ranks) / ranks[0]["size"]
+    assert all(r["test_acc"] == pytest.approx(accuracy, abs=1e-6) for r in ranks)
+    return accuracy
+
+
+def test_ddp_two_cpu_processes_share_the_proxy_shard_batches_and_test_once(tmp_path, cache_dir):
+    record = [f"--trainer.callbacks.init_args.out={tmp_path}/rec"]
+    proc = run_train(["fit", *config("finetune_digits"), *SMALL,
+                      "--trainer", str(ROOT / "configs/trainer/ddp_sim.yaml"), "--trainer.max_epochs", "1",
+                      "--trainer.limit_val_batches", "2", "--data.cache_dir", cache_dir,
+                      "--trainer.callbacks+=train_helpers.RecordRun", *record,
+                      "--trainer.callbacks+=train_helpers.RecordTest", *record], tmp_path, cache_dir)
     r0, r1 = (json.loads((tmp_path / f"rec/rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["proxy_indices"] == r1["proxy_indices"]
     assert r0["shard"] and r1["shard"] and not set(r0["shard"]) & set(r1["shard"])
     assert r0["val_acc"] == r1["val_acc"]
+    accuracy = _check_tested_once(tmp_path / "rec")
+    assert _summaries(proc) == [round(accuracy, 4)]
 
 
 @pytest.mark.parametrize("args, message", [
     (["--model.init_args.model_name", "no_such_net"], "no_such_net"),
     (["--data.budget", "0"], "budget"),
+    (["--data.budget", "abc"], "data.budget"),
     (["--data.max_epsilon", "0.1"], "max_epsilon"),
 ])
 def test_bad_input_is_a_one_line_error(args, message, tmp_path, cache_dir):
@@ -100,8 +128,27 @@ def test_bad_input_is_a_one_line_error(args, message, tmp_path, cache_dir):
     assert proc.returncode != 0
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
+    assert "usage:" not in proc.stderr
     assert set(Path(cache_dir).glob("proxy-*.json")) == before
-    assert not list(tmp_path.rglob("*.ckpt"))
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("config.yaml"))
+
+
+def test_a_run_refused_when_it_starts_writes_no_config(tmp_path, cache_dir):
+    proc = run_train(["fit", *config("finetune_digits"), *SMALL, "--trainer.max_steps", "1",
+                      "--data.cache_dir", cache_dir, "--model.init_args.num_classes", "5"], tmp_path, cache_dir,
+                     check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "num_classes" in errors[0], proc.stderr[-2000:]
+    assert not list(tmp_path.rglob("config.yaml")) and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_check_failing_during_training_is_a_one_line_error(tmp_path, cache_dir):
+    proc = run_train(["fit", *config("finetune_digits"), *SMALL, "--trainer.fast_dev_run", "true",
+                      "--data.cache_dir", cache_dir, "--model.init_args.fixmatch", "true"], tmp_path, cache_dir,
+                     check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "fixmatch" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def test_missing_teacher_checkpoint_is_a_one_line_error(tmp_path, cache_dir):
@@ -138,6 +185,22 @@ def test_image_folders_of_other_sizes_are_resized(tmp_path, cache_dir):
                       "--model.init_args.input_size", "32", "--trainer.fast_dev_run", "true",
                       "--data.cache_dir", cache_dir, *_folder_args(open_root, client, client)], tmp_path, cache_dir)
     assert "client test accuracy" in proc.stdout
+
+
+def test_ddp_tests_every_client_image_once_when_they_do_not_split_evenly(tmp_path, cache_dir):
+    open_root = _image_folder(tmp_path / "open", [20, 28, 36, 44, 52, 60], (200, 10, 10))
+    client = _image_folder(tmp_path / "client", [50, 70, 90], (10, 200, 10))
+    test = _image_folder(tmp_path / "test", [30, 40, 50], (10, 180, 30))
+    (test / "a" / "0.png").rename(test / "a" / "3.png")
+    _image_folder(test, [34], (10, 180, 30))  # 7 images: 2 processes cannot take the same number
+    proc = run_train(["fit", *config("finetune_digits"), "--data.encoder_input_size", "32",
+                      "--model.init_args.input_size", "32", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                      "--trainer.strategy", "ddp", "--trainer.max_epochs", "1", "--data.cache_dir", cache_dir,
+                      *_folder_args(open_root, client, test), "--data.budget", "8",
+                      "--trainer.callbacks+=train_helpers.RecordTest",
+                      f"--trainer.callbacks.init_args.out={tmp_path}/rec"], tmp_path, cache_dir)
+    accuracy = _check_tested_once(tmp_path / "rec")
+    assert _summaries(proc) == [round(accuracy, 4)]
 
 
 def test_empty_client_folder_is_a_one_line_error(tmp_path, cache_dir):

@@ -41,3 +41,23 @@ class RecordRun(pl.Callback):
         }
         Path(self.out).mkdir(parents=True, exist_ok=True)
         Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class RecordTest(pl.Callback):
+    """Write what each rank tested to ``<out>/test<r>.json``: images seen, images predicted right, the
+    size of the test set and the logged ``test_acc``."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.seen = self.correct = 0
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        images, labels = batch
+        self.seen += len(labels)
+        self.correct += int((pl_module(images).argmax(1) == labels).sum())
+
+    def on_test_end(self, trainer, pl_module):
+        record = {"seen": self.seen, "correct": self.correct, "size": len(trainer.datamodule.sources()[2]),
+                  "test_acc": float(trainer.callback_metrics["test_acc"])}
+        Path(self.out).mkdir(parents=True, exist_ok=True)
+        Path(self.out, f"test{trainer.global_rank}.json").write_text(json.dumps(record))

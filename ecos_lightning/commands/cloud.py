@@ -7,29 +7,43 @@
 
 ``probe`` keeps what the later steps need in a state folder (default ``cloud_state/`` next to
 ``--out``): the open-pool features (``features-<hash>.npy``, reused by a later probe of the same
-pool and encoder), the cluster assignment and member order (``.npy``), the centroids message sent,
-and ``state.json`` (the pool's description and file paths). Nothing is pickled.
+pool and encoder) and ``state.safetensors``, one file written atomically: tensors ``assignment``
+(int64 [N], the cluster of each pool image), ``members`` (int64 [N], pool indices grouped by
+cluster, nearest to the centroid first) and ``centroids`` (uint8, the exact bytes of the centroids
+message sent), and metadata ``info``: JSON ``{"version": 2, "open", "root", "paths", "features",
+"features_sha256"}`` (the pool as given to ``--open``, its absolute root and the image paths relative
+to it, or nulls for digits-lite; the features file's name and the SHA-256 of its array). ``sample``
+and ``queries`` refuse a state whose parts do not agree, or whose features file changed, with one
+line. Nothing is pickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as save_safetensors
 
 from ..encoders import EncoderSpec
-from ..features import atomic_save_npy, atomic_write_bytes, cached_features, stable_hash
+from ..features import cached_features, stable_hash
+from ..files import atomic_write_bytes
 from ..protocol import CentroidsMessage, CloudSampler, ScoresMessage
 from ..protocol.label_messages import LabelsMessage, QueriesMessage
 from ..protocol.privacy import epsilon_to_json
-from ..proxy_file import read_proxy_file, write_proxy_file
+from ..proxy_file import (PROXY_KIND, PROXY_VERSION, is_pool_path, is_pool_root, read_proxy_file,
+                          write_proxy_file)
 from . import Parser, epsilon_text, positive, read_message, run
 from .images import ImageFiles, scan_images
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+STATE_FILE = "state.safetensors"
+STATE_INFO = ("version", "open", "root", "paths", "features", "features_sha256")
 DIGITS_LITE = "digits-lite:"
 SCORE_RULE = (
     "Scores are clipped at 0 and used as allocation weights, uncapped (the cloud does not know the "
@@ -39,40 +53,66 @@ SCORE_RULE = (
 
 @dataclass(frozen=True)
 class CloudState:
-    """What ``probe`` leaves for ``sample`` and ``queries``.
+    """What ``probe`` leaves for ``sample`` and ``queries`` (see the module docstring).
 
-    features: float32 [N, d] open-pool features. assignment: int64 [N] cluster of each.
-    members: int64 [N] pool indices grouped by cluster, each group nearest to its centroid first.
-    message: the centroids message sent; message_bytes: its exact bytes.
-    info: state.json (open, root, paths, features file, ...).
+    sampler: the fitted CloudSampler (features, assignment, member order, centroids message).
+    message_bytes: the exact bytes of the centroids message sent. info: the metadata ``info``.
     """
 
-    features: np.ndarray
-    assignment: np.ndarray
-    members: np.ndarray
-    message: CentroidsMessage
+    sampler: CloudSampler
     message_bytes: bytes
     info: dict
 
+    @property
+    def features(self) -> np.ndarray:
+        return self.sampler.features_
+
     @classmethod
     def load(cls, folder: Path) -> "CloudState":
+        """Read and check the state of ``folder``; one ``ValueError`` line on any problem."""
+        path = folder / STATE_FILE
+        if not path.is_file():
+            raise ValueError(f"cloud state {path} not found: run `ecos-cloud probe` first or pass --state")
         try:
-            info = json.loads((folder / "state.json").read_text())
-            if info.get("version") != STATE_VERSION:
-                raise ValueError(f"unknown state version {info.get('version')!r}")
-            features = np.load(folder / info["features"], allow_pickle=False)
-            assignment = np.load(folder / "assignment.npy", allow_pickle=False)
-            members = np.load(folder / "members.npy", allow_pickle=False)
-            blob = (folder / "centroids.ecos").read_bytes()
-            digest = info["centroids_digest"]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"cloud state {folder} is missing or incomplete ({exc}); run `ecos-cloud probe` "
-                             "first or pass --state") from None
-        message = CentroidsMessage.from_bytes(blob)
-        if (message.digest() != digest or not len(features) == len(assignment) == len(members)
-                or assignment.max() >= message.num_clusters):
-            raise ValueError(f"cloud state {folder}: its files do not match (an interrupted probe?); run probe again")
-        return cls(features, assignment, members, message, blob, info)
+            with safe_open(path, framework="np") as handle:
+                info = json.loads((handle.metadata() or {}).get("info", "null"))
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            return cls._checked(folder, info, tensors)
+        except (SafetensorError, OSError, ValueError, RecursionError) as exc:  # MessageError is a ValueError
+            raise ValueError(f"cloud state {path} is unusable ({exc}): run `ecos-cloud probe` again") from None
+
+    @classmethod
+    def _checked(cls, folder: Path, info, tensors: dict) -> "CloudState":
+        if not isinstance(info, dict) or sorted(info) != sorted(STATE_INFO) or info["version"] != STATE_VERSION:
+            raise ValueError(f"metadata 'info' must be a version {STATE_VERSION} object with keys {list(STATE_INFO)}")
+        dtypes = {name: (array.dtype, array.ndim) for name, array in tensors.items()}
+        if dtypes != {"assignment": (np.int64, 1), "members": (np.int64, 1), "centroids": (np.uint8, 1)}:
+            raise ValueError("tensors must be assignment and members (int64 [N]) and centroids (uint8)")
+        n = len(tensors["assignment"])
+        if not isinstance(info["open"], str) or not info["open"]:
+            raise ValueError("info 'open' must be a non-empty string")
+        if info["root"] is None or info["paths"] is None:
+            if info["root"] is not info["paths"]:
+                raise ValueError("info 'root' and 'paths' must both be null or both be given")
+        elif not (is_pool_root(info["root"]) and isinstance(info["paths"], list) and len(info["paths"]) == n
+                  and all(is_pool_path(p) for p in info["paths"])):
+            raise ValueError(f"info 'root' must be an absolute folder and 'paths' {n} relative paths inside it")
+        if not isinstance(info["features"], str) or not re.fullmatch(r"features-[0-9a-f]{16}\.npy", info["features"]):
+            raise ValueError(f"info 'features' must name a features-<hash>.npy file, got {info['features']!r}")
+        features = np.load(folder / info["features"], allow_pickle=False)
+        if features_digest(features) != info["features_sha256"]:
+            raise ValueError(f"the features file {info['features']} changed after probe")
+        blob = tensors["centroids"].tobytes()
+        sampler = CloudSampler.restore(CentroidsMessage.from_bytes(blob), features, tensors["assignment"],
+                                       tensors["members"])
+        return cls(sampler, blob, info)
+
+
+def features_digest(features: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes."""
+    digest = hashlib.sha256(f"{features.dtype.str}{features.shape}".encode())
+    digest.update(np.ascontiguousarray(features).tobytes())
+    return digest.hexdigest()
 
 
 def probe(args) -> None:
@@ -87,14 +127,13 @@ def probe(args) -> None:
                            encoder=spec.to_dict(), progress=True)
     message = sampler.fit(features)
     blob = message.to_bytes()
-    atomic_save_npy(state_dir / "assignment.npy", sampler.assignment_.astype(np.int64))
-    atomic_save_npy(state_dir / "members.npy", sampler.member_order_)
-    atomic_write_bytes(state_dir / "centroids.ecos", blob)
     info = {"version": STATE_VERSION, "open": args.open, "root": root, "paths": paths,
             # the file cached_features wrote for this pool and encoder
-            "features": f"features-{stable_hash([spec.to_dict(), data_id])}.npy", "num_open": len(features),
-            "centroids_digest": message.digest()}
-    atomic_write_bytes(state_dir / "state.json", json.dumps(info).encode())
+            "features": f"features-{stable_hash([spec.to_dict(), data_id])}.npy",
+            "features_sha256": features_digest(features)}
+    state = {"assignment": sampler.assignment_.astype(np.int64), "members": sampler.member_order_.astype(np.int64),
+             "centroids": np.frombuffer(blob, dtype=np.uint8)}
+    atomic_write_bytes(state_dir / STATE_FILE, save_safetensors(state, metadata={"info": json.dumps(info)}))
     atomic_write_bytes(out, blob)
     dim = message.centroids.shape[1]
     print(f"open pool: {len(features)} images, features d={features.shape[1]} ({spec.name}, {spec.input_size}px, "
@@ -111,11 +150,10 @@ def sample(args) -> None:
     pool = len(state.features)
     if args.budget > pool:
         raise ValueError(f"--budget {args.budget} is larger than the open pool ({pool} images)")
-    selection = CloudSampler.restore(state.message, state.features, state.assignment, state.members).select(
-        scores, args.budget)
+    selection = state.sampler.select(scores, args.budget)
     paths = state.info["paths"]
-    proxy = {"version": 1, "kind": "ecos-proxy", "indices": selection.indices.tolist(),
-             "paths": None if paths is None else [str(Path(state.info["root"], paths[i])) for i in selection.indices],
+    proxy = {"version": PROXY_VERSION, "kind": PROXY_KIND, "indices": selection.indices.tolist(),
+             "root": state.info["root"], "paths": None if paths is None else [paths[i] for i in selection.indices],
              "clusters": selection.clusters.tolist(), "scores": selection.scores.astype(float).tolist(),
              "labels": None, "class_names": None, "epsilon": epsilon_to_json(scores.epsilon), "delta": scores.delta,
              "bytes_down": len(state.message_bytes), "bytes_up": len(blob), "open": state.info["open"]}
@@ -131,13 +169,16 @@ def queries(args) -> None:
     out = Path(args.out)
     proxy = read_proxy_file(args.proxy)
     state = CloudState.load(_state_dir(args, out))
-    if proxy["open"] != state.info["open"]:
+    if (proxy["open"], proxy["root"]) != (state.info["open"], state.info["root"]):
         raise ValueError(f"{args.proxy} was sampled from {proxy['open']!r}, the cloud state holds "
                          f"{state.info['open']!r}: pass the matching --state")
     if max(proxy["indices"]) >= len(state.features):
         raise ValueError(f"{args.proxy}: indices beyond the open pool of {len(state.features)} images")
+    if proxy["paths"] is not None and proxy["paths"] != [state.info["paths"][i] for i in proxy["indices"]]:
+        raise ValueError(f"{args.proxy}: its paths are not the images its indices name in the cloud state: run "
+                         "`ecos-cloud sample` again")
     features = np.ascontiguousarray(state.features[proxy["indices"]], dtype=np.float32)
-    blob = QueriesMessage(features, state.message.encoder, stable_hash(proxy["indices"])).to_bytes()
+    blob = QueriesMessage(features, state.sampler.message_.encoder, stable_hash(proxy["indices"])).to_bytes()
     atomic_write_bytes(out, blob)
     print(f"wrote {out}: {features.shape[0]} query features, d={features.shape[1]}, {len(blob):,} bytes down")
 

@@ -125,13 +125,17 @@ class CloudSampler:
     def restore(cls, message: CentroidsMessage, open_features, assignment: np.ndarray, member_order: np.ndarray,
                 **kwargs) -> "CloudSampler":
         """A fitted sampler rebuilt from a saved fit (``message_``, ``assignment_``, ``member_order_``),
-        so :meth:`select` works in another process without running k-means again."""
+        so :meth:`select` works in another process without running k-means again. ``ValueError``
+        unless ``member_order`` holds every pool index once, grouped by the cluster ``assignment`` gives it."""
         features = as_features(open_features, "open_features")
         assignment = np.asarray(assignment, dtype=np.int64)
         member_order = np.asarray(member_order, dtype=np.int64)
         n, k = features.shape[0], message.num_clusters
         if assignment.shape != (n,) or member_order.shape != (n,) or not 0 <= assignment.min() <= assignment.max() < k:
             raise ValueError(f"assignment and member_order must be [{n}] with clusters in [0, {k})")
+        if not (np.array_equal(np.sort(member_order), np.arange(n)) and np.all(np.diff(assignment[member_order]) >= 0)):
+            raise ValueError("assignment and member_order: member_order must hold every pool index once, grouped by "
+                             "cluster")
         sampler = cls(num_clusters=k, encoder=message.encoder, **kwargs)
         sampler._set_fitted(features, assignment, member_order, message)
         return sampler

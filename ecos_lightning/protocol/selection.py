@@ -47,9 +47,10 @@ def allocate_budget(scores: np.ndarray, capacities: np.ndarray, budget: int) -> 
 def kcenter_greedy(points: np.ndarray, k: int, initial=(0,)) -> np.ndarray:
     """Farthest-first traversal (k-center greedy): indices [k] int64 into ``points`` [n, d], pick order.
 
-    Starts from the ``initial`` indices (returned first), then repeatedly adds the point whose
-    squared L2 distance to its nearest chosen point is largest (ties: lowest index).
-    Each step costs one matrix-vector product over ``points``.
+    Starts from the ``initial`` indices (returned first), then repeatedly adds the unchosen point
+    whose squared L2 distance to its nearest chosen point is largest (ties: lowest index), so the
+    picks are unique even among duplicate points. Each step costs one matrix-vector product over
+    ``points``.
     """
     n = points.shape[0]
     k = min(k, n)
@@ -60,21 +61,14 @@ def kcenter_greedy(points: np.ndarray, k: int, initial=(0,)) -> np.ndarray:
         raise ValueError("initial must name at least one starting index")
     sq_norms = np.einsum("ij,ij->i", points, points)
     min_dist = np.full(n, np.inf, dtype=np.float64)
-    for c in chosen:
-        min_dist = np.minimum(min_dist, _sq_dist_to(points, sq_norms, c))
-    picks = list(chosen)
+    picks = []
     while len(picks) < k:
-        nxt = int(np.argmax(min_dist))
-        picks.append(nxt)
-        min_dist = np.minimum(min_dist, _sq_dist_to(points, sq_norms, nxt))
+        index = chosen[len(picks)] if len(picks) < len(chosen) else int(np.argmax(min_dist))
+        d = sq_norms - 2.0 * (points @ points[index]) + sq_norms[index]
+        np.minimum(min_dist, np.maximum(d, 0.0), out=min_dist)
+        min_dist[index] = -np.inf  # chosen: stays below every distance, never picked again
+        picks.append(index)
     return np.asarray(picks, dtype=np.int64)
-
-
-def _sq_dist_to(points: np.ndarray, sq_norms: np.ndarray, index: int) -> np.ndarray:
-    d = sq_norms - 2.0 * (points @ points[index]) + sq_norms[index]
-    d = np.maximum(d, 0.0)
-    d[index] = 0.0
-    return d
 
 
 def select_near_centroid(features: np.ndarray, members: np.ndarray, count: int,

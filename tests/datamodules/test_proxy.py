@@ -151,9 +151,10 @@ def test_trains_on_a_proxy_file_of_image_paths(tmp_path, datasets):
     for i in range(10):
         path = tmp_path / f"img{i}.png"
         Image.new("RGB", (20 + i, 20 + i), (25 * i, 0, 0)).save(path)
-        paths.append(str(path))
+        paths.append(path.name)
     write_proxy_file(tmp_path / "proxy.json", {
-        "version": 1, "kind": "ecos-proxy", "indices": list(range(10)), "paths": paths, "clusters": [0] * 10,
+        "version": 2, "kind": "ecos-proxy", "indices": list(range(10)), "root": str(tmp_path), "paths": paths,
+        "clusters": [0] * 10,
         "scores": [1.0] * 10, "labels": [i % 2 for i in range(10)], "class_names": ["a", "b"], "epsilon": 0.5,
         "delta": 1e-5, "bytes_down": 100, "bytes_up": 10, "open": str(tmp_path)})
     dm = ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), client_test_dataset=datasets[2], image_size=16,
@@ -165,3 +166,123 @@ def test_trains_on_a_proxy_file_of_image_paths(tmp_path, datasets):
     assert not (tmp_path / "cache").exists()  # no protocol, no features, no artifact
     with pytest.raises(ValueError, match="max_epsilon"):
         ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), max_epsilon=0.1).prepare_data()
+
+
+def _trainer(tmp_path, epochs, **kwargs):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    return pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                      callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)], **kwargs)
+
+
+def test_a_resume_takes_the_proxy_from_the_checkpoint_and_never_runs_the_protocol(tmp_path, datasets, monkeypatch):
+    import datamodules.proxy as proxy_module
+
+    first = _module(tmp_path, datasets)
+    _trainer(tmp_path, 1).fit(ForeignModel(), datamodule=first)
+    for artifact in tmp_path.glob("proxy-*.json"):
+        artifact.unlink()
+
+    def no_protocol(*args, **kwargs):
+        raise AssertionError("a resumed run ran the protocol")
+
+    monkeypatch.setattr(proxy_module, "select_proxy", no_protocol)
+    monkeypatch.setattr(proxy_module, "cached_features", no_protocol)
+    resumed = _module(tmp_path, datasets)
+    trainer = _trainer(tmp_path, 2)
+    trainer.ckpt_path = str(tmp_path / "checkpoints/last.ckpt")
+    model = ForeignModel()
+    trainer.fit(model, datamodule=resumed)
+    assert trainer.current_epoch == 2 and model.seen == 36  # one more epoch on the checkpoint's proxy
+    assert resumed.proxy == first.proxy
+    assert not list(tmp_path.glob("proxy-*.json"))
+
+
+def test_a_resume_with_another_proxy_file_is_refused_naming_both_hashes(tmp_path, datasets):
+    from ecos_lightning.proxy_file import write_proxy_file
+
+    open_ds, _, test_ds = datasets
+    files = {}
+    for name, indices in (("a", list(range(0, 20, 2))), ("b", list(range(18, -1, -2)))):
+        files[name] = tmp_path / f"{name}.json"
+        write_proxy_file(files[name], {
+            "version": 2, "kind": "ecos-proxy", "indices": indices, "root": None, "paths": None,
+            "clusters": [0] * 10, "scores": [1.0] * 10, "labels": [i % 4 for i in indices],
+            "class_names": list("abcd"), "epsilon": 0.5, "delta": 1e-5, "bytes_down": 1, "bytes_up": 1,
+            "open": "toy"})
+
+    def module(name):
+        return ProxyDataModule(open_dataset=open_ds, client_test_dataset=test_ds, proxy_file=str(files[name]),
+                               image_size=16, batch_size=4, cache_dir=str(tmp_path / "cache"))
+
+    hashes = {name: module(name).proxy_hash() for name in files}
+    assert hashes["a"] != hashes["b"]
+
+    _trainer(tmp_path, 1).fit(ForeignModel(), datamodule=module("a"))
+    last = str(tmp_path / "checkpoints/last.ckpt")
+    trainer = _trainer(tmp_path, 2)
+    trainer.ckpt_path = last
+    with pytest.raises(ValueError, match=f"proxy {hashes['a']}.*proxy {hashes['b']}"):
+        trainer.fit(ForeignModel(), datamodule=module("b"))
+    with pytest.raises(ValueError, match=f"proxy {hashes['a']}.*proxy {hashes['b']}"):  # resumed by fit's ckpt_path
+        _trainer(tmp_path, 2).fit(ForeignModel(), datamodule=module("b"), ckpt_path=last)
+
+
+def test_the_proxy_is_keyed_on_the_labels(tmp_path):
+    from torchvision.datasets import FakeData
+
+    def module(num_classes):
+        return ProxyDataModule(
+            open_dataset=FakeData(60, (3, 16, 16), num_classes=num_classes),
+            client_dataset=FakeData(20, (3, 16, 16), num_classes=num_classes, random_offset=1000),
+            encoder_input_size=32, num_clusters=4, budget=20, sampler="random", label_source="open",
+            image_size=16, cache_dir=str(tmp_path))
+
+    ten, five = module(10), module(5)
+    for dm in (ten, five):
+        dm.prepare_data()
+        dm.setup("fit")
+    assert ten.artifact_path() != five.artifact_path()
+    assert max(ten.proxy["labels"]) >= 5 and max(five.proxy["labels"]) < 5
+    assert five.num_classes == 5
+
+
+def test_labels_go_through_target_transform(tmp_path):
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    for cls in ("a", "b"):
+        (tmp_path / "pool" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (16, 16), (40 * i, 200 * (cls == "a"), 0)).save(tmp_path / "pool" / cls / f"{i}.png")
+
+    def module(target_transform):
+        pool = ImageFolder(str(tmp_path / "pool"), target_transform=target_transform)
+        return ProxyDataModule(open_dataset=pool, client_dataset=pool, client_test_dataset=pool,
+                               encoder_input_size=32, num_clusters=2, budget=8, sampler="random",
+                               label_source="open", image_size=16, batch_size=12, cache_dir=str(tmp_path / "cache"))
+
+    plain, swapped = module(None), module(lambda y: 1 - y)
+    for dm in (plain, swapped):
+        dm.prepare_data()
+        dm.setup("fit")
+    assert plain.artifact_path() != swapped.artifact_path()
+    folder_labels = np.asarray(ImageFolder(str(tmp_path / "pool")).targets)
+    np.testing.assert_array_equal(plain.proxy["labels"], folder_labels[plain.proxy_indices()])
+    np.testing.assert_array_equal(swapped.proxy["labels"], 1 - folder_labels[swapped.proxy_indices()])
+    _, test_labels = next(iter(swapped.test_dataloader()))
+    np.testing.assert_array_equal(test_labels.numpy(), 1 - folder_labels)
+
+
+def test_training_is_the_same_whatever_the_cache_holds(tmp_path, datasets):
+    def train():
+        pl.seed_everything(0)
+        model = ForeignModel()
+        pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   default_root_dir=tmp_path).fit(model, datamodule=_module(tmp_path / "cache", datasets))
+        return model.state_dict()
+
+    cold = train()
+    assert list((tmp_path / "cache").glob("proxy-*.json"))
+    warm = train()
+    assert all(torch.equal(cold[name], warm[name]) for name in cold)

@@ -31,3 +31,14 @@ def test_a_corrupt_cache_file_is_recomputed(tmp_path):
     (cache,) = tmp_path.glob("features-*.npy")
     cache.write_bytes(b"not a numpy file")
     np.testing.assert_array_equal(features.cached_features(spec, images, "toy", tmp_path, progress=False), first)
+
+
+def test_extraction_leaves_the_global_torch_random_stream_alone(tmp_path):
+    import torch
+
+    images = [np.full((16, 16, 3), 40 * i, dtype=np.uint8) for i in range(3)]  # a sequence: read by a DataLoader
+    spec = EncoderSpec.for_model("efficientnet_lite0", weights="none", input_size=16)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    features.cached_features(spec, images, "toy", tmp_path, progress=False)  # builds the encoder, extracts
+    assert torch.equal(torch.get_rng_state(), before)

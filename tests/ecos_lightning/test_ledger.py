@@ -207,7 +207,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_
                     | st.dictionaries(st.text(max_size=8), children, max_size=4), max_leaves=12)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from([("version",), ("delta",), ("max_epsilon",), ("epsilon",), ("entries",),
                              ("entries", 0), ("entries", 0, "hash"), ("entries", 0, "releases"),
                              ("entries", 0, "releases", 0), ("entries", 0, "releases", 0, "count"),

@@ -30,3 +30,26 @@ def test_unknown_sampler_and_missing_client_features():
         select_proxy("best", np.zeros((3, 2), np.float32), 1)
     with pytest.raises(ValueError, match="client_features is required"):
         select_proxy("ecos", np.zeros((3, 2), np.float32), 1)
+
+
+def duplicate_pools() -> dict[str, np.ndarray]:
+    """Pools full of exact duplicates: every row identical; 10 groups of 30 identical rows; one group of
+    38 identical rows among 162 distinct ones."""
+    rng = np.random.default_rng(0)
+    return {"identical": np.ones((200, 8), np.float32),
+            "groups": np.repeat(rng.normal(size=(10, 8)), 30, axis=0).astype(np.float32),
+            "one group": np.concatenate([np.repeat(rng.normal(size=(1, 8)), 38, axis=0),
+                                         rng.normal(size=(162, 8))]).astype(np.float32)}
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("pool", ["identical", "groups", "one group"])
+@pytest.mark.parametrize("sampler", ["ecos", "random", "kcenter", "full", "upload"])
+def test_the_proxy_is_budget_unique_indices_on_duplicate_pools(sampler, pool):
+    features = duplicate_pools()[pool]
+    for budget in (1, 10, 100, len(features) - 1):
+        indices = select_proxy(sampler, features, budget, client_features=features[:40], num_clusters=20,
+                               noise_multiplier=1.0).indices
+        expected = len(features) if sampler == "full" else budget
+        assert len(indices) == len(np.unique(indices)) == expected and 0 <= indices.min()
+        assert indices.max() < len(features)

@@ -1,9 +1,14 @@
 """ecos-cloud in-process: poisoned client responses, the sampling rule, one-line errors."""
 
 import hashlib
+import json
+import os
+import shutil
 
 import numpy as np
 import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from ecos_lightning.commands import cloud
 from ecos_lightning.features import stable_hash
@@ -41,8 +46,18 @@ def sample(cli, probed, tmp_path, scores_path, budget):
     return code, stdout, err, out
 
 
+def read_state(folder) -> tuple[dict, dict]:
+    """(tensors, info) of ``folder/state.safetensors``."""
+    with safe_open(folder / "state.safetensors", framework="np") as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}, json.loads(handle.metadata()["info"])
+
+
+def write_state(folder, tensors: dict, info: dict) -> None:
+    save_file(tensors, folder / "state.safetensors", metadata={"info": json.dumps(info)})
+
+
 def cluster_of(probed) -> np.ndarray:
-    return np.load(probed / "cloud_state" / "assignment.npy")
+    return read_state(probed / "cloud_state")[0]["assignment"]
 
 
 def one_error_line(err: str) -> bool:
@@ -57,11 +72,15 @@ def check_valid(out, budget):
     return proxy
 
 
-def test_probe_state_holds_no_pickle_and_counts(probed):
+def test_probe_state_is_one_file_next_to_the_features(probed, folders):
     state = probed / "cloud_state"
-    assert sorted(p.suffix for p in state.iterdir()) == [".ecos", ".json", ".npy", ".npy", ".npy"]
+    assert sorted(p.suffix for p in state.iterdir()) == [".npy", ".safetensors"]
+    tensors, info = read_state(state)
     assert centroids(probed).num_clusters == 6
-    assert len(np.load(state / "members.npy")) == POOL
+    assert tensors["centroids"].tobytes() == (probed / "centroids.ecos").read_bytes()
+    assert sorted(tensors["members"].tolist()) == list(range(POOL)) and len(tensors["assignment"]) == POOL
+    assert info["root"] == str(folders["open"].resolve()) and info["open"] == str(folders["open"])
+    assert len(info["paths"]) == POOL and not any(p.startswith("/") for p in info["paths"])
 
 
 def test_negative_scores_are_clipped_to_zero(cli, probed, tmp_path):
@@ -130,7 +149,8 @@ def test_scores_for_other_centroids_are_rejected(cli, probed, tmp_path):
     (["sample", "--scores", "{tmp}/missing.ecos", "--budget", 5, "--out", "{out}", "--state", "{state}"],
      "file not found"),
     (["sample", "--scores", "{s}", "--budget", 5, "--out", "{out}", "--state", "{tmp}/nostate"], "cloud state"),
-    (["queries", "--proxy", "{tmp}/missing.json", "--out", "{out}", "--state", "{state}"], "No such file"),
+    (["queries", "--proxy", "{tmp}/missing.json", "--out", "{out}", "--state", "{state}"], "not found"),
+    (["queries", "--proxy", "{tmp}", "--out", "{out}", "--state", "{state}"], "is not a file"),
     (["probe", "--open", "{tmp}/nowhere", "--out", "{out}", "--input-size", 32], "data folder not found"),
     (["probe", "--open", "{s}", "--out", "{out}", "--input-size", 32], "not a folder"),
     (["probe", "--open", "digits-lite:moon", "--out", "{out}"], "client_domain 'moon' is unknown"),
@@ -200,3 +220,131 @@ def test_queries_refuse_a_proxy_from_another_pool(cli, probed, tmp_path):
     code, _, err = cli(cloud.main, "queries", "--proxy", proxy_path, "--out", tmp_path / "q3.ecos",
                        "--state", probed / "cloud_state")
     assert code == 2 and "was sampled from" in err and not (tmp_path / "q3.ecos").exists()
+
+
+def copy_cloud(probed, tmp_path):
+    """A copy of the probed cloud folder (its features file is reused by a later probe)."""
+    shutil.copytree(probed / "cloud_state", tmp_path / "cloud_state")
+    shutil.copy(probed / "centroids.ecos", tmp_path / "centroids.ecos")
+    return tmp_path / "cloud_state"
+
+
+@pytest.mark.parametrize("writes", range(6))
+def test_a_probe_killed_after_any_write_never_lets_sample_mix_clusters(cli, probed, folders, tmp_path, monkeypatch,
+                                                                       writes):
+    """probe again (K=4) into a copy of a K=6 cloud, killed after ``writes`` file replacements; the client
+    scores whatever centroids file it finds; sample must refuse or use the clusters of those centroids."""
+    state = copy_cloud(probed, tmp_path)
+    real_replace, done = os.replace, []
+
+    def replace_then_die(*args):
+        if len(done) == writes:
+            raise KeyboardInterrupt
+        real_replace(*args)
+        done.append(args)
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    try:
+        cloud.main(["probe", "--open", str(folders["open"]), "--out", str(tmp_path / "centroids.ecos"),
+                    "--num-clusters", "4", "--seed", "1", "--input-size", "32"])
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(os, "replace", real_replace)
+    scored = centroids(tmp_path)
+    code, _, err, out = sample(cli, tmp_path, tmp_path, scores_file(tmp_path / "s.ecos", tmp_path,
+                                                                    np.full(scored.num_clusters, 9.0)), 12)
+    if code != 0:
+        assert code == 2 and one_error_line(err) and not out.exists()
+        return
+    proxy = check_valid(out, 12)
+    features = np.load(next(state.glob("features-*.npy")))[proxy["indices"]]
+    nearest = ((features[:, None, :] - scored.centroids[None].astype(np.float32)) ** 2).sum(-1).argmin(1)
+    assert proxy["clusters"] == nearest.tolist()
+
+
+def corrupt(tensors, info, change):
+    """Apply one named corruption to a state's tensors and info."""
+    if change == "paths []":
+        info["paths"] = []
+    elif change == "path ../":
+        info["paths"][3] = "../elsewhere.png"
+    elif change == "root relative":
+        info["root"] = "open"
+    elif change == "member out of range":
+        tensors["members"][0] = 10 ** 6
+    elif change == "member repeated":
+        tensors["members"][1] = tensors["members"][0]
+    elif change == "assignment out of range":
+        tensors["assignment"][0] = 99
+    elif change == "assignment short":
+        tensors["assignment"] = tensors["assignment"][:-1]
+    elif change == "assignment float":
+        tensors["assignment"] = tensors["assignment"].astype(np.float32)
+    elif change == "centroids tampered":
+        tensors["centroids"] = tensors["centroids"].copy()
+        tensors["centroids"][100] ^= 1
+    elif change == "info version 1":
+        info["version"] = 1
+    elif change == "info key missing":
+        del info["features_sha256"]
+    elif change == "features elsewhere":
+        info["features"] = "../features-0123456789abcdef.npy"
+    return tensors, info
+
+
+@pytest.mark.parametrize("change", ["paths []", "path ../", "root relative", "member out of range", "member repeated",
+                                    "assignment out of range", "assignment short", "assignment float",
+                                    "centroids tampered", "info version 1", "info key missing", "features elsewhere"])
+def test_a_corrupt_cloud_state_is_one_line(cli, probed, tmp_path, change):
+    state = copy_cloud(probed, tmp_path)
+    write_state(state, *corrupt(*read_state(state), change))
+    code, _, err, out = sample(cli, tmp_path, tmp_path, scores_file(tmp_path / "s.ecos", tmp_path, np.ones(6)), 10)
+    assert code == 2 and one_error_line(err) and "cloud state" in err and "run `ecos-cloud probe` again" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "features changed", "features missing",
+                                    "features truncated", "old format"])
+def test_a_damaged_state_or_features_file_is_one_line(cli, probed, tmp_path, damage):
+    state = copy_cloud(probed, tmp_path)
+    state_file, features_file = state / "state.safetensors", next(state.glob("features-*.npy"))
+    if damage == "truncated":
+        state_file.write_bytes(state_file.read_bytes()[:-50])
+    elif damage == "garbage":
+        state_file.write_bytes(os.urandom(4096))
+    elif damage == "empty":
+        state_file.write_bytes(b"")
+    elif damage == "features changed":  # another pool's features of the same shape
+        features = np.load(features_file)
+        np.save(features_file, features[::-1].copy())
+    elif damage == "features missing":
+        features_file.unlink()
+    elif damage == "features truncated":
+        features_file.write_bytes(features_file.read_bytes()[:200])
+    elif damage == "old format":  # a state folder from an earlier version: separate files, no state.safetensors
+        state_file.unlink()
+        (state / "state.json").write_text("{}")
+    code, _, err, out = sample(cli, tmp_path, tmp_path, scores_file(tmp_path / "s.ecos", tmp_path, np.ones(6)), 10)
+    assert code == 2 and one_error_line(err) and "cloud state" in err and "ecos-cloud probe" in err, err
+    assert not out.exists()
+
+
+def test_queries_refuse_paths_that_are_not_the_indices_images(cli, probed, tmp_path):
+    proxy_path = labelled_chain(cli, probed, tmp_path)
+    proxy = read_proxy_file(proxy_path)
+    write_proxy_file(proxy_path, {**proxy, "paths": proxy["paths"][::-1]})
+    code, _, err = cli(cloud.main, "queries", "--proxy", proxy_path, "--out", tmp_path / "q3.ecos",
+                       "--state", probed / "cloud_state")
+    assert code == 2 and one_error_line(err) and "its paths are not the images" in err
+    assert not (tmp_path / "q3.ecos").exists()
+
+
+def test_sample_writes_paths_relative_to_the_pool_root(cli, probed, folders, tmp_path):
+    k = centroids(probed).num_clusters
+    code, _, err, out = sample(cli, probed, tmp_path, scores_file(tmp_path / "s.ecos", probed, np.full(k, 9.0)), 10)
+    assert code == 0, err
+    proxy = read_proxy_file(out)
+    assert proxy["version"] == 2 and proxy["root"] == str(folders["open"].resolve())
+    _, info = read_state(probed / "cloud_state")
+    assert proxy["paths"] == [info["paths"][i] for i in proxy["indices"]]
+    assert all((folders["open"] / p).is_file() and not p.startswith("/") for p in proxy["paths"])

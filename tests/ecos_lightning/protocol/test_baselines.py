@@ -64,3 +64,12 @@ def test_all_baselines_share_one_signature(mixture):
     open_features, _, client = mixture
     for fn in BASELINES.values():
         assert len(fn(open_features, 5, client_features=client, seed=0)) >= 5
+
+
+@pytest.mark.parametrize("pool", [np.ones((200, 8), np.float32),  # every row identical
+                                  np.repeat(np.eye(8, dtype=np.float32), 25, axis=0)])  # 8 groups of 25
+@pytest.mark.parametrize("name", ["random", "kcenter", "upload"])
+def test_duplicate_pools_give_budget_unique_indices(name, pool):
+    for budget in (1, 10, 100, len(pool) - 1):
+        idx = run_baseline(name, pool, budget, client_features=pool[:40], seed=3)
+        assert len(idx) == len(np.unique(idx)) == budget and 0 <= idx.min() and idx.max() < len(pool)

@@ -142,11 +142,11 @@ def test_pca_and_fp16_messages_still_select_the_component(mixture):
 def test_scores_for_other_centroids_are_rejected(mixture):
     open_features, _, client = mixture
     a, b = CloudSampler(num_clusters=10, seed=0), CloudSampler(num_clusters=10, seed=1)
-    a.fit(open_features)
+    down = a.fit(open_features)
     up = ClientResponder(noise_multiplier=0.0).respond(b.fit(open_features[::-1].copy()), client)
     with pytest.raises(ValueError, match="centroids_digest"):
         a.sample(up, budget=10)
-    short = ScoresMessage(np.ones(9, dtype=np.float32), 0.0, 1, 1e-5, float("inf"))
+    short = ScoresMessage(np.ones(9, dtype=np.float32), 0.0, 1, 1e-5, float("inf"), down.digest())
     with pytest.raises(ValueError, match="length 9"):
         a.sample(short, budget=10)
 
@@ -183,7 +183,7 @@ def test_sample_rejects_non_positive_budget(mixture, budget):
 
 
 def test_sample_before_fit_is_an_error():
-    up = ScoresMessage(np.ones(3, dtype=np.float32), 0.0, 1, 1e-5, float("inf"))
+    up = ScoresMessage(np.ones(3, dtype=np.float32), 0.0, 1, 1e-5, float("inf"), "ab" * 32)
     with pytest.raises(RuntimeError, match="fit"):
         CloudSampler(num_clusters=3).sample(up, budget=1)
 
@@ -214,3 +214,29 @@ def test_progress_shows_kmeans_iterations_and_assignment(mixture, capsys):
     CloudSampler(num_clusters=5, seed=0, progress=True).fit(open_features)
     err = capsys.readouterr().err
     assert "assigning to centroids" in err
+
+
+@pytest.mark.parametrize("pool", [np.ones((200, 8), np.float32),  # every row identical
+                                  np.repeat(np.eye(8, dtype=np.float32), 25, axis=0)])  # 8 groups of 25
+def test_duplicate_pools_give_budget_unique_indices(pool):
+    cloud = CloudSampler(num_clusters=20, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        up = _round_trip(cloud, pool, pool[:40], sigma=1.0)
+        restored = CloudSampler.restore(cloud.message_, pool, cloud.assignment_, cloud.member_order_)
+        for budget in (1, 10, 100, len(pool) - 1, len(pool)):
+            for sampler in (cloud, restored):
+                idx = sampler.select(up, budget).indices
+                assert len(idx) == len(np.unique(idx)) == budget and idx.max() < len(pool)
+
+
+def test_restore_refuses_a_member_order_with_repeats(mixture):
+    open_features, _, client = mixture
+    cloud = CloudSampler(num_clusters=20, seed=0)
+    cloud.fit(open_features)
+    repeated = cloud.member_order_.copy()
+    repeated[1] = repeated[0]
+    shuffled = np.random.default_rng(0).permutation(cloud.member_order_)
+    for member_order in (repeated, shuffled):
+        with pytest.raises(ValueError, match="every pool index once, grouped by cluster"):
+            CloudSampler.restore(cloud.message_, open_features, cloud.assignment_, member_order)

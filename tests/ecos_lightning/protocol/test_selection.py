@@ -65,3 +65,10 @@ def test_uncapped_allocation_is_plain_largest_remainder():
         scores = np.array(scores)
         np.testing.assert_array_equal(allocate_budget(scores, np.full(3, 1000), 11),
                                       largest_remainder(scores, 11))
+
+
+def test_kcenter_greedy_never_repeats_a_point_among_duplicates():
+    # once every remaining distance is 0, the lowest unchosen index comes next
+    assert kcenter_greedy(np.ones((6, 3), np.float32), 6, initial=(2,)).tolist() == [2, 0, 1, 3, 4, 5]
+    groups = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # rows 0-3, 4-7, 8-11 identical
+    assert kcenter_greedy(groups, 7, initial=(5,)).tolist() == [5, 0, 8, 1, 2, 3, 4]

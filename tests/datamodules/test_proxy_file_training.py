@@ -1,0 +1,156 @@
+"""ProxyDataModule on a proxy file from ``ecos-cloud sample``: a bad file is one error line before any
+training step, never a traceback or a read of a file outside the pool."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import TensorDataset
+
+from datamodules import ProxyDataModule
+from ecos_lightning.proxy_file import write_proxy_file
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = [f"{'ab'[i % 2]}/{i}.png" for i in range(10)]
+
+
+class CountingModel(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
+        self.seen = 0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.seen += len(x)
+        return torch.nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.fixture
+def pool(tmp_path) -> Path:
+    """tmp/pool: 10 images in a/ and b/, a text file and a link to an image outside the pool."""
+    for i, name in enumerate(NAMES):
+        (tmp_path / "pool" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20 + i, 20 + i), (25 * i, 0, 0)).save(tmp_path / "pool" / name)
+    Image.new("RGB", (20, 20)).save(tmp_path / "outside.png")
+    (tmp_path / "pool" / "notes.png").write_text("not an image")
+    (tmp_path / "pool" / "link.png").symlink_to(tmp_path / "outside.png")
+    return tmp_path / "pool"
+
+
+def proxy(pool_root, **changes) -> dict:
+    valid = {"version": 2, "kind": "ecos-proxy", "indices": list(range(10)), "root": str(pool_root), "paths": NAMES,
+             "clusters": [0] * 10, "scores": [1.0] * 10, "labels": [i % 2 for i in range(10)],
+             "class_names": ["a", "b"], "epsilon": 0.5, "delta": 1e-5, "bytes_down": 100, "bytes_up": 10,
+             "open": str(pool_root)}
+    return {**valid, **changes}
+
+
+def client_test_set(size=4):
+    return TensorDataset(torch.rand(size, 3, 16, 16), torch.arange(size) % 2)
+
+
+def fit(tmp_path, proxy_file, model=None, **kwargs) -> ProxyDataModule:
+    dm = ProxyDataModule(proxy_file=str(proxy_file), client_test_dataset=client_test_set(), image_size=16,
+                         batch_size=4, val_fraction=0.2, cache_dir=str(tmp_path / "cache"), **kwargs)
+    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               default_root_dir=tmp_path).fit(model or CountingModel(), datamodule=dm)
+    return dm
+
+
+def test_trains_on_the_images_of_a_proxy_file(tmp_path, pool):
+    write_proxy_file(tmp_path / "proxy.json", proxy(pool))
+    model = CountingModel()
+    dm = fit(tmp_path, tmp_path / "proxy.json", model)
+    assert model.seen == 8 and dm.epsilon == 0.5
+    assert not (tmp_path / "cache").exists()  # no protocol, no features, no artifact
+    with pytest.raises(ValueError, match="max_epsilon"):
+        ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), max_epsilon=0.1).prepare_data()
+
+
+def hand_edit(tmp_path, pool, edit: str) -> tuple[Path, str]:
+    """Write a proxy file with one hand edit (bypassing the writer's checks): (its path, the expected error)."""
+    path = tmp_path / "proxy.json"
+    value = proxy(pool)
+    if edit == "directory":
+        return pool, "is not a file"
+    if edit == "bad JSON":
+        path.write_text(json.dumps(value)[:-20])
+        return path, "not valid UTF-8 JSON"
+    edits = {
+        "index 2**63": ({"indices": [2 ** 63] + value["indices"][1:]}, "'indices'"),
+        "index -1": ({"indices": [-1] + value["indices"][1:]}, "'indices'"),
+        "repeated index": ({"indices": [1] + value["indices"][1:]}, "'indices' must be unique"),
+        "/etc/passwd": ({"paths": ["/etc/passwd"] + NAMES[1:]}, "'paths'"),
+        "../": ({"paths": ["../outside.png"] + NAMES[1:]}, "'paths'"),
+        "link outside": ({"paths": ["link.png"] + NAMES[1:]}, "'link.png' leads outside the pool root"),
+        "not an image": ({"paths": ["notes.png"] + NAMES[1:]}, "'notes.png' is not a readable image"),
+        "a folder": ({"paths": ["a"] + NAMES[1:]}, "'a' is not a readable image"),
+        "missing image": ({"paths": ["gone.png"] + NAMES[1:]}, "'gone.png' is not a readable image"),
+        "root elsewhere": ({"root": str(tmp_path / "nowhere")}, "is not a folder"),
+        "relative root": ({"root": "pool"}, "'root'"),
+        "version 1": ({"version": 1, "paths": [str(pool / n) for n in NAMES]}, "run `ecos-cloud sample` again"),
+    }
+    change, error = edits[edit]
+    path.write_text(json.dumps({**value, **change}))
+    return path, error
+
+
+EDITS = ["directory", "bad JSON", "index 2**63", "index -1", "repeated index", "/etc/passwd", "../", "link outside",
+         "not an image", "a folder", "missing image", "root elsewhere", "relative root", "version 1"]
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_a_hand_edited_proxy_file_is_one_error_before_training(tmp_path, pool, edit):
+    path, error = hand_edit(tmp_path, pool, edit)
+    model = CountingModel()
+    with pytest.raises(ValueError) as failure:
+        fit(tmp_path, path, model)
+    message = str(failure.value)
+    assert message.startswith(f"proxy file {path}") and error in message and "\n" not in message, message
+    assert model.seen == 0
+
+
+def test_indices_beyond_the_open_dataset_are_refused(tmp_path):
+    pool = TensorDataset(torch.rand(20, 3, 16, 16), torch.arange(20) % 2)
+    indexed = proxy(None, root=None, paths=None, indices=list(range(9)) + [19], open="my-pool")
+    write_proxy_file(tmp_path / "proxy.json", indexed)
+    model = CountingModel()
+    fit(tmp_path, tmp_path / "proxy.json", model, open_dataset=pool)
+    assert model.seen == 8
+    write_proxy_file(tmp_path / "proxy.json", {**indexed, "indices": list(range(9)) + [20]})
+    model = CountingModel()
+    with pytest.raises(ValueError, match=r"index 20 is beyond the open pool of 20 images"):
+        fit(tmp_path, tmp_path / "proxy.json", model, open_dataset=pool)
+    assert model.seen == 0
+
+
+def test_indices_beyond_the_digits_lite_pool_are_refused(tmp_path):
+    write_proxy_file(tmp_path / "proxy.json", proxy(None, root=None, paths=None, indices=[0, 10 ** 9] + list(
+        range(1, 9)), open="digits-lite:handwritten"))
+    with pytest.raises(ValueError, match=r"index 1000000000 is beyond the open pool of \d+ images"):
+        fit(tmp_path, tmp_path / "proxy.json")
+
+
+@pytest.mark.parametrize("edit", ["directory", "link outside"])
+def test_train_py_prints_one_error_line_for_a_bad_proxy_file(tmp_path, pool, edit):
+    path, error = hand_edit(tmp_path, pool, edit)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", ECOS_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "fit", "--config",
+                           str(ROOT / "configs/finetune_digits.yaml"), "--data.proxy_file", str(path),
+                           "--data.max_epsilon", "null", "--trainer.callbacks.init_args.max_epsilon", "null",
+                           "--model.init_args.num_classes", "2", "--model.init_args.input_size", "16",
+                           "--trainer.max_epochs", "1", "--test_after_fit", "false"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: proxy file {path}") and error in proc.stderr
+    assert "Traceback" not in proc.stderr and not list(tmp_path.rglob("*.ckpt"))
