@@ -1,7 +1,8 @@
 """PrivacyLedger: a JSON record of every proxy release a client made, with a composed-epsilon budget.
 
-The ledger (:mod:`ecos_lightning.ledger`) holds one entry per distinct proxy artifact (by its hash):
-rerunning or resuming a run on the same artifact reuses releases already made and costs nothing more.
+The ledger (:mod:`ecos_lightning.ledger`) holds one entry per distinct release (by the hash of what the
+client released, or of the proxy artifact): rerunning or resuming a run on the same proxy reuses
+releases already made and costs nothing more.
 The composed epsilon of all entries (dp-accounting PLD) must stay within the ledger's budget. Check and
 record are one step under an exclusive file lock, so concurrent runs sharing a ledger cannot overspend.
 """
@@ -51,11 +52,16 @@ class PrivacyLedger(pl.Callback):
             return
         if proxy.get("hash") is None or proxy.get("releases") is None:
             raise ValueError("PrivacyLedger: the datamodule's proxy has no 'hash' or 'releases' to record")
+        if not proxy["releases"]:
+            rank_zero_info("PrivacyLedger: this proxy declares no release of its own (a proxy file's releases are "
+                           "in the client's ledger); nothing is recorded")
+            return
         path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "privacy_ledger.json")
         error = None
         if trainer.is_global_zero:  # one writer; every rank raises the same refusal
             try:
-                self.record(path, proxy["hash"], proxy["releases"])
+                # keyed on what was released: a new release of changed client data is never taken for an old one
+                self.record(path, proxy.get("release_hash") or proxy["hash"], proxy["releases"])
             except ValueError as exc:
                 error = str(exc)
         error = trainer.strategy.broadcast(error)

@@ -265,6 +265,9 @@ class ProxyDataModule(pl.LightningDataModule):
                 labels = self._knn().label(open_features[indices], client_features, self.labels(client_ds),
                                            self.num_classes)
         releases = self.planned_releases()
+        released = hashlib.sha256((result.release_digest if result is not None else "").encode())
+        if h.sampler == "local" or h.label_source == "client_knn":  # the labels came from the client's data
+            released.update(np.asarray(labels, dtype="<i8").tobytes())
         truth = self.labels(client_ds if h.sampler == "local" else open_ds)[indices]
         domains = dataset_domains(client_ds if h.sampler == "local" else open_ds)
         return {
@@ -278,6 +281,7 @@ class ProxyDataModule(pl.LightningDataModule):
             "cluster_scores": (result.cluster_scores.tolist()
                                if result is not None and result.cluster_scores is not None else None),
             "releases": releases,
+            "release_hash": released.hexdigest() if releases else None,
             "epsilon": epsilon_to_json(releases_epsilon(releases, h.delta)),
             "delta": h.delta,
             "bytes_down": result.bytes_down if result is not None else 0,
@@ -313,7 +317,8 @@ class ProxyDataModule(pl.LightningDataModule):
         if max(indices) >= pool:
             raise ValueError(f"proxy file {self.hparams.proxy_file}: index {max(indices)} is beyond the open pool of "
                              f"{pool} images: pass the pool it was sampled from ({proxy['open']})")
-        return {"version": ARTIFACT_VERSION, "hash": stable_hash(proxy), "source": "open", "indices": indices,
+        images = "paths" if by_path else self.sources()[3]  # how its images are found is part of the proxy
+        return {"version": ARTIFACT_VERSION, "hash": stable_hash([proxy, images]), "source": "open", "indices": indices,
                 "labels": proxy["labels"] if proxy["labels"] is not None else [-1] * n,
                 "clusters": proxy["clusters"], "cluster_scores": None, "releases": [], "epsilon": proxy["epsilon"],
                 "delta": proxy["delta"], "bytes_down": proxy["bytes_down"], "bytes_up": proxy["bytes_up"],
@@ -321,7 +326,8 @@ class ProxyDataModule(pl.LightningDataModule):
 
     def _resumed_proxy(self) -> dict | None:
         """The proxy in the checkpoint the trainer resumes from (``trainer.ckpt_path``), checked to be
-        the one these settings give; None when there is no such checkpoint or it holds no proxy."""
+        the one these settings give; None when the trainer does not resume. A checkpoint without a
+        proxy of this module is refused: a resume never runs the protocol again."""
         path = self.trainer.ckpt_path if self.trainer is not None else None
         if not path:
             return None
@@ -329,11 +335,22 @@ class ProxyDataModule(pl.LightningDataModule):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
             raise ValueError(f"checkpoint {path} is unreadable ({exc}); pass another ckpt_path") from None
-        state = checkpoint.get(type(self).__qualname__) or {}
-        if "proxy_json" not in state:
-            return None
-        proxy = json.loads(state["proxy_json"])
-        self._check_same_proxy(proxy, f"checkpoint {path}")
+        state = checkpoint.get(type(self).__qualname__) if isinstance(checkpoint, dict) else None
+        if not isinstance(state, dict) or "proxy_json" not in state:
+            raise ValueError(f"checkpoint {path} holds no proxy of a {type(self).__qualname__}: resume from a "
+                             "checkpoint of a run with this data module, or start a new run without ckpt_path")
+        return self._restored_proxy(state, f"checkpoint {path}")
+
+    def _restored_proxy(self, state: dict, where: str) -> dict:
+        """The proxy saved by :meth:`state_dict`, checked to be well formed and the one these settings give."""
+        try:
+            proxy = json.loads(state["proxy_json"])
+        except (TypeError, ValueError, RecursionError):
+            proxy = None
+        if not (isinstance(proxy, dict) and isinstance(proxy.get("hash"), str) and isinstance(proxy.get("indices"), list)
+                and isinstance(proxy.get("labels"), list) and len(proxy["indices"]) == len(proxy["labels"])):
+            raise ValueError(f"{where}: its proxy is not one this data module saved; start a new run without ckpt_path")
+        self._check_same_proxy(proxy, where)
         return proxy
 
     def _check_same_proxy(self, proxy: dict, where: str) -> None:
@@ -434,9 +451,8 @@ class ProxyDataModule(pl.LightningDataModule):
         """Restore the proxy from a checkpoint (the artifact and the protocol are not needed); a proxy
         that is not the one these settings give is refused."""
         if "proxy_json" in state_dict:
-            restored = json.loads(state_dict["proxy_json"])
-            if self.proxy is None or self.proxy.get("hash") != restored.get("hash"):
-                self._check_same_proxy(restored, "the checkpoint")
+            restored = self._restored_proxy(state_dict, "the checkpoint")
+            if self.proxy is None or self.proxy.get("hash") != restored["hash"]:
                 self.proxy = restored
 
     def summary(self) -> dict:

@@ -10,12 +10,13 @@ Gaussian composed over the queries, accounted by dp-accounting.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
 from .protocol import faiss_ops
-from .protocol.privacy import gaussian_release
-from .protocol.validation import as_features, non_negative_float, positive_int, probability
+from .protocol.privacy import check_noise_multiplier, gaussian_release
+from .protocol.validation import as_features, positive_int
 
 VOTE_SENSITIVITY = math.sqrt(2.0)
 
@@ -33,8 +34,10 @@ class PrivateKnnLabeler:
     def __init__(self, k: int = 20, noise_multiplier: float = 2.0, sampling_rate: float = 0.3,
                  seed: int | None = None):
         self.k = positive_int(k, "k")
-        self.noise_multiplier = non_negative_float(noise_multiplier, "noise_multiplier")
-        self.sampling_rate = 1.0 if sampling_rate == 1.0 else probability(sampling_rate, "sampling_rate")
+        self.noise_multiplier = check_noise_multiplier(noise_multiplier)
+        if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, numbers.Real) or not 0 < sampling_rate <= 1:
+            raise ValueError(f"sampling_rate must be a number in (0, 1], got {sampling_rate!r}")
+        self.sampling_rate = float(sampling_rate)
         self.seed = seed
 
     def release(self, num_queries: int) -> dict:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -44,6 +45,7 @@ LOCK_TIMEOUT_S = 120.0
 MAX_LEDGER_BYTES = 64 << 20
 _MAX_HASH_CHARS = 128
 _ENTRY_KEYS = {"hash", "time", "what", "epsilon", "releases"}
+_V1_KEYS = {"version", "delta", "epsilon", "entries"}
 
 
 class LedgerBook:
@@ -102,6 +104,8 @@ class LedgerBook:
         hash: when the ledger is already past this call's budget).
         """
         _check_hash(release_hash, "release hash")
+        if not releases:
+            raise ValueError("a ledger entry needs at least one release record")
         releases = [check_release(r) for r in releases]
         if self.knows(release_hash):
             return self.check([]), True
@@ -131,8 +135,8 @@ class LedgerBook:
     def _write(self) -> None:
         if not self.locked:
             raise RuntimeError("a ledger snapshot is read-only: record through open_ledger()")
-        ledger = {"version": LEDGER_VERSION, "delta": self.delta, "max_epsilon": self.budget,
-                  "epsilon": epsilon_to_json(self.epsilon), "entries": self.entries}
+        ledger = _validate({"version": LEDGER_VERSION, "delta": self.delta, "max_epsilon": self.budget,
+                            "epsilon": epsilon_to_json(self.epsilon), "entries": self.entries})
         atomic_write_bytes(self.path, json.dumps(ledger, indent=2, allow_nan=False).encode(), durable=True)
         self.exists = True
 
@@ -147,10 +151,10 @@ def open_ledger(path: str | Path, delta: float | None = None,
     budget at the next write. ``ValueError`` (one line) for a corrupt ledger, a lock held too long,
     or a conflicting delta or budget.
     """
-    path = Path(path)
+    path = ledger_path(path)
     _check_arguments(delta, max_epsilon)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
+    lock = FileLock(lock_path(path), timeout=LOCK_TIMEOUT_S)
     try:
         lock.acquire()
     except Timeout:
@@ -168,9 +172,20 @@ def ledger_snapshot(path: str | Path, delta: float | None = None, max_epsilon: f
     For a check before expensive work (nothing is read or written when it refuses); the binding check
     is the one :meth:`LedgerBook.record` makes under the lock.
     """
-    path = Path(path)
+    path = ledger_path(path)
     _check_arguments(delta, max_epsilon)
     return LedgerBook(path, _read(path), delta, max_epsilon, locked=False)
+
+
+def ledger_path(path: str | Path) -> Path:
+    """The ledger's one real path: symlinks resolved, so every name of a ledger shares one lock."""
+    return Path(os.path.realpath(path))
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file beside the ledger at ``path``."""
+    path = ledger_path(path)
+    return path.with_name(path.name + ".lock")
 
 
 def record_releases(path: str | Path, release_hash: str, releases: list[dict], delta: float | None = None,
@@ -204,6 +219,8 @@ def _read(path: Path) -> dict | None:
             return None
         if not path.is_file() or path.stat().st_size > MAX_LEDGER_BYTES:
             raise ValueError(f"not a regular file of at most {MAX_LEDGER_BYTES} bytes")
+        if path.stat().st_nlink > 1:
+            raise ValueError("the file has other hard links, which would bypass its lock")
         ledger = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
         ledger = _validate(ledger)
     except (OSError, ValueError, RecursionError) as exc:
@@ -217,6 +234,8 @@ def _validate(ledger) -> dict:
         raise ValueError("the ledger must be a JSON object")
     version = ledger.get("version")
     if version == 1 and isinstance(version, int) and not isinstance(version, bool):
+        if not set(ledger) <= _V1_KEYS or "entries" not in ledger:
+            raise ValueError(f"a version 1 ledger has the keys {sorted(_V1_KEYS)}, got {sorted(ledger)}")
         ledger = {**ledger, "version": LEDGER_VERSION, "max_epsilon": None}
         ledger.setdefault("delta", DEFAULT_DELTA)
         ledger.setdefault("epsilon", None)

@@ -6,6 +6,7 @@ are sent as bytes, the client answers from those bytes, the cloud samples from t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ class ProxyResult:
     indices: int64 [B] into the open pool. clusters: int64 [B] (-1 without clustering).
     scores: float32 [B] cluster score of each index (NaN without clustering).
     releases: privacy records of what the client released (``privacy.gaussian_release``).
+    release_digest: SHA-256 (hex) of the bytes the client released ("" when it released nothing): the
+        key of the release in a privacy ledger, so a new release is never taken for an old one.
     """
 
     indices: np.ndarray
@@ -38,6 +41,7 @@ class ProxyResult:
     bytes_down: int = 0
     bytes_up: int = 0
     cluster_scores: np.ndarray | None = None
+    release_digest: str = ""
     wall_s: float = 0.0
 
     def epsilon(self, delta: float) -> float:
@@ -64,17 +68,18 @@ def select_proxy(sampler: str, open_features: np.ndarray, budget: int, *, client
         selection = cloud.select(scores, budget)
         result = ProxyResult(selection.indices, selection.clusters, selection.scores,
                              [gaussian_release(noise_multiplier, what="ecos_coverage_scores")],
-                             len(down), len(up), np.clip(scores.scores, 0, None))
+                             len(down), len(up), np.clip(scores.scores, 0, None), hashlib.sha256(up).hexdigest())
     else:
         indices = run_baseline(sampler, open_features, budget, client_features=client_features, seed=seed)
-        releases = []
-        bytes_up = 0
+        releases, bytes_up, digest = [], 0, ""
         if sampler == "upload":
-            features = np.asarray(client_features)
+            features = np.ascontiguousarray(client_features, dtype=np.float32)
             releases = [{"mechanism": "non_private", "count": 1, "what": "uploaded client features"}]
-            bytes_up = int(features.shape[0] * features.shape[1] * 4)
+            bytes_up = features.nbytes
+            digest = hashlib.sha256(features.tobytes()).hexdigest()
         result = ProxyResult(indices, np.full(len(indices), -1, np.int64),
-                             np.full(len(indices), np.nan, np.float32), releases, 0, bytes_up)
+                             np.full(len(indices), np.nan, np.float32), releases, 0, bytes_up,
+                             release_digest=digest)
     result.wall_s = time.perf_counter() - start
     log.info("%s: %d proxy samples, epsilon %.3f at delta %g, %d bytes down, %d bytes up, %.2f s",
              sampler, len(result.indices), result.epsilon(delta), delta, result.bytes_down,

@@ -63,9 +63,10 @@ def write_proxy_file(path: str | os.PathLike, proxy: dict) -> None:
 
 
 def is_pool_path(text) -> bool:
-    """Whether ``text`` is a non-empty relative posix path without ``..`` or NUL: a file below a pool root."""
+    """Whether ``text`` is a normalised relative posix path (no ``..``, ``.``, empty part, trailing slash or
+    NUL): one spelling of one file below a pool root."""
     return (isinstance(text, str) and bool(text) and "\0" not in text and not PurePosixPath(text).is_absolute()
-            and ".." not in PurePosixPath(text).parts)
+            and all(part not in ("", ".", "..") for part in text.split("/")))
 
 
 def is_pool_root(text) -> bool:
@@ -93,6 +94,9 @@ def proxy_image_files(proxy: dict, where: str = "proxy file") -> list[Path]:
         if not file.is_relative_to(real_root):
             raise ValueError(f"{where}: {relative!r} leads outside the pool root {root}: remove it or run "
                              "`ecos-cloud sample` again")
+        if not file.is_file():
+            what = "is not a regular file" if file.exists() else "does not exist"
+            raise ValueError(f"{where}: {relative!r} {what}: remove it or run `ecos-cloud sample` again")
         try:
             with Image.open(file) as image:
                 image.verify()
@@ -100,6 +104,9 @@ def proxy_image_files(proxy: dict, where: str = "proxy file") -> list[Path]:
             raise ValueError(f"{where}: {relative!r} is not a readable image ({exc}): remove it or run "
                              "`ecos-cloud sample` again") from None
         files.append(file)
+    if len(set(files)) != len(files):
+        raise ValueError(f"{where}: two paths lead to the same image: a proxy holds each image once; run "
+                         "`ecos-cloud sample` again")
     return files
 
 

@@ -15,6 +15,7 @@ written. The client runs only an encoder its own policy allows (:mod:`ecos_light
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..encoder_policy import DEFAULT_MAX_INPUT_SIZE, EncoderPolicy
 from ..encoders import build_encoder, extract_features
 from ..files import atomic_write_bytes
 from ..knn_labels import PrivateKnnLabeler
-from ..ledger import ledger_snapshot, open_ledger
+from ..ledger import ledger_path, ledger_snapshot, lock_path, open_ledger
 from ..protocol import CentroidsMessage, ClientResponder, ScoresMessage
 from ..protocol.label_messages import LabelsMessage, QueriesMessage
 from ..protocol.privacy import gaussian_release, releases_epsilon
@@ -33,6 +34,7 @@ from . import Parser, epsilon_text, positive, read_message, run
 from .images import ImageFiles, scan_images, scan_labelled_images
 
 DEFAULT_LEDGER = Path.home() / ".ecos_lightning" / "privacy_ledger.json"
+DEFAULT_MAX_QUERIES = 100_000
 
 
 def budget(args) -> None:
@@ -50,6 +52,7 @@ def budget(args) -> None:
 
 def respond(args) -> None:
     start = time.perf_counter()
+    _check_out(args)
     centroids, _ = read_message(CentroidsMessage, args.centroids)
     spec = _policy(args).accept(centroids.encoder, centroids.feature_dim, args.centroids)
     book = ledger_snapshot(args.ledger, args.delta, args.max_epsilon)
@@ -73,7 +76,11 @@ def respond(args) -> None:
 
 def label(args) -> None:
     start = time.perf_counter()
+    _check_out(args)
     queries, down = read_message(QueriesMessage, args.queries)
+    if queries.features.shape[0] > args.max_queries:
+        raise ValueError(f"{args.queries} asks for {queries.features.shape[0]:,} labels > --max-queries "
+                         f"{args.max_queries:,}; refused before any accounting or image read")
     spec = _policy(args).accept(queries.encoder, queries.features.shape[1], args.queries)
     labeler = PrivateKnnLabeler(k=args.k, noise_multiplier=args.noise_multiplier, sampling_rate=args.sampling_rate)
     num_queries = queries.features.shape[0]
@@ -96,6 +103,13 @@ def label(args) -> None:
     labels = labeler.label(queries.features, features, np.asarray(scan.labels), len(scan.class_names))
     before, after, blob = _release(args, [release], lambda total: message(labels, total))
     _report(args, scan, blob, what, epsilon, book.delta, before, after, start)
+
+
+def _check_out(args) -> None:
+    """Refuse an ``--out`` that would overwrite the ledger or its lock."""
+    out = Path(os.path.realpath(args.out))
+    if out in (ledger_path(args.ledger), lock_path(args.ledger)):
+        raise ValueError(f"--out {args.out} is the privacy ledger or its lock: write the message elsewhere")
 
 
 def _policy(args) -> EncoderPolicy:
@@ -170,6 +184,8 @@ def build_parser() -> Parser:
     p.add_argument("--k", type=positive(int), default=20, help="neighbours voting per query")
     p.add_argument("--sampling-rate", type=float, default=0.3, help="Poisson sampling rate of the labelled "
                    "set per query, in (0, 1]")
+    p.add_argument("--max-queries", type=positive(int), default=DEFAULT_MAX_QUERIES,
+                   help=f"refuse a queries message asking for more labels (default {DEFAULT_MAX_QUERIES:,})")
     common(p, noise=2.0)
     p.set_defaults(func=label)
     return parser

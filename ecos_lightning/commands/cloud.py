@@ -99,7 +99,11 @@ class CloudState:
             raise ValueError(f"info 'root' must be an absolute folder and 'paths' {n} relative paths inside it")
         if not isinstance(info["features"], str) or not re.fullmatch(r"features-[0-9a-f]{16}\.npy", info["features"]):
             raise ValueError(f"info 'features' must name a features-<hash>.npy file, got {info['features']!r}")
-        features = np.load(folder / info["features"], allow_pickle=False)
+        features = np.load(folder / info["features"], mmap_mode="r", allow_pickle=False)
+        if features.dtype != np.float32 or features.ndim != 2 or features.shape[0] != n:
+            raise ValueError(f"the features file {info['features']} holds {features.dtype}{list(features.shape)}, "
+                             f"not float32 [{n}, d]")
+        features = np.array(features)
         if features_digest(features) != info["features_sha256"]:
             raise ValueError(f"the features file {info['features']} changed after probe")
         blob = tensors["centroids"].tobytes()
@@ -160,7 +164,7 @@ def sample(args) -> None:
     write_proxy_file(out, proxy)
     print(f"wrote {out}: {len(selection.indices)} of {pool} open images from "
           f"{int((selection.allocation > 0).sum())} of {len(selection.kept)} clusters "
-          f"({int(selection.kept.sum())} above the noise threshold)")
+          f"({int(selection.kept.sum())} clusters kept)")
     print(f"client epsilon: {epsilon_text(scores.epsilon)} at delta {scores.delta:g}; bytes down/up: "
           f"{proxy['bytes_down']:,} / {proxy['bytes_up']:,}")
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import faiss_ops
 from .messages import CentroidsMessage, ScoresMessage
-from .privacy import coverage_sensitivity, gaussian_epsilon
+from .privacy import check_noise_multiplier, coverage_sensitivity, gaussian_epsilon
 from .validation import non_negative_float, positive_int, probability
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class ClientResponder:
 
     def __init__(self, noise_multiplier: float = 8.0, q: int = 1, delta: float = 1e-5,
                  radius: float | None = None, seed: int | None = None):
-        self.noise_multiplier = non_negative_float(noise_multiplier, "noise_multiplier")
+        self.noise_multiplier = check_noise_multiplier(noise_multiplier)
         self.q = positive_int(q, "q")
         self.delta = probability(delta, "delta")
         self.radius = None if radius is None else non_negative_float(radius, "radius")

@@ -195,6 +195,9 @@ def _check_centroids(centroids, projection, bias) -> None:
     if projection.shape[1] != centroids.shape[1] or not 1 <= projection.shape[0] <= MAX_FEATURE_DIM:
         raise MessageError(f"projection: shape {list(projection.shape)} must be [d <= {MAX_FEATURE_DIM}, "
                            f"{centroids.shape[1]}] to match the centroids")
+    if projection.shape[1] > projection.shape[0]:
+        raise MessageError(f"projection: maps d={projection.shape[0]} to d'={projection.shape[1]} > d dimensions; "
+                           "a PCA projection never adds dimensions")
     if bias.shape != (centroids.shape[1],):
         raise MessageError(f"bias: shape {list(bias.shape)} must be [{centroids.shape[1]}]")
 

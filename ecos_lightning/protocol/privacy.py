@@ -30,11 +30,27 @@ def gaussian_epsilon(noise_multiplier: float, delta: float, releases: int = 1) -
     return composed_epsilon([(noise_multiplier, releases)], delta)
 
 
+#: Noise multipliers the accountant takes: 0 (no noise, not private) or this range. Below 0.1 a single
+#: release already costs epsilon > 90 and the PLD accountant's cost explodes.
+MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER = 0.1, 1e6
+#: Most releases one record may count (e.g. Private kNN answers): bounds the accountant's time and memory.
+MAX_RELEASE_COUNT = 1 << 20
+
+
+def check_noise_multiplier(value, name: str = "noise_multiplier") -> float:
+    """``value`` as a float: 0 (not private) or in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER]; else ``ValueError``."""
+    sigma = non_negative_float(value, name)
+    if sigma != 0.0 and not MIN_NOISE_MULTIPLIER <= sigma <= MAX_NOISE_MULTIPLIER:
+        raise ValueError(f"{name} must be 0 (not private) or in [{MIN_NOISE_MULTIPLIER:g}, {MAX_NOISE_MULTIPLIER:g}], "
+                         f"got {value!r:.40}")
+    return sigma
+
+
 def composed_epsilon(releases: Iterable[tuple[float, int]], delta: float) -> float:
     """Epsilon at ``delta`` of several Gaussian releases, each ``(noise_multiplier, count)`` (PLD)."""
     events = []
-    for noise_multiplier, count in releases:
-        sigma = non_negative_float(noise_multiplier, "noise_multiplier")
+    for value, count in releases:
+        sigma = check_noise_multiplier(value)
         if count > 0:
             events.append(None if sigma == 0.0 else
                           dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma), int(count)))
@@ -50,8 +66,12 @@ def events_epsilon(events: Iterable[dp_accounting.DpEvent | None], delta: float)
     if not events:
         return 0.0
     accountant = PLDAccountant()
-    accountant.compose(dp_accounting.ComposedDpEvent(events))
-    return float(accountant.get_epsilon(delta))
+    try:
+        accountant.compose(dp_accounting.ComposedDpEvent(events))
+        return float(accountant.get_epsilon(delta))
+    except (OverflowError, MemoryError, FloatingPointError) as exc:
+        raise ValueError(f"the privacy accountant cannot compose these releases ({type(exc).__name__}): "
+                         "use fewer releases or more noise") from None
 
 
 def noise_multiplier_for_epsilon(epsilon: float, delta: float, releases: int = 1) -> float:
@@ -85,14 +105,14 @@ def gaussian_release(noise_multiplier: float, count: int = 1, sampling_rate: flo
 _RELEASE_KEYS = {"gaussian": {"mechanism", "noise_multiplier", "count", "sampling_rate", "what"},
                  "non_private": {"mechanism", "count", "what"}}
 _OPTIONAL_RELEASE_KEYS = {"q", "k", "delta"}
-MAX_RELEASE_COUNT = 10**9
 
 
 def check_release(release) -> dict:
     """Return a release record (see :func:`gaussian_release`) unchanged, or raise ``ValueError`` naming the field.
 
     Strict: a known mechanism, its keys (plus optional ``q``, ``k``, ``delta``) and nothing else,
-    ``count`` an integer in [1, 1e9], ``noise_multiplier`` a finite number >= 0, ``sampling_rate`` in (0, 1].
+    ``count`` an integer in [1, MAX_RELEASE_COUNT], ``noise_multiplier`` as :func:`check_noise_multiplier` allows,
+    ``sampling_rate`` in (0, 1].
     """
     if not isinstance(release, dict) or release.get("mechanism") not in _RELEASE_KEYS:
         raise ValueError("a release record must be an object with mechanism 'gaussian' or 'non_private'")
@@ -106,11 +126,11 @@ def check_release(release) -> dict:
         raise ValueError("release 'what' must be a string")
     for key in ("q", "k"):
         if key in release and not _integer(release[key], 1, MAX_RELEASE_COUNT):
-            raise ValueError(f"release {key} must be an integer >= 1, got {release[key]!r:.40}")
+            raise ValueError(f"release {key} must be an integer in [1, {MAX_RELEASE_COUNT}], got {release[key]!r:.40}")
     if "delta" in release:
         probability(release["delta"], "release delta")
     if release["mechanism"] == "gaussian":
-        non_negative_float(release["noise_multiplier"], "release noise_multiplier")
+        check_noise_multiplier(release["noise_multiplier"], "release noise_multiplier")
         rate = release["sampling_rate"]
         if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 < rate <= 1.0:
             raise ValueError(f"release sampling_rate must be in (0, 1], got {rate!r:.40}")

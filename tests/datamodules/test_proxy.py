@@ -286,3 +286,41 @@ def test_training_is_the_same_whatever_the_cache_holds(tmp_path, datasets):
     assert list((tmp_path / "cache").glob("proxy-*.json"))
     warm = train()
     assert all(torch.equal(cold[name], warm[name]) for name in cold)
+
+
+@pytest.mark.parametrize("content", ["list", "tensor", "no proxy", "proxy is a list", "proxy is a number",
+                                     "labels do not match"])
+def test_a_checkpoint_without_a_sound_proxy_is_refused_never_rebuilt(tmp_path, datasets, monkeypatch, content):
+    import datamodules.proxy as proxy_module
+
+    saved = {"hash": "a" * 16, "indices": [1, 2], "labels": [0]}
+    checkpoint = {"list": [1, 2], "tensor": torch.zeros(3), "no proxy": {"state_dict": {}},
+                  "proxy is a list": {"ProxyDataModule": {"proxy_json": "[]"}},
+                  "proxy is a number": {"ProxyDataModule": {"proxy_json": 5}},
+                  "labels do not match": {"ProxyDataModule": {"proxy_json": json.dumps(saved)}}}[content]
+    torch.save(checkpoint, tmp_path / "bad.ckpt")
+
+    def no_protocol(*args, **kwargs):
+        raise AssertionError("a resumed run ran the protocol")
+
+    monkeypatch.setattr(proxy_module, "select_proxy", no_protocol)
+    trainer = _trainer(tmp_path, 1)
+    trainer.ckpt_path = str(tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match="bad.ckpt") as error:
+        trainer.fit(ForeignModel(), datamodule=_module(tmp_path, datasets))
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_the_ledger_entry_is_keyed_on_what_the_client_released(tmp_path, datasets):
+    """Changed client data behind the same settings is a new release, never taken for the old one."""
+    from callbacks import PrivacyLedger, read_ledger
+
+    open_ds, client_ds, test_ds = datasets
+    ledger = tmp_path / "ledger.json"
+    for run, shift in enumerate((0.0, 0.2)):
+        changed = TensorDataset(client_ds.tensors[0].roll(1, dims=1) if shift else client_ds.tensors[0],
+                                client_ds.tensors[1])
+        dm = _module(tmp_path / f"cache{run}", (open_ds, changed, test_ds), noise_multiplier=8.0)
+        pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                   default_root_dir=tmp_path, callbacks=[PrivacyLedger(str(ledger))]).fit(ForeignModel(), datamodule=dm)
+    assert len(read_ledger(ledger)["entries"]) == 2

@@ -83,6 +83,10 @@ def hand_edit(tmp_path, pool, edit: str) -> tuple[Path, str]:
     value = proxy(pool)
     if edit == "directory":
         return pool, "is not a file"
+    if edit == "same image twice":
+        (pool / "c").symlink_to(pool / "a")
+    if edit == "a fifo":
+        os.mkfifo(pool / "fifo.png")
     if edit == "bad JSON":
         path.write_text(json.dumps(value)[:-20])
         return path, "not valid UTF-8 JSON"
@@ -94,10 +98,13 @@ def hand_edit(tmp_path, pool, edit: str) -> tuple[Path, str]:
         "../": ({"paths": ["../outside.png"] + NAMES[1:]}, "'paths'"),
         "link outside": ({"paths": ["link.png"] + NAMES[1:]}, "'link.png' leads outside the pool root"),
         "not an image": ({"paths": ["notes.png"] + NAMES[1:]}, "'notes.png' is not a readable image"),
-        "a folder": ({"paths": ["a"] + NAMES[1:]}, "'a' is not a readable image"),
-        "missing image": ({"paths": ["gone.png"] + NAMES[1:]}, "'gone.png' is not a readable image"),
+        "a folder": ({"paths": ["a"] + NAMES[1:]}, "'a' is not a regular file"),
+        "missing image": ({"paths": ["gone.png"] + NAMES[1:]}, "'gone.png' does not exist"),
         "root elsewhere": ({"root": str(tmp_path / "nowhere")}, "is not a folder"),
         "relative root": ({"root": "pool"}, "'root'"),
+        "aliased path": ({"paths": ["a/0.png", "a//2.png", "./a/4.png"] + NAMES[3:]}, "'paths'"),
+        "same image twice": ({"paths": ["c/2.png"] + NAMES[1:]}, "two paths lead to the same image"),
+        "a fifo": ({"paths": ["fifo.png"] + NAMES[1:]}, "'fifo.png' is not a regular file"),
         "version 1": ({"version": 1, "paths": [str(pool / n) for n in NAMES]}, "run `ecos-cloud sample` again"),
     }
     change, error = edits[edit]
@@ -106,7 +113,8 @@ def hand_edit(tmp_path, pool, edit: str) -> tuple[Path, str]:
 
 
 EDITS = ["directory", "bad JSON", "index 2**63", "index -1", "repeated index", "/etc/passwd", "../", "link outside",
-         "not an image", "a folder", "missing image", "root elsewhere", "relative root", "version 1"]
+         "not an image", "a folder", "missing image", "root elsewhere", "relative root", "version 1", "aliased path",
+         "same image twice", "a fifo"]
 
 
 @pytest.mark.parametrize("edit", EDITS)
@@ -154,3 +162,23 @@ def test_train_py_prints_one_error_line_for_a_bad_proxy_file(tmp_path, pool, edi
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: proxy file {path}") and error in proc.stderr
     assert "Traceback" not in proc.stderr and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_resume_that_finds_the_images_another_way_is_refused(tmp_path, pool):
+    """The same proxy file read by its paths, then by its indices into an open_dataset: another proxy."""
+    write_proxy_file(tmp_path / "proxy.json", proxy(pool))
+    first = ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), client_test_dataset=client_test_set(),
+                            image_size=16, batch_size=4, cache_dir=str(tmp_path / "cache"))
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                         callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer.fit(CountingModel(), datamodule=first)
+    open_ds = TensorDataset(torch.rand(10, 3, 16, 16), torch.zeros(10, dtype=torch.long))
+    by_index = ProxyDataModule(open_dataset=open_ds, proxy_file=str(tmp_path / "proxy.json"),
+                               client_test_dataset=client_test_set(), image_size=16, batch_size=4,
+                               cache_dir=str(tmp_path / "cache"))
+    resumed = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    resumed.ckpt_path = str(tmp_path / "ckpt" / "last.ckpt")
+    model = CountingModel()
+    with pytest.raises(ValueError, match="was trained on proxy .*, but these settings give proxy"):
+        resumed.fit(model, datamodule=by_index)
+    assert model.seen == 0

@@ -233,3 +233,40 @@ def test_a_ledger_path_that_is_not_a_regular_file_is_refused(tmp_path):
     (tmp_path / "ledger.json").mkdir()
     with pytest.raises(ValueError, match="not a regular file"):
         record_releases(tmp_path / "ledger.json", "ab", [gaussian_release(8.0)])
+
+
+def test_every_name_of_a_ledger_shares_one_lock_and_one_budget(tmp_path):
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    record_releases(real, "a1", [gaussian_release(SIGMA)], max_epsilon=BUDGET)
+    link.symlink_to(real)
+    with pytest.raises(ValueError, match="refused"):
+        record_releases(link, "a2", [gaussian_release(SIGMA)], max_epsilon=BUDGET)
+    assert link.is_symlink() and recorded(real) == ["a1"]
+    os.link(real, tmp_path / "hard.json")
+    with pytest.raises(ValueError, match="other hard links"):
+        record_releases(tmp_path / "hard.json", "a2", [gaussian_release(8.0)])
+
+
+def test_an_entry_without_releases_is_never_written(tmp_path):
+    with pytest.raises(ValueError, match="at least one release"):
+        record_releases(tmp_path / "ledger.json", "a1", [])
+    assert not (tmp_path / "ledger.json").exists()
+
+
+def test_a_ledger_edited_to_version_1_keeps_no_way_around_its_budget(tmp_path):
+    path = tmp_path / "ledger.json"
+    ledger = valid_ledger()
+    ledger["version"] = 1  # still holds max_epsilon: not a version 1 ledger
+    path.write_text(json.dumps(ledger))
+    with pytest.raises(ValueError, match="corrupt"):
+        record_releases(path, "cd34", [gaussian_release(SIGMA)])
+
+
+@pytest.mark.parametrize("field, value", [("noise_multiplier", 1e-300), ("noise_multiplier", 1e300),
+                                          ("count", 10**9)])
+def test_releases_the_accountant_cannot_compose_are_refused_quickly(tmp_path, field, value):
+    ledger = valid_ledger()
+    release_field(field, value)(ledger)
+    (tmp_path / "ledger.json").write_text(json.dumps(ledger))
+    with pytest.raises(ValueError, match="corrupt"):
+        read_ledger(tmp_path / "ledger.json")

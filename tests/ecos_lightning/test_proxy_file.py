@@ -80,10 +80,12 @@ def pool_with_images(root, names):
 def test_image_files_are_resolved_inside_the_root(tmp_path):
     pool_with_images(tmp_path / "pool", ["4.png", "0.png", "sub/9.png"])
     (tmp_path / "pool" / "link.png").symlink_to(tmp_path / "pool" / "sub" / "9.png")  # inside root: fine
-    value = proxy(root=str(tmp_path / "pool"), paths=["4.png", "link.png", "sub/9.png"])
+    value = proxy(root=str(tmp_path / "pool"), paths=["4.png", "link.png", "0.png"])
     files = proxy_image_files(value)
     pool = tmp_path.resolve() / "pool"
-    assert files == [pool / "4.png", pool / "sub" / "9.png", pool / "sub" / "9.png"]
+    assert files == [pool / "4.png", pool / "sub" / "9.png", pool / "0.png"]
+    with pytest.raises(ValueError, match="two paths lead to the same image"):  # a link and its target
+        proxy_image_files(proxy(root=str(tmp_path / "pool"), paths=["4.png", "link.png", "sub/9.png"]))
 
 
 def test_image_files_outside_the_root_or_not_images_are_refused(tmp_path):
@@ -96,9 +98,9 @@ def test_image_files_outside_the_root_or_not_images_are_refused(tmp_path):
     (root / "loop.png").symlink_to(root / "loop.png")
     for path, error in (("out.png", "outside the pool root"), ("up/outside.png", "outside the pool root"),
                         ("loop.png", "cannot be resolved"),
-                        ("notes.png", "not a readable image"), ("folder.png", "not a readable image"),
-                        ("missing.png", "not a readable image")):
-        with pytest.raises(ValueError, match=f"^here: '{path}' (leads |is )?{error}"):
+                        ("notes.png", "not a readable image"), ("folder.png", "not a regular file"),
+                        ("missing.png", "does not exist")):
+        with pytest.raises(ValueError, match=f"^here: '{path}' (leads |is |does )?{error}"):
             proxy_image_files(proxy(root=str(root), paths=["0.png", path, "x.png"]), "here")
     with pytest.raises(ValueError, match="pool root .* is not a folder"):
         proxy_image_files(proxy(root=str(tmp_path / "nowhere")))

@@ -140,3 +140,38 @@ def test_labels_carry_the_ledger_total_at_the_moment_of_recording(cli, probed, f
     labels = LabelsMessage.from_bytes((tmp_path / "labels.ecos").read_bytes())
     assert labels.total_epsilon == pytest.approx(read_ledger(tmp_path / "ledger.json")["epsilon"])
     assert labels.total_epsilon > labels.epsilon
+
+
+@pytest.mark.parametrize("extra, error", [
+    (["--noise-multiplier", "1e-300"], "noise_multiplier must be 0 (not private) or in [0.1, 1e+06]"),
+    (["--noise-multiplier", "1e300"], "noise_multiplier must be 0 (not private) or in [0.1, 1e+06]"),
+    (["--out", "LEDGER"], "is the privacy ledger or its lock"),
+    (["--out", "LEDGER.lock"], "is the privacy ledger or its lock"),
+])
+def test_extreme_values_and_an_output_over_the_ledger_are_one_line_errors(cli, probed, folders, tmp_path, extra,
+                                                                           error):
+    ledger = tmp_path / "ledger.json"
+    extra = [str(ledger) + e[len("LEDGER"):] if e.startswith("LEDGER") else e for e in extra]
+    code, _, err = cli(client.main, *respond_argv(probed / "centroids.ecos", folders["client"], tmp_path), *extra,
+                       "--dry-run")
+    assert code == 2 and one_error_line(err) and error in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_queries_message_asking_for_too_many_labels_is_refused_before_accounting(cli, probed, folders, tmp_path,
+                                                                                     nothing_runs):
+    from ecos_lightning.protocol.label_messages import QueriesMessage
+
+    message = CentroidsMessage.from_bytes((probed / "centroids.ecos").read_bytes())
+    queries = tmp_path / "q.ecos"
+    queries.write_bytes(QueriesMessage(np.ones((50, message.feature_dim), np.float32), message.encoder,
+                                       "0" * 16).to_bytes())
+    code, _, err = cli(client.main, "label", "--queries", queries, "--data", folders["labelled"], "--out",
+                       tmp_path / "l.ecos", "--ledger", tmp_path / "ledger.json", "--max-queries", 10)
+    assert code == 2 and one_error_line(err) and "asks for 50 labels > --max-queries 10" in err, err
+
+
+def test_a_projection_that_adds_dimensions_is_refused():
+    centroids = np.ones((4, 64), np.float32)
+    with pytest.raises(MessageError, match="never adds dimensions"):
+        CentroidsMessage(centroids, np.ones((8, 64), np.float32), np.zeros(64, np.float32))

@@ -304,7 +304,8 @@ def test_a_corrupt_cloud_state_is_one_line(cli, probed, tmp_path, change):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "features changed", "features missing",
-                                    "features truncated", "old format"])
+                                    "features truncated", "features of another shape", "features header huge",
+                                    "old format"])
 def test_a_damaged_state_or_features_file_is_one_line(cli, probed, tmp_path, damage):
     state = copy_cloud(probed, tmp_path)
     state_file, features_file = state / "state.safetensors", next(state.glob("features-*.npy"))
@@ -321,6 +322,12 @@ def test_a_damaged_state_or_features_file_is_one_line(cli, probed, tmp_path, dam
         features_file.unlink()
     elif damage == "features truncated":
         features_file.write_bytes(features_file.read_bytes()[:200])
+    elif damage == "features of another shape":
+        np.save(features_file, np.load(features_file)[:5])
+    elif damage == "features header huge":  # a header declaring 1e11 rows over a small file
+        raw = features_file.read_bytes()
+        shape = str(np.load(features_file).shape).encode()
+        features_file.write_bytes(raw.replace(shape, b"(100000000000, " + shape.split(b", ")[1], 1))
     elif damage == "old format":  # a state folder from an earlier version: separate files, no state.safetensors
         state_file.unlink()
         (state / "state.json").write_text("{}")
