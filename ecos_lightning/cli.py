@@ -1,7 +1,8 @@
 """The training entry point on LightningCLI: ``python train.py fit --config configs/<task>.yaml``.
 
 Bare ``python train.py`` runs the main job: ECOS + fine-tuning on digits-lite, then the test on the
-client's held-out data, then a short summary.
+client's held-out data, then a short summary. A subcommand without ``--config`` starts from that job:
+``python train.py fit --trainer.max_epochs 1`` is the main job with one override.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from ecos_lightning.modules import ClassifierModule
 SOURCE_DIRS = tuple(str(Path(__file__).resolve().parent.parent / name) for name in
                     ("ecos_lightning", "datamodules", "callbacks"))
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_ARGS = ["fit", "--config", str(CONFIG_DIR / "finetune_digits.yaml")]
+DEFAULT_CONFIG = CONFIG_DIR / "finetune_digits.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 class SaveConfigOnStart(SaveConfigCallback):
@@ -120,8 +122,7 @@ def main(args: list[str] | None = None) -> EcosCLI | None:
     Bad input (a bad option or value, a refused setting, a missing or unreadable file, a bad
     message, a failed check of this package's) ends with one ``error:`` line and exit code 2.
     """
-    if args is None and len(sys.argv) <= 1:
-        args = DEFAULT_ARGS
+    args = with_default_config(sys.argv[1:] if args is None else list(args))
     try:
         return EcosCLI(ClassifierModule, ProxyDataModule, subclass_mode_model=True,
                        save_config_callback=SaveConfigOnStart, save_config_kwargs={"overwrite": True}, args=args)
@@ -131,6 +132,21 @@ def main(args: list[str] | None = None) -> EcosCLI | None:
         if not raised_here(exc):
             raise
         fail(exc)
+
+
+def with_default_config(args: list[str]) -> list[str]:
+    """``args`` with the default job's config as the base when they name none.
+
+    No arguments run the default job (``fit``); a subcommand without ``--config`` gets the default
+    config right after it, so ``train.py fit --trainer.max_epochs 1`` is the default job with that
+    override and ``train.py fit --print_config`` shows it.
+    """
+    if not args:
+        return ["fit", "--config", str(DEFAULT_CONFIG)]
+    named = any(a in ("-c", "--config") or a.startswith("--config=") for a in args[1:])
+    if args[0] in SUBCOMMANDS and not named:
+        return [args[0], "--config", str(DEFAULT_CONFIG), *args[1:]]
+    return args
 
 
 def fail(exc: BaseException) -> None:
