@@ -1,6 +1,184 @@
-"""Train on an ECOS proxy set. Bare ``python train.py`` runs the default job (see README)."""
+"""Train on an ECOS proxy set: the LightningCLI entry point, ``python train.py fit --config configs/<task>.yaml``.
 
-from ecos_lightning.cli import main
+Bare ``python train.py`` runs the main job: ECOS + fine-tuning on digits-lite, then the test on the
+client's held-out data, then a short summary. A subcommand without ``--config`` starts from that job:
+``python train.py fit --trainer.max_epochs 1`` is the main job with one override.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import traceback
+from argparse import ArgumentError
+from pathlib import Path
+
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.trainer.states import TrainerFn
+
+from datamodules import ProxyDataModule
+from ecos_lightning.modules import ClassifierModule
+
+ROOT = Path(__file__).resolve().parent
+SOURCES = tuple(str(ROOT / name) for name in ("ecos_lightning", "datamodules", "callbacks", "train.py"))
+CONFIG_DIR = ROOT / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "finetune_digits.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class SaveConfigOnStart(SaveConfigCallback):
+    """Writes ``config.yaml`` when the first loop starts, after every check of the run has passed,
+    so a refused run leaves no config behind."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        pass
+
+    def _save(self, trainer, pl_module) -> None:
+        super().setup(trainer, pl_module, trainer.state.fn)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module)
+
+
+class EcosCLI(LightningCLI):
+    """LightningCLI with ``--test_after_fit`` (test the best checkpoint on the client's data after
+    fit), parse errors raised rather than printed with the usage, and ``--ckpt_path`` handed to the
+    trainer before it starts (``trainer.ckpt_path``), so the data module takes the proxy of a
+    resumed run from the checkpoint."""
+
+    def init_parser(self, **kwargs):
+        return super().init_parser(exit_on_error=False, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="after fit, test the best checkpoint on the client's held-out data")
+
+    def before_fit(self) -> None:
+        self._set_trainer_ckpt_path()
+
+    def before_validate(self) -> None:
+        self._set_trainer_ckpt_path()
+
+    def before_test(self) -> None:
+        self._set_trainer_ckpt_path()
+
+    def before_predict(self) -> None:
+        self._set_trainer_ckpt_path()
+
+    def _set_trainer_ckpt_path(self) -> None:
+        """Resolve ``--ckpt_path`` (a path, ``last``, ``best``) as the trainer would and set it as
+        ``trainer.ckpt_path``, which the run then restores from."""
+        kwargs = self.config_init[self.subcommand]
+        if kwargs.get("ckpt_path"):
+            connector = self.trainer._checkpoint_connector
+            self.trainer.ckpt_path = connector._parse_ckpt_path(TrainerFn(self.subcommand), kwargs["ckpt_path"],
+                                                                model_provided=True, model_connected=False)
+            kwargs["ckpt_path"] = None
+
+    def after_fit(self) -> None:
+        self.trainer.ckpt_path = None  # the checkpoint fit resumed from is not the one to test
+        if not self.config[self.subcommand].get("test_after_fit"):
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
+        log_dir = self.trainer.log_dir  # a collective: every rank reads it
+        if self.trainer.is_global_zero:
+            print(format_summary(self.datamodule, results[0] if results else {}, best, log_dir))
+
+
+def format_summary(datamodule: ProxyDataModule, metrics: dict, checkpoint: str | None, log_dir: str | None) -> str:
+    """A few lines for the terminal: accuracy, privacy, bytes, proxy composition, where things are."""
+    proxy, info = datamodule.proxy, datamodule.summary()
+    epsilon = "inf (not private)" if math.isinf(proxy.epsilon) else f"{proxy.epsilon:.3f}"
+    lines = [
+        "",
+        "== ECOS run summary ==",
+        f"client test accuracy : {metrics.get('test_acc', float('nan')):.4f}",
+        f"privacy              : epsilon {epsilon} at delta {proxy.delta:g}",
+        f"bytes down / up      : {proxy.bytes_down:,} / {proxy.bytes_up:,}",
+        f"proxy                : {len(proxy)} images from sampler '{datamodule.hparams.sampler}'",
+    ]
+    if "domains" in info:
+        lines.append("proxy domains        : " + ", ".join(f"{k} {v}" for k, v in info["domains"].items() if v))
+    if info.get("label_accuracy") is not None:
+        lines.append(f"auto-label accuracy  : {info['label_accuracy']:.4f}")
+    lines += [f"checkpoint           : {checkpoint}", f"logs                 : {log_dir}"]
+    return "\n".join(lines)
+
+
+def main(args: list[str] | None = None) -> EcosCLI | None:
+    """Run the CLI (``args`` default: the command line).
+
+    Bad input (a bad option or value, a refused setting, a missing or unreadable file, a bad
+    message, a failed check of this package's) ends with one ``error:`` line and exit code 2.
+    """
+    args = with_default_config(sys.argv[1:] if args is None else list(args))
+    try:
+        return EcosCLI(ClassifierModule, ProxyDataModule, subclass_mode_model=True,
+                       save_config_callback=SaveConfigOnStart, save_config_kwargs={"overwrite": True}, args=args)
+    except (ValueError, OSError, ArgumentError) as exc:  # a MessageError is a ValueError
+        fail(exc)
+    except RuntimeError as exc:
+        if not raised_here(exc):
+            raise
+        fail(exc)
+
+
+def with_default_config(args: list[str]) -> list[str]:
+    """``args`` with the default job's config as the base when they name none.
+
+    No arguments run the default job (``fit``); a subcommand without ``--config`` gets the default
+    config right after it, so ``train.py fit --trainer.max_epochs 1`` is the default job with that
+    override and ``train.py fit --print_config`` shows it.
+    """
+    if not args:
+        return ["fit", "--config", str(DEFAULT_CONFIG)]
+    named = any(a in ("-c", "--config") or a.startswith("--config=") for a in args[1:])
+    if args[0] in SUBCOMMANDS and not named:
+        return [args[0], "--config", str(DEFAULT_CONFIG), *args[1:]]
+    return args
+
+
+def fail(exc: BaseException) -> None:
+    print(f"error: {root_message(exc)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def raised_here(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by this package's own code (not by a library it calls)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and frames[-1].filename.startswith(SOURCES)
+
+
+def root_message(exc: BaseException) -> str:
+    """First line of the innermost cause: the message our code raised, not the parser's wrapper.
+
+    A parse error keeps the parser's first line, which names the option, and points to ``--help``.
+    """
+    root = exc
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    text = _first_line(root)
+    if isinstance(exc, ArgumentError):
+        head = _first_line(exc).rstrip(":")
+        return (text if head == text else f"{head}: {text}") + " (options: --help)"
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,7 @@ import numpy as np
 
 from ecos_lightning.data import DOMAINS, paper_split
 from ecos_lightning.protocol import noise_multiplier_for_epsilon
-from ecos_lightning.proxy import select_proxy
+from ecos_lightning.samplers import select_proxy
 
 from digits_features import add_arguments, digits_lite_features
 
@@ -47,7 +47,7 @@ def main() -> None:
                 r = results[(dim, fp16)]
                 r["precision"].append(in_domain[res.indices].mean())
                 r["down"].append(res.bytes_down)
-                r["epsilon"].append(res.epsilon(args.delta))
+                r["epsilon"].append(res.epsilon)
 
     print(f"digits-lite, ECOS at sigma {sigma:.2f} (epsilon {np.mean(r['epsilon']):.3f} at delta {args.delta:g}), "
           f"budget {args.budget}, K={args.num_clusters}, domains {args.domains}, seeds {args.seeds}, encoder "

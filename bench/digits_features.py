@@ -8,8 +8,9 @@ import os
 import numpy as np
 
 from ecos_lightning.data import DOMAINS, DigitsLite, load_digits_lite
-from ecos_lightning.encoders import EncoderSpec
+from ecos_lightning.encoders import spec_for_model
 from ecos_lightning.features import cached_features
+from ecos_lightning.files import default_cache_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def digits_lite_features(args: argparse.Namespace) -> tuple[DigitsLite, np.ndarray]:
     """digits-lite and its features [N, d] from the offline efficientnet_lite0 (cached on disk)."""
     data = load_digits_lite(args.cache_dir)
-    spec = EncoderSpec.for_model("efficientnet_lite0", weights="offline", input_size=args.input_size,
-                                 pooling=args.pooling)
-    cache = args.cache_dir or os.path.expanduser("~/.cache/ecos_lightning")
+    spec = spec_for_model("efficientnet_lite0", weights="offline", input_size=args.input_size, pooling=args.pooling)
+    cache = args.cache_dir or default_cache_dir()
     return data, cached_features(spec, data.images, "digits-lite-v1-seed0", cache, desc="digits-lite features")

@@ -19,7 +19,7 @@ import numpy as np
 
 from ecos_lightning.data import DOMAINS, paper_split
 from ecos_lightning.protocol import noise_multiplier_for_epsilon
-from ecos_lightning.proxy import select_proxy
+from ecos_lightning.samplers import select_proxy
 
 from digits_features import add_arguments, digits_lite_features
 
@@ -52,7 +52,7 @@ def main() -> None:
                 r = results[name]
                 r["precision"].append(hit.mean())
                 r["coverage"].append((classes >= 10).mean())
-                r["epsilon"].append(res.epsilon(args.delta))
+                r["epsilon"].append(res.epsilon)
                 r["down"].append(res.bytes_down)
                 r["up"].append(res.bytes_up)
                 per_domain[name].setdefault(domain, []).append(hit.mean())

@@ -50,18 +50,18 @@ class PrivacyLedger(pl.Callback):
         if proxy is None:
             rank_zero_warn("PrivacyLedger: the datamodule has no proxy; nothing is recorded")
             return
-        if proxy.get("hash") is None or proxy.get("releases") is None:
-            raise ValueError("PrivacyLedger: the datamodule's proxy has no 'hash' or 'releases' to record")
-        if not proxy["releases"]:
+        if not proxy.releases:
             rank_zero_info("PrivacyLedger: this proxy declares no release of its own (a proxy file's releases are "
                            "in the client's ledger); nothing is recorded")
             return
+        if proxy.release_hash is None and proxy.hash is None:
+            raise ValueError("PrivacyLedger: the datamodule's proxy has no 'release_hash' or 'hash' to record it by")
         path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "privacy_ledger.json")
         error = None
         if trainer.is_global_zero:  # one writer; every rank raises the same refusal
             try:
                 # keyed on what was released: a new release of changed client data is never taken for an old one
-                self.record(path, proxy.get("release_hash") or proxy["hash"], proxy["releases"])
+                self.record(path, proxy.release_hash or proxy.hash, proxy.releases)
             except ValueError as exc:
                 error = str(exc)
         error = trainer.strategy.broadcast(error)

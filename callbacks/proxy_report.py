@@ -31,17 +31,17 @@ class ProxyReport(pl.Callback):
             rank_zero_warn("ProxyReport: the datamodule has no summary(); no proxy report is written")
             return
         summary = datamodule.summary()
-        proxy = getattr(datamodule, "proxy", None) or {}
+        proxy = getattr(datamodule, "proxy", None)
         folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir must be read on every rank
         metrics = report_metrics(summary)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         rank_zero_info(describe(summary))
         if trainer.is_global_zero:
-            scores = proxy.get("cluster_scores")
+            scores = proxy.cluster_scores if proxy is not None else None
             report = {**summary, "epsilon": _finite_or_none(summary.get("epsilon")), "cluster_scores": scores}
             atomic_write_bytes(folder / f"{self.name}.json", json.dumps(report, indent=2).encode())
-            selected = [c for c in proxy.get("clusters") or () if c >= 0]
+            selected = [c for c in proxy.clusters if c >= 0] if proxy is not None else []
             plot_proxy_report(summary, scores, folder / f"{self.name}.png", selected_clusters=selected)
 
 

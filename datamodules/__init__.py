@@ -1,6 +1,7 @@
 """Lightning data modules: the ECOS proxy set for any Lightning project, and digits-lite sources."""
 
-from .digits import ArrayImageDataset, digits_lite_sources
+from ecos_lightning.data import ArrayImageDataset, digits_lite_sources
+
 from .proxy import ProxyDataModule
 
 __all__ = ["ArrayImageDataset", "ProxyDataModule", "digits_lite_sources"]

@@ -6,21 +6,18 @@ import hashlib
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2
-from torchvision.transforms.functional import pil_to_tensor
 
-from ecos_lightning.encoders import item_image
-
-from .digits import ArrayImageDataset
+from ecos_lightning.data import ArrayImageDataset, PathImageDataset
+from ecos_lightning.encoders.preprocess import is_pil, item_image, pil_to_chw
 
 
 def to_uint8_chw(image) -> torch.Tensor:
     """PIL image, uint8/float array or tensor (HWC or CHW, grey or RGB) -> uint8 tensor [3, H, W]."""
-    if hasattr(image, "convert"):
-        return pil_to_tensor(image.convert("RGB"))
+    if is_pil(image):
+        return pil_to_chw(image)
     x = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image
     if x.ndim == 2:
         x = x.unsqueeze(0)
@@ -76,28 +73,15 @@ class TwoViewSubset(Dataset):
         return self.weak(x).float().div_(255.0), self.strong(x).float().div_(255.0)
 
 
-class PathImageDataset(Dataset):
-    """Items ``(RGB PIL image, label)`` read from image files."""
-
-    def __init__(self, paths: list[str], labels: list[int]):
-        self.paths, self.labels = list(paths), np.asarray(labels, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        with Image.open(self.paths[i]) as image:
-            return image.convert("RGB"), int(self.labels[i])
-
-
 def dataset_labels(dataset: Dataset) -> np.ndarray:
     """Labels int64 [N] of ``dataset``: the second element of each item, as ``dataset[i]`` gives it.
 
     Items go through the dataset's ``target_transform`` like any training batch. Reading every item
     loads every image, so datasets whose labels are provably the items' labels are read without
-    images: :class:`~datamodules.ArrayImageDataset` (digits-lite), :class:`PathImageDataset`, a
-    ``TensorDataset`` of ``(images, labels [N])``, a torchvision ``DatasetFolder``/``ImageFolder``
-    without ``target_transform``, and a ``Subset`` of any of these.
+    images: :class:`~ecos_lightning.data.ArrayImageDataset` (digits-lite),
+    :class:`~ecos_lightning.data.PathImageDataset`, a ``TensorDataset`` of ``(images, labels [N])``, a
+    torchvision ``DatasetFolder``/``ImageFolder`` without ``target_transform``, and a ``Subset`` of any
+    of these.
     """
     if type(dataset).__getitem__ is Subset.__getitem__:
         return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]

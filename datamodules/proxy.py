@@ -1,21 +1,21 @@
 """ProxyDataModule: the ECOS proxy set as a LightningDataModule, usable in any Lightning project.
 
-``prepare_data`` (once per node) extracts features, runs the protocol (or a baseline) and writes a
-JSON artifact keyed by a hash of everything that determines it (labels included); a second run
-reuses it. ``setup`` (every rank) reads the artifact, so every rank trains on the same proxy. The
+``prepare_data`` (once per node) composes sources -> features -> sampler -> label source -> the
+:class:`~ecos_lightning.proxy.Proxy` record, with the privacy releases the sampler and the label source
+declare, and writes it as a JSON artifact keyed by a hash of everything that determines it (labels
+included); a second run reuses it. ``setup`` (every rank) reads the artifact, so every rank trains on the same proxy. The
 proxy is also part of the module's ``state_dict``: when the trainer resumes from a checkpoint
 (``trainer.ckpt_path``, which ``train.py`` sets from ``--ckpt_path``), ``prepare_data`` and
 ``setup`` take the proxy from that checkpoint and never run the protocol; a checkpoint whose proxy
 is not the one this module's settings give is refused.
 
 In this simulation the client's side (its features, coverage counts and kNN votes) runs in the
-same process; only the messages and the released labels cross to the cloud's side.
+same process (see ``simulation``); only the messages and the released labels cross to the cloud's side.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import pickle
 from pathlib import Path
@@ -28,23 +28,21 @@ from pytorch_lightning.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
-from ecos_lightning.data.digits_lite import default_cache_dir
-from ecos_lightning.encoders import EncoderSpec
-from ecos_lightning.features import cached_features, stable_hash
-from ecos_lightning.files import atomic_write_bytes
-from ecos_lightning.knn_labels import PrivateKnnLabeler
-from ecos_lightning.protocol.privacy import epsilon_from_json, epsilon_to_json, gaussian_release, releases_epsilon
+from ecos_lightning.data import DigitsLiteSource, PathImageDataset, open_source, parse_source
+from ecos_lightning.encoders import spec_for_model
+from ecos_lightning.files import atomic_write_bytes, default_cache_dir, stable_hash
+from ecos_lightning.label_sources import DEPRECATED, LABEL_SOURCES, get_label_source
+from ecos_lightning.protocol.privacy import releases_epsilon
 from ecos_lightning.protocol.validation import positive_int
-from ecos_lightning.proxy import SAMPLERS, select_proxy
-from ecos_lightning.proxy_file import proxy_image_files, read_proxy_file
+from ecos_lightning.proxy import PROXY_VERSION, Proxy
+from ecos_lightning.proxy_file import proxy_image_files
+from ecos_lightning.samplers import get_sampler
 
-from .digits import digits_lite_sources
-from .images import ImageSubset, PathImageDataset, TwoViewSubset, dataset_domains, dataset_labels, fingerprint
+from .images import ImageSubset, TwoViewSubset, dataset_domains, dataset_labels, fingerprint
+from .simulation import simulated_inputs
 
 log = logging.getLogger(__name__)
 
-LABEL_SOURCES = ("open", "manual", "client_knn", "none")
-ARTIFACT_VERSION = 1
 
 
 class ProxyDataModule(pl.LightningDataModule):
@@ -55,14 +53,16 @@ class ProxyDataModule(pl.LightningDataModule):
             (image: PIL, uint8 HWC array or tensor CHW); None = digits-lite split for ``client_domain``.
             Labels are read through the items (so a ``target_transform`` applies; see
             ``dataset_labels`` for the datasets read without images) and hashed into the artifact's
-            key; the proxy carries the labels of the selected images only (``manual``/``open``).
+            key; the proxy carries the labels of the selected images only (``manual``).
         client_domain, data_seed: digits-lite client domain and split seed.
         encoder, encoder_weights, encoder_input_size, encoder_pooling: the feature encoder both sides use.
         num_clusters, q, noise_multiplier, delta: the ECOS query (K centroids, q nearest, sigma, delta).
         budget: proxy size B.
-        sampler: ecos | random | kcenter | full | upload | local (train on the client's own data).
-        label_source: open | manual (labels of the selected images only) | client_knn (Private kNN by
-            the client) | none (unlabelled; labels are -1).
+        sampler: a name in ``ecos_lightning.samplers.SAMPLERS`` (ecos | random | kcenter | full | upload |
+            local: train on the client's own data) or the import path of a sampler object.
+        label_source: a name in ``ecos_lightning.label_sources.LABEL_SOURCES`` (manual: labels of the
+            selected images only | client_knn: Private kNN by the client | none: unlabelled, labels -1) or
+            the import path of a label source object; ``open`` is a deprecated name of ``manual``.
         knn_k, knn_noise_multiplier, knn_sampling_rate: Private kNN labelling parameters.
         max_epsilon: refuse, before any query, a run whose composed epsilon would exceed this.
         val_fraction: share of the proxy held out for validation.
@@ -89,12 +89,10 @@ class ProxyDataModule(pl.LightningDataModule):
                  num_workers: int = 0, cache_dir: str | None = None, seed: int = 0,
                  dataset_id: str | None = None, proxy_file: str | None = None):
         super().__init__()
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if label_source not in LABEL_SOURCES:
-            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
-        if sampler == "local" and label_source not in ("open", "manual"):
-            raise ValueError("sampler='local' trains on the client's own labels: use label_source='manual'")
+        self.sampler, self.label_source = get_sampler(sampler), get_label_source(label_source)
+        if self.sampler.source == "client" and not self.label_source.labels_client_data:
+            usable = [name for name, source in LABEL_SOURCES.items() if source.labels_client_data]
+            raise ValueError(f"sampler={sampler!r} trains on the client's own labels: use label_source={usable}")
         positive_int(budget, "budget")
         positive_int(batch_size, "batch_size")
         if not 0.0 <= val_fraction < 1.0:
@@ -102,12 +100,13 @@ class ProxyDataModule(pl.LightningDataModule):
         if max_epsilon is not None and not max_epsilon > 0:
             raise ValueError(f"max_epsilon must be > 0, got {max_epsilon!r}")
         self.save_hyperparameters(ignore=["open_dataset", "client_dataset", "client_test_dataset"])
-        self.spec = EncoderSpec.for_model(encoder, weights=encoder_weights, input_size=encoder_input_size,
-                                          pooling=encoder_pooling)
+        self.hparams.label_source = DEPRECATED.get(label_source, label_source)
+        self.spec = spec_for_model(encoder, weights=encoder_weights, input_size=encoder_input_size,
+                                   pooling=encoder_pooling)
         self._datasets = (open_dataset, client_dataset, client_test_dataset)
         self._sources = None
         self._label_cache: dict[int, np.ndarray] = {}
-        self.proxy: dict | None = None  # the artifact's content, from setup or a restored checkpoint
+        self.proxy: Proxy | None = None  # from setup or a restored checkpoint
 
     # --------------------------------------------------------------- sources
     @property
@@ -121,7 +120,8 @@ class ProxyDataModule(pl.LightningDataModule):
             if self.hparams.proxy_file and open_ds is None:
                 self._sources = self._file_sources(test_ds)
             elif open_ds is None and client_ds is None and test_ds is None:
-                src = digits_lite_sources(self.hparams.client_domain, self.hparams.data_seed, self.hparams.cache_dir)
+                src = open_source(DigitsLiteSource(self.hparams.client_domain, self.hparams.data_seed),
+                                  self.hparams.cache_dir)
                 self._sources = (src.open, src.client, src.client_test, src.data_id)
             else:
                 if open_ds is None or (client_ds is None and not self.hparams.proxy_file):
@@ -138,16 +138,15 @@ class ProxyDataModule(pl.LightningDataModule):
     def _file_sources(self, test_ds):
         """Sources of a proxy file: its images (each checked to lie inside the pool root and to open as an
         image), or the digits-lite pool it was drawn from."""
-        proxy = read_proxy_file(self.hparams.proxy_file)
-        if proxy["paths"] is not None:
+        proxy = Proxy.read(self.hparams.proxy_file)
+        if proxy.paths is not None:
             files = proxy_image_files(proxy, f"proxy file {self.hparams.proxy_file}")
-            labels = proxy["labels"] or [-1] * len(files)
-            return (PathImageDataset(files, labels), None, test_ds, f"file:{proxy['open']}")
-        domain, _, seed = proxy["open"].removeprefix("digits-lite:").partition(":")
-        if not proxy["open"].startswith("digits-lite:") or not (not seed or seed.isdecimal()):
-            raise ValueError(f"proxy file {self.hparams.proxy_file} indexes the pool {proxy['open']!r}: pass that "
+            return (PathImageDataset(files, proxy.label_list()), None, test_ds, f"file:{proxy.open}")
+        source = parse_source(proxy.open)
+        if not isinstance(source, DigitsLiteSource):
+            raise ValueError(f"proxy file {self.hparams.proxy_file} indexes the pool {proxy.open!r}: pass that "
                              "pool as open_dataset")
-        src = digits_lite_sources(domain, int(seed or 0), self.hparams.cache_dir)
+        src = open_source(source, self.hparams.cache_dir)
         return (src.open, None, test_ds if test_ds is not None else src.client_test, src.data_id)
 
     def labels(self, dataset: Dataset) -> np.ndarray:
@@ -167,41 +166,28 @@ class ProxyDataModule(pl.LightningDataModule):
         """Everything that determines the proxy artifact: settings, encoder, data and labels."""
         h = self.hparams
         keys = ("num_clusters", "q", "noise_multiplier", "delta", "budget", "sampler", "label_source", "seed")
-        cfg = {k: h[k] for k in keys}
-        if h.label_source == "client_knn":
-            cfg.update(knn_k=h.knn_k, knn_noise_multiplier=h.knn_noise_multiplier,
-                       knn_sampling_rate=h.knn_sampling_rate)
+        cfg = {k: h[k] for k in keys + self.sampler.config_keys + self.label_source.config_keys}
         open_ds, client_ds, _, data_id = self.sources()
         labels = [hashlib.sha256(self.labels(ds).astype("<i8").tobytes()).hexdigest() for ds in (open_ds, client_ds)]
-        cfg.update(encoder=self.spec.to_dict(), data=data_id, labels=labels, version=ARTIFACT_VERSION)
+        cfg.update(encoder=self.spec.to_dict(), data=data_id, labels=labels, version=PROXY_VERSION)
         return cfg
 
     def proxy_hash(self) -> str:
         """The hash of the proxy these settings give (the proxy file's, else the artifact's), found
         without running the protocol."""
         if self.hparams.proxy_file:
-            return self._proxy_from_file()["hash"]
+            return self._proxy_from_file().hash
         return stable_hash(self.config())
 
     def artifact_path(self) -> Path:
         return self.cache_dir / f"proxy-{stable_hash(self.config())}.json"
 
     def planned_releases(self) -> list[dict]:
-        """What the client will release in this run (known before any query is made)."""
-        h = self.hparams
-        releases = []
-        if h.sampler == "ecos":
-            releases.append(gaussian_release(h.noise_multiplier, what="ecos_coverage_scores"))
-        elif h.sampler in ("upload", "local"):
-            releases.append({"mechanism": "non_private", "count": 1, "what": f"{h.sampler}: client data"})
-        if h.label_source == "client_knn":
-            queries = len(self.sources()[0]) if h.sampler == "full" else h.budget
-            releases.append(self._knn().release(queries))
-        return releases
-
-    def _knn(self) -> PrivateKnnLabeler:
-        h = self.hparams
-        return PrivateKnnLabeler(h.knn_k, h.knn_noise_multiplier, h.knn_sampling_rate, seed=h.seed)
+        """What the client will release in this run, as the sampler and the label source declare it (known
+        before any query is made): the budget check, the proxy's releases and the ledger all use this."""
+        open_ds, client_ds, _, _ = self.sources()
+        size = self.sampler.proxy_size(self.hparams, len(open_ds), len(client_ds))
+        return self.sampler.releases(self.hparams) + self.label_source.releases(self.hparams, size)
 
     # --------------------------------------------------------- prepare / setup
     def prepare_data(self) -> None:
@@ -217,7 +203,7 @@ class ProxyDataModule(pl.LightningDataModule):
 
     def _prepare(self) -> None:
         if self.hparams.proxy_file:
-            epsilon = epsilon_from_json(self._proxy_from_file()["epsilon"])
+            epsilon = self._proxy_from_file().epsilon
             if self.hparams.max_epsilon is not None and epsilon > self.hparams.max_epsilon:
                 raise ValueError(f"privacy budget: the proxy file reports epsilon={epsilon:.3g} > max_epsilon="
                                  f"{self.hparams.max_epsilon:g}")
@@ -234,62 +220,21 @@ class ProxyDataModule(pl.LightningDataModule):
         if path.exists():
             log.info("proxy artifact %s exists: reusing it", path)
             return
-        artifact = self._build_artifact()
-        atomic_write_bytes(path, json.dumps(artifact).encode())
+        atomic_write_bytes(path, self._build_proxy().to_json().encode())
         log.info("proxy artifact written: %s", path)
 
-    def _build_artifact(self) -> dict:
+    def _build_proxy(self) -> Proxy:
+        """sources -> features -> sampler -> label source -> the Proxy with the declared releases."""
         h = self.hparams
         open_ds, client_ds, _, data_id = self.sources()
-        cache = self.cache_dir
-        extract = dict(cache_dir=cache, progress=True)
-        if h.sampler == "local":
-            indices = np.arange(len(client_ds), dtype=np.int64)
-            labels = self.labels(client_ds)
-            result = None
-        else:
-            open_features = cached_features(self.spec, open_ds, f"{data_id}/open", desc="open-pool features",
-                                            **extract)
-            client_features = None
-            if h.sampler in ("ecos", "upload") or h.label_source == "client_knn":
-                client_features = cached_features(self.spec, client_ds, f"{data_id}/client",
-                                                  desc="client features", **extract)
-            result = select_proxy(h.sampler, open_features, h.budget, client_features=client_features,
-                                  num_clusters=h.num_clusters, q=h.q, noise_multiplier=h.noise_multiplier,
-                                  delta=h.delta, seed=h.seed, encoder=self.spec.to_dict(), progress=True)
-            indices = result.indices
-            labels = np.full(len(indices), -1, dtype=np.int64)
-            if h.label_source in ("open", "manual"):
-                labels = self.labels(open_ds)[indices]
-            elif h.label_source == "client_knn":
-                labels = self._knn().label(open_features[indices], client_features, self.labels(client_ds),
-                                           self.num_classes)
+        settings = {**h, "progress": True}
+        inputs = simulated_inputs(self.spec, open_ds, client_ds, data_id, self.sampler.needs | self.label_source.needs,
+                                  self.cache_dir, self.labels, self.num_classes)
+        proxy = self.label_source.run(self.sampler.run(inputs, settings), inputs, settings)
         releases = self.planned_releases()
-        released = hashlib.sha256((result.release_digest if result is not None else "").encode())
-        if h.sampler == "local" or h.label_source == "client_knn":  # the labels came from the client's data
-            released.update(np.asarray(labels, dtype="<i8").tobytes())
-        truth = self.labels(client_ds if h.sampler == "local" else open_ds)[indices]
-        domains = dataset_domains(client_ds if h.sampler == "local" else open_ds)
-        return {
-            "version": ARTIFACT_VERSION,
-            "hash": stable_hash(self.config()),
-            "config": self.config(),
-            "source": "client" if h.sampler == "local" else "open",
-            "indices": indices.tolist(),
-            "labels": labels.tolist(),
-            "clusters": result.clusters.tolist() if result is not None else [-1] * len(indices),
-            "cluster_scores": (result.cluster_scores.tolist()
-                               if result is not None and result.cluster_scores is not None else None),
-            "releases": releases,
-            "release_hash": released.hexdigest() if releases else None,
-            "epsilon": epsilon_to_json(releases_epsilon(releases, h.delta)),
-            "delta": h.delta,
-            "bytes_down": result.bytes_down if result is not None else 0,
-            "bytes_up": result.bytes_up if result is not None else 0,
-            "label_accuracy": (float((labels == truth).mean()) if h.label_source == "client_knn" else None),
-            "domains": domains[indices].tolist() if domains is not None else None,
-            "domain_names": list(getattr(open_ds, "domain_names", ())),
-        }
+        return proxy.replace(releases=releases, release_hash=proxy.release_hash if releases else None,
+                             epsilon=releases_epsilon(releases, h.delta), delta=h.delta, open=data_id,
+                             hash=stable_hash(self.config()))
 
     def setup(self, stage: str | None = None) -> None:
         """Read the proxy (every rank): from the checkpoint the trainer resumes from, else the proxy
@@ -304,25 +249,20 @@ class ProxyDataModule(pl.LightningDataModule):
                 raise FileNotFoundError(f"proxy artifact {path} is missing: prepare_data did not run or failed")
             self.proxy = load_artifact(path)
 
-    def _proxy_from_file(self) -> dict:
-        """The proxy of ``proxy_file`` in the artifact's form (releases stay in the client's ledger).
+    def _proxy_from_file(self) -> Proxy:
+        """The proxy of ``proxy_file`` as this module trains on it (its releases stay in the client's ledger).
 
-        Its images are its paths when no open_dataset is given, else its indices into open_dataset;
-        ``ValueError`` when an index is beyond the pool."""
-        proxy = read_proxy_file(self.hparams.proxy_file)
-        n = len(proxy["indices"])
-        by_path = proxy["paths"] is not None and self._datasets[0] is None
-        indices = list(range(n)) if by_path else proxy["indices"]
+        Its images are its paths when no open_dataset is given (its indices become positions in that
+        list), else its indices into open_dataset; ``ValueError`` when an index is beyond the pool."""
+        proxy = Proxy.read(self.hparams.proxy_file)
+        by_path = proxy.paths is not None and self._datasets[0] is None
+        indices = list(range(len(proxy))) if by_path else proxy.indices
         pool = len(self.sources()[0])
         if max(indices) >= pool:
             raise ValueError(f"proxy file {self.hparams.proxy_file}: index {max(indices)} is beyond the open pool of "
-                             f"{pool} images: pass the pool it was sampled from ({proxy['open']})")
+                             f"{pool} images: pass the pool it was sampled from ({proxy.open})")
         images = "paths" if by_path else self.sources()[3]  # how its images are found is part of the proxy
-        return {"version": ARTIFACT_VERSION, "hash": stable_hash([proxy, images]), "source": "open", "indices": indices,
-                "labels": proxy["labels"] if proxy["labels"] is not None else [-1] * n,
-                "clusters": proxy["clusters"], "cluster_scores": None, "releases": [], "epsilon": proxy["epsilon"],
-                "delta": proxy["delta"], "bytes_down": proxy["bytes_down"], "bytes_up": proxy["bytes_up"],
-                "label_accuracy": None, "domains": None, "domain_names": []}
+        return proxy.replace(indices=indices, hash=stable_hash([proxy.to_dict(), images]))
 
     def _resumed_proxy(self) -> dict | None:
         """The proxy in the checkpoint the trainer resumes from (``trainer.ckpt_path``), checked to be
@@ -341,57 +281,59 @@ class ProxyDataModule(pl.LightningDataModule):
                              "checkpoint of a run with this data module, or start a new run without ckpt_path")
         return self._restored_proxy(state, f"checkpoint {path}")
 
-    def _restored_proxy(self, state: dict, where: str) -> dict:
+    def _restored_proxy(self, state: dict, where: str) -> Proxy:
         """The proxy saved by :meth:`state_dict`, checked to be well formed and the one these settings give."""
         try:
-            proxy = json.loads(state["proxy_json"])
-        except (TypeError, ValueError, RecursionError):
-            proxy = None
-        if not (isinstance(proxy, dict) and isinstance(proxy.get("hash"), str) and isinstance(proxy.get("indices"), list)
-                and isinstance(proxy.get("labels"), list) and len(proxy["indices"]) == len(proxy["labels"])):
-            raise ValueError(f"{where}: its proxy is not one this data module saved; start a new run without ckpt_path")
-        self._check_same_proxy(proxy, where)
-        return proxy
-
-    def _check_same_proxy(self, proxy: dict, where: str) -> None:
-        """Refuse a saved proxy that is not the one these settings (or this proxy file) give."""
+            proxy = Proxy.from_json(state["proxy_json"])
+        except ValueError as exc:
+            raise ValueError(f"{where}: its proxy is not one this data module saved ({exc}); start a new run without "
+                             "ckpt_path") from None
         expected = self.proxy_hash()
-        if proxy.get("hash") != expected:
-            raise ValueError(f"{where} was trained on proxy {proxy.get('hash')}, but these settings give proxy "
+        if proxy.hash != expected:
+            raise ValueError(f"{where} was trained on proxy {proxy.hash}, but these settings give proxy "
                              f"{expected}: resume with the data, protocol settings and proxy file of that run, "
                              "or start a new run without ckpt_path")
+        return proxy
 
     # ------------------------------------------------------------ properties
     @property
     def epsilon(self) -> float:
-        return epsilon_from_json(self._proxy()["epsilon"])
+        return self._proxy().epsilon
 
     @property
     def proxy_label_accuracy(self) -> float | None:
-        return self._proxy().get("label_accuracy")
+        """Share of the proxy's labels that match the truth, for a label source whose labels are estimates."""
+        if not self.label_source.estimates:
+            return None
+        proxy = self._proxy()
+        truth = self.labels(self._base(proxy))[proxy.indices]
+        return float((np.asarray(proxy.label_list()) == truth).mean())
 
-    def _proxy(self) -> dict:
+    def _proxy(self) -> Proxy:
         if self.proxy is None:
             raise RuntimeError("the proxy is not ready: call prepare_data() and setup() first")
         return self.proxy
 
+    def _base(self, proxy: Proxy) -> Dataset:
+        """The dataset the proxy's indices point into."""
+        open_ds, client_ds, _, _ = self.sources()
+        return client_ds if proxy.source == "client" else open_ds
+
     def proxy_indices(self) -> np.ndarray:
-        return np.asarray(self._proxy()["indices"], dtype=np.int64)
+        return np.asarray(self._proxy().indices, dtype=np.int64)
 
     def _train_val_positions(self) -> tuple[np.ndarray, np.ndarray]:
-        n = len(self._proxy()["indices"])
+        n = len(self._proxy())
         order = np.random.default_rng(self.hparams.seed).permutation(n)
         n_val = int(round(self.hparams.val_fraction * n)) if n > 1 else 0
         return np.sort(order[n_val:]), np.sort(order[:n_val])
 
     def _subset(self, positions: np.ndarray, train: bool) -> ImageSubset:
         proxy = self._proxy()
-        open_ds, client_ds, _, _ = self.sources()
-        base = client_ds if proxy["source"] == "client" else open_ds
-        indices = np.asarray(proxy["indices"], dtype=np.int64)[positions]
-        labels = np.asarray(proxy["labels"], dtype=np.int64)[positions]
+        indices = np.asarray(proxy.indices, dtype=np.int64)[positions]
+        labels = np.asarray(proxy.label_list(), dtype=np.int64)[positions]
         transform = _weak_augmentation(self.hparams.image_size) if train and self.hparams.augment else None
-        return ImageSubset(base, indices, labels, self.hparams.image_size, transform)
+        return ImageSubset(self._base(proxy), indices, labels, self.hparams.image_size, transform)
 
     # ----------------------------------------------------------- dataloaders
     def _loader(self, dataset, shuffle: bool, batch_size: int | None = None, sampler=None,
@@ -408,7 +350,7 @@ class ProxyDataModule(pl.LightningDataModule):
         if self.hparams.unlabelled_batch_size <= 0:
             return proxy_loader
         open_ds = self.sources()[0]
-        rest = np.setdiff1d(np.arange(len(open_ds)), self.proxy_indices() if self._proxy()["source"] == "open"
+        rest = np.setdiff1d(np.arange(len(open_ds)), self.proxy_indices() if self._proxy().source == "open"
                             else np.empty(0, np.int64))
         size = self.hparams.image_size
         views = TwoViewSubset(open_ds, rest, size, _weak_augmentation(size), _strong_augmentation(size))
@@ -445,41 +387,39 @@ class ProxyDataModule(pl.LightningDataModule):
         """The whole proxy as one JSON string (loads with ``weights_only=True``)."""
         if self.proxy is None:
             return {}
-        return {"proxy_json": json.dumps(self.proxy)}
+        return {"proxy_json": self.proxy.to_json()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore the proxy from a checkpoint (the artifact and the protocol are not needed); a proxy
         that is not the one these settings give is refused."""
         if "proxy_json" in state_dict:
             restored = self._restored_proxy(state_dict, "the checkpoint")
-            if self.proxy is None or self.proxy.get("hash") != restored["hash"]:
+            if self.proxy is None or self.proxy.hash != restored.hash:
                 self.proxy = restored
 
     def summary(self) -> dict:
         """Proxy size, class histogram, domain composition, epsilon, bytes: for reports."""
         proxy = self._proxy()
-        labels = np.asarray(proxy["labels"])
+        labels = np.asarray(proxy.label_list())
         out = {
-            "sampler": self.hparams.sampler, "size": len(proxy["indices"]), "epsilon": self.epsilon,
-            "delta": proxy["delta"], "bytes_down": proxy["bytes_down"], "bytes_up": proxy["bytes_up"],
+            "sampler": self.hparams.sampler, "size": len(proxy), "epsilon": proxy.epsilon, "delta": proxy.delta,
+            "bytes_down": proxy.bytes_down, "bytes_up": proxy.bytes_up,
             "class_histogram": np.bincount(labels[labels >= 0], minlength=self.num_classes).tolist(),
-            "label_accuracy": proxy.get("label_accuracy"),
+            "label_accuracy": self.proxy_label_accuracy,
         }
-        if proxy.get("domains") is not None and proxy.get("domain_names"):
-            counts = np.bincount(proxy["domains"], minlength=len(proxy["domain_names"]))
-            out["domains"] = dict(zip(proxy["domain_names"], counts.tolist()))
+        domains, names = dataset_domains(self._base(proxy)), list(getattr(self.sources()[0], "domain_names", ()))
+        if domains is not None and names:
+            counts = np.bincount(domains[proxy.indices], minlength=len(names))
+            out["domains"] = dict(zip(names, counts.tolist()))
         return out
 
 
-def load_artifact(path: Path) -> dict:
-    """Read and check a proxy artifact (JSON, written by this module)."""
+def load_artifact(path: Path) -> Proxy:
+    """Read and check a proxy artifact (written by this module)."""
     try:
-        artifact = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"proxy artifact {path} is unreadable ({exc}); delete it to rebuild") from None
-    if artifact.get("version") != ARTIFACT_VERSION or len(artifact["indices"]) != len(artifact["labels"]):
-        raise ValueError(f"proxy artifact {path} has an unknown version or is inconsistent; delete it to rebuild")
-    return artifact
+        return Proxy.read(path, "proxy artifact")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; delete it to rebuild") from None
 
 
 def _weak_augmentation(size: int):
@@ -493,4 +433,4 @@ def _strong_augmentation(size: int):
                        v2.RandomErasing(p=1.0, scale=(0.02, 0.15), value=127)])
 
 
-__all__ = ["LABEL_SOURCES", "ProxyDataModule", "load_artifact"]
+__all__ = ["ProxyDataModule", "load_artifact"]

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from .encoders import EncoderSpec, build_encoder, extract_features
-from .files import atomic_write_bytes
-
-
-def stable_hash(obj) -> str:
-    """Short SHA-256 of a JSON-able object (sorted keys): the cache key of an artifact."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+from .encoders import build_encoder, extract_features
+from .files import atomic_write_bytes, stable_hash
+from .protocol.encoder_spec import EncoderSpec
 
 
 def cached_features(spec: EncoderSpec, data, data_id: str, cache_dir: str | os.PathLike,

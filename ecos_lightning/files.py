@@ -1,10 +1,26 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a part of either."""
+"""Cached files: where they go, the hash that names them, and atomic writes (a reader sees the old
+file or the new one, never a part of either)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    """``$ECOS_CACHE_DIR`` if set, else ``~/.cache/ecos_lightning``."""
+    env = os.environ.get("ECOS_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path("~/.cache/ecos_lightning").expanduser()
+
+
+def stable_hash(obj) -> str:
+    """Short SHA-256 of a JSON-able object (sorted keys): the cache key of an artifact."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = False) -> None:

@@ -1,5 +1,6 @@
 """train.py through the CLI: every task config, resume after a crash, DDP on 2 CPU processes, bad input."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--data.encoder_input_size", "32", "--data.num_clusters", "20", "--data.budget", "200",
@@ -82,6 +84,21 @@ def test_resume_after_a_crash_takes_the_proxy_from_the_checkpoint(tmp_path, cach
     assert other.returncode == 2 and len(errors) == 1, other.stderr[-2000:]
     assert f"trained on proxy {saved['hash']}, but these settings give proxy" in errors[0]
     assert {p: p.stat().st_mtime_ns for p in Path(cache_dir).glob("*")} == artifacts
+
+
+def test_a_sampler_and_label_source_from_the_command_line_are_counted_in_epsilon(tmp_path, cache_dir):
+    from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
+
+    proc = run_train(["fit", *config("finetune_digits"), *SMALL, "--trainer.fast_dev_run", "true",
+                      "--data.cache_dir", cache_dir, "--data.sampler", "train_helpers.TOY_SAMPLER",
+                      "--data.label_source", "train_helpers.TOY_LABELS"], tmp_path, cache_dir)
+    declared = [gaussian_release(8.0, count=2, what="toy_scores"),  # what train_helpers' toys declare
+                gaussian_release(4.0, count=200, sampling_rate=0.01, what="toy_labels")]
+    epsilon = releases_epsilon(declared, 1e-5)
+    assert f"privacy              : epsilon {epsilon:.3f} at delta 1e-05" in proc.stdout
+    ledger, = tmp_path.rglob("privacy_ledger.json")
+    entry, = json.loads(ledger.read_text())["entries"]
+    assert entry["releases"] == declared and entry["what"] == ["toy_scores", "toy_labels"]
 
 
 def _summaries(proc):
@@ -212,3 +229,29 @@ def test_empty_client_folder_is_a_one_line_error(tmp_path, cache_dir):
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "empty" in errors[0], proc.stderr[-2000:]
+
+
+def load_train():
+    """train.py as a module (it is a script at the repository root, not an installed package)."""
+    spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_command_without_config_is_the_default_job_with_its_overrides():
+    train = load_train()
+    default = str(train.DEFAULT_CONFIG)
+    assert train.with_default_config([]) == ["fit", "--config", default]
+    assert train.with_default_config(["fit", "--trainer.max_epochs", "1"]) == [
+        "fit", "--config", default, "--trainer.max_epochs", "1"]
+    for named in (["fit", "--config", "x.yaml"], ["fit", "-c", "x.yaml"], ["fit", "--config=x.yaml"], ["--help"]):
+        assert train.with_default_config(named) == named
+
+
+def test_print_config_without_config_shows_the_default_job_with_the_override(tmp_path, cache_dir):
+    proc = run_train(["fit", "--trainer.max_epochs", "1", "--print_config"], tmp_path, cache_dir)
+    config = yaml.safe_load(proc.stdout)
+    default = yaml.safe_load((ROOT / "configs" / "finetune_digits.yaml").read_text())
+    assert config["model"]["class_path"] == default["model"]["class_path"]
+    assert config["trainer"]["max_epochs"] == 1 and config["data"]["budget"] == default["data"]["budget"]

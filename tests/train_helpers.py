@@ -1,11 +1,18 @@
-"""Callbacks the CLI tests inject into real runs (importable by subprocesses via PYTHONPATH)."""
+"""Callbacks, a toy sampler and a toy label source the CLI tests inject into real runs (importable by
+subprocesses via PYTHONPATH: ``--data.sampler train_helpers.TOY_SAMPLER``)."""
 
 import json
 import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
+
+from ecos_lightning.label_sources import LabelSource, chain_release, class_names
+from ecos_lightning.protocol.privacy import gaussian_release
+from ecos_lightning.proxy import Proxy
+from ecos_lightning.samplers import Sampler
 
 
 class CrashAtEpoch(pl.Callback):
@@ -61,3 +68,34 @@ class RecordTest(pl.Callback):
                   "test_acc": float(trainer.callback_metrics["test_acc"])}
         Path(self.out).mkdir(parents=True, exist_ok=True)
         Path(self.out, f"test{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class ToySampler(Sampler):
+    """The first ``budget`` images of the pool; declares two Gaussian releases at ``noise_multiplier``."""
+
+    name = "toy"
+    needs = frozenset()
+
+    def releases(self, settings):
+        return [gaussian_release(settings["noise_multiplier"], count=2, what="toy_scores")]
+
+    def run(self, inputs, settings):
+        return Proxy(np.arange(settings["budget"]), release_hash=chain_release(None, [settings["budget"]]))
+
+
+class ToyLabels(LabelSource):
+    """Class 0 for every image; declares one subsampled Gaussian release per proxy image."""
+
+    name = "toy_labels"
+
+    def releases(self, settings, proxy_size):
+        return [gaussian_release(4.0, count=proxy_size, sampling_rate=0.01, what="toy_labels")]
+
+    def run(self, proxy, inputs, settings):
+        labels = np.zeros(len(proxy), dtype=np.int64)
+        return proxy.replace(labels=labels, class_names=class_names(inputs.num_classes),
+                             release_hash=chain_release(proxy.release_hash, labels))
+
+
+TOY_SAMPLER = ToySampler()
+TOY_LABELS = ToyLabels()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.folders import PathImageDataset, scan_images, scan_labelled_images
 from ..encoder_policy import DEFAULT_MAX_INPUT_SIZE, EncoderPolicy
 from ..encoders import build_encoder, extract_features
 from ..files import atomic_write_bytes
@@ -31,7 +32,6 @@ from ..protocol import CentroidsMessage, ClientResponder, ScoresMessage
 from ..protocol.label_messages import LabelsMessage, QueriesMessage
 from ..protocol.privacy import gaussian_release, releases_epsilon
 from . import Parser, epsilon_text, positive, read_message, run
-from .images import ImageFiles, scan_images, scan_labelled_images
 
 DEFAULT_LEDGER = Path.home() / ".ecos_lightning" / "privacy_ledger.json"
 DEFAULT_MAX_QUERIES = 100_000
@@ -67,7 +67,7 @@ def respond(args) -> None:
         blob = ScoresMessage(zeros, args.noise_multiplier, args.q, book.delta, epsilon, centroids.digest()).to_bytes()
         _report(args, scan, blob, what, epsilon, book.delta, before, after, start, dry_run=True)
         return
-    features = extract_features(build_encoder(spec), ImageFiles(scan.paths), desc="client features")
+    features = extract_features(build_encoder(spec), PathImageDataset(scan.paths), desc="client features")
     responder = ClientResponder(noise_multiplier=args.noise_multiplier, q=args.q, delta=book.delta)
     blob = responder.respond(centroids, features).to_bytes()
     before, after, _ = _release(args, [release], lambda total: blob)
@@ -99,7 +99,7 @@ def label(args) -> None:
         blob = message(np.zeros(num_queries, np.int64), after)
         _report(args, scan, blob, what, epsilon, book.delta, before, after, start, dry_run=True)
         return
-    features = extract_features(build_encoder(spec), ImageFiles(scan.paths), desc="client features")
+    features = extract_features(build_encoder(spec), PathImageDataset(scan.paths), desc="client features")
     labels = labeler.label(queries.features, features, np.asarray(scan.labels), len(scan.class_names))
     before, after, blob = _release(args, [release], lambda total: message(labels, total))
     _report(args, scan, blob, what, epsilon, book.delta, before, after, start)

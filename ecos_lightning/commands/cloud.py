@@ -30,21 +30,18 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_safetensors
 
-from ..encoders import EncoderSpec
-from ..features import cached_features, stable_hash
-from ..files import atomic_write_bytes
+from ..data.sources import open_source, parse_source
+from ..encoders import spec_for_model
+from ..features import cached_features
+from ..files import atomic_write_bytes, stable_hash
 from ..protocol import CentroidsMessage, CloudSampler, ScoresMessage
 from ..protocol.label_messages import LabelsMessage, QueriesMessage
-from ..protocol.privacy import epsilon_to_json
-from ..proxy_file import (PROXY_KIND, PROXY_VERSION, is_pool_path, is_pool_root, read_proxy_file,
-                          write_proxy_file)
+from ..proxy import Proxy, is_pool_path, is_pool_root
 from . import Parser, epsilon_text, positive, read_message, run
-from .images import ImageFiles, scan_images
 
 STATE_VERSION = 2
 STATE_FILE = "state.safetensors"
 STATE_INFO = ("version", "open", "root", "paths", "features", "features_sha256")
-DIGITS_LITE = "digits-lite:"
 SCORE_RULE = (
     "Scores are clipped at 0 and used as allocation weights, uncapped (the cloud does not know the "
     "client's size): an enormous score can at most give its cluster all of its members; the rest of "
@@ -122,8 +119,8 @@ def features_digest(features: np.ndarray) -> str:
 def probe(args) -> None:
     out = Path(args.out)
     state_dir = _state_dir(args, out)
-    spec = EncoderSpec.for_model(args.encoder, weights=args.encoder_weights, input_size=args.input_size,
-                                 pooling=args.pooling)
+    spec = spec_for_model(args.encoder, weights=args.encoder_weights, input_size=args.input_size,
+                          pooling=args.pooling)
     start = time.perf_counter()
     data, data_id, root, paths = _open_pool(args.open)
     features = cached_features(spec, data, data_id, state_dir, desc="open-pool features")
@@ -156,74 +153,63 @@ def sample(args) -> None:
         raise ValueError(f"--budget {args.budget} is larger than the open pool ({pool} images)")
     selection = state.sampler.select(scores, args.budget)
     paths = state.info["paths"]
-    proxy = {"version": PROXY_VERSION, "kind": PROXY_KIND, "indices": selection.indices.tolist(),
-             "root": state.info["root"], "paths": None if paths is None else [paths[i] for i in selection.indices],
-             "clusters": selection.clusters.tolist(), "scores": selection.scores.astype(float).tolist(),
-             "labels": None, "class_names": None, "epsilon": epsilon_to_json(scores.epsilon), "delta": scores.delta,
-             "bytes_down": len(state.message_bytes), "bytes_up": len(blob), "open": state.info["open"]}
-    write_proxy_file(out, proxy)
+    proxy = Proxy(selection.indices, selection.clusters, selection.scores, root=state.info["root"],
+                  paths=None if paths is None else [paths[i] for i in selection.indices], epsilon=scores.epsilon,
+                  delta=scores.delta, bytes_down=len(state.message_bytes), bytes_up=len(blob),
+                  open=state.info["open"], cluster_scores=np.clip(scores.scores, 0, None))
+    proxy.write(out)
     print(f"wrote {out}: {len(selection.indices)} of {pool} open images from "
           f"{int((selection.allocation > 0).sum())} of {len(selection.kept)} clusters "
           f"({int(selection.kept.sum())} clusters kept)")
     print(f"client epsilon: {epsilon_text(scores.epsilon)} at delta {scores.delta:g}; bytes down/up: "
-          f"{proxy['bytes_down']:,} / {proxy['bytes_up']:,}")
+          f"{proxy.bytes_down:,} / {proxy.bytes_up:,}")
 
 
 def queries(args) -> None:
     out = Path(args.out)
-    proxy = read_proxy_file(args.proxy)
+    proxy = Proxy.read(args.proxy)
     state = CloudState.load(_state_dir(args, out))
-    if (proxy["open"], proxy["root"]) != (state.info["open"], state.info["root"]):
-        raise ValueError(f"{args.proxy} was sampled from {proxy['open']!r}, the cloud state holds "
+    if (proxy.open, proxy.root) != (state.info["open"], state.info["root"]):
+        raise ValueError(f"{args.proxy} was sampled from {proxy.open!r}, the cloud state holds "
                          f"{state.info['open']!r}: pass the matching --state")
-    if max(proxy["indices"]) >= len(state.features):
+    if max(proxy.indices) >= len(state.features):
         raise ValueError(f"{args.proxy}: indices beyond the open pool of {len(state.features)} images")
-    if proxy["paths"] is not None and proxy["paths"] != [state.info["paths"][i] for i in proxy["indices"]]:
+    if proxy.paths is not None and proxy.paths != [state.info["paths"][i] for i in proxy.indices]:
         raise ValueError(f"{args.proxy}: its paths are not the images its indices name in the cloud state: run "
                          "`ecos-cloud sample` again")
-    features = np.ascontiguousarray(state.features[proxy["indices"]], dtype=np.float32)
-    blob = QueriesMessage(features, state.sampler.message_.encoder, stable_hash(proxy["indices"])).to_bytes()
+    features = np.ascontiguousarray(state.features[proxy.indices], dtype=np.float32)
+    blob = QueriesMessage(features, state.sampler.message_.encoder, stable_hash(proxy.indices)).to_bytes()
     atomic_write_bytes(out, blob)
     print(f"wrote {out}: {features.shape[0]} query features, d={features.shape[1]}, {len(blob):,} bytes down")
 
 
 def attach_labels(args) -> None:
-    proxy = read_proxy_file(args.proxy)
+    proxy = Proxy.read(args.proxy)
     query, query_blob = read_message(QueriesMessage, args.queries)
     labels, label_blob = read_message(LabelsMessage, args.labels)
-    if proxy["labels"] is not None:
+    if proxy.labels is not None:
         raise ValueError(f"{args.proxy} already carries labels")
-    if query.proxy != stable_hash(proxy["indices"]):
+    if query.proxy != stable_hash(proxy.indices):
         raise ValueError(f"{args.queries} was made for another proxy set than {args.proxy}")
-    if not labels.answers(query_blob) or len(labels.labels) != len(proxy["indices"]):
+    if not labels.answers(query_blob) or len(labels.labels) != len(proxy):
         raise ValueError(f"{args.labels} does not answer {args.queries}")
-    proxy.update(labels=labels.labels.tolist(), class_names=list(labels.class_names),
-                 epsilon=epsilon_to_json(labels.total_epsilon), delta=labels.delta,
-                 bytes_down=proxy["bytes_down"] + len(query_blob), bytes_up=proxy["bytes_up"] + len(label_blob))
-    write_proxy_file(args.out, proxy)
+    proxy = proxy.replace(labels=labels.labels, class_names=list(labels.class_names), epsilon=labels.total_epsilon,
+                          delta=labels.delta, bytes_down=proxy.bytes_down + len(query_blob),
+                          bytes_up=proxy.bytes_up + len(label_blob))
+    proxy.write(args.out)
     counts = np.bincount(labels.labels, minlength=len(labels.class_names))
     print(f"wrote {args.out}: {len(labels.labels)} labels over {len(labels.class_names)} classes "
           f"(per class {counts.tolist()})")
     print(f"client epsilon (ledger total): {epsilon_text(labels.total_epsilon)} at delta {labels.delta:g}; "
-          f"bytes down/up: {proxy['bytes_down']:,} / {proxy['bytes_up']:,}")
+          f"bytes down/up: {proxy.bytes_down:,} / {proxy.bytes_up:,}")
 
 
 def _open_pool(source: str):
     """(dataset, data id, absolute root or None, relative paths or None) of ``--open``."""
-    if source.startswith(DIGITS_LITE):
-        from datamodules.digits import digits_lite_sources
-
-        domain, _, seed = source[len(DIGITS_LITE):].partition(":")
-        if seed and not seed.isdigit():
-            raise ValueError(f"--open {source}: the split seed after the domain must be an integer")
-        sources = digits_lite_sources(domain, int(seed or 0))
-        return sources.open, sources.data_id, None, None
-    scan = scan_images(source)
-    if scan.skipped:
-        print(f"skipped {len(scan.skipped)} corrupt or unreadable images in {scan.root}")
-    paths = [p.relative_to(scan.root).as_posix() for p in scan.paths]
-    files = [(p, f.stat().st_size, f.stat().st_mtime_ns) for p, f in zip(paths, scan.paths)]
-    return ImageFiles(scan.paths), stable_hash([str(scan.root.resolve()), files]), str(scan.root.resolve()), paths
+    data = open_source(parse_source(source))
+    if data.skipped:
+        print(f"skipped {len(data.skipped)} corrupt or unreadable images in {data.root}")
+    return data.open, data.data_id, data.root, data.paths
 
 
 def _state_dir(args, out: Path) -> Path:

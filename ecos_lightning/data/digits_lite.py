@@ -51,13 +51,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..files import default_cache_dir
+
 __all__ = [
     "DOMAINS",
     "DigitsLite",
     "DigitsLiteDataset",
     "load_digits_lite",
     "generate_digits_lite",
-    "default_cache_dir",
     "cache_path",
     "IMAGE_SIZE",
     "NUM_CLASSES",
@@ -180,14 +181,6 @@ class DigitsLiteDataset(Dataset):
 # --------------------------------------------------------------------------- #
 # Loading and caching
 # --------------------------------------------------------------------------- #
-
-
-def default_cache_dir() -> Path:
-    """``$ECOS_CACHE_DIR`` if set, else ``~/.cache/ecos_lightning``."""
-    env = os.environ.get("ECOS_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path("~/.cache/ecos_lightning").expanduser()
 
 
 def cache_path(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:

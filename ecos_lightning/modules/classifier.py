@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ecos_lightning.encoders import EncoderSpec, create_timm_model, resize_square
+from ecos_lightning.encoders import create_timm_model, resize_normalise, spec_for_model
 from ecos_lightning.modules.losses import IGNORE_INDEX, masked_cross_entropy
 
 __all__ = ["ClassifierModule", "Preprocess", "split_batch"]
@@ -41,8 +41,8 @@ class Preprocess(nn.Module):
 
     @classmethod
     def for_model(cls, model_name: str, input_size: int) -> "Preprocess":
-        """Mean / std / interpolation of timm model ``model_name`` (see ``EncoderSpec.for_model``)."""
-        spec = EncoderSpec.for_model(model_name, weights="none", input_size=input_size)
+        """Mean / std / interpolation of timm model ``model_name`` (see ``spec_for_model``)."""
+        spec = spec_for_model(model_name, weights="none", input_size=input_size)
         return cls(spec.input_size, spec.mean, spec.std, spec.interpolation)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -52,8 +52,7 @@ class Preprocess(nn.Module):
             raise ValueError(f"Preprocess expects images [B,3,H,W] in [0,1], got shape {tuple(x.shape)}")
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = resize_square(x, self.input_size, self.interpolation)
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        return resize_normalise(x, self.input_size, self.interpolation, self.mean, self.std)
 
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}, interpolation={self.interpolation!r}"

@@ -9,12 +9,14 @@
 from .client import ClientResponder
 from .cloud import CloudSampler, Selection
 from .container import MessageError
+from .encoder_spec import EncoderSpec
 from .messages import CentroidsMessage, ScoresMessage
 from .privacy import composed_epsilon, gaussian_epsilon, noise_multiplier_for_epsilon
 
 __all__ = [
     "CentroidsMessage",
     "ClientResponder",
+    "EncoderSpec",
     "CloudSampler",
     "MessageError",
     "ScoresMessage",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .container import MAX_FEATURE_DIM, MAX_QUERIES, MessageError, pack, unpack
+from .encoder_spec import EncoderSpec
 from .messages import _expect_keys
 from .privacy import epsilon_from_json, epsilon_to_json
 
@@ -46,8 +47,6 @@ class QueriesMessage:
                                f"1 <= d <= {MAX_FEATURE_DIM}]")
         if not np.isfinite(f).all():
             raise MessageError("features: contains NaN or Inf")
-        from ..encoders import EncoderSpec
-
         try:
             EncoderSpec.from_dict(self.encoder)
         except (ValueError, OverflowError) as exc:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .container import MAX_CLUSTERS, MAX_FEATURE_DIM, MessageError, pack, unpack
+from .encoder_spec import EncoderSpec
 from .privacy import epsilon_from_json, epsilon_to_json
 from .validation import as_features
 
@@ -43,8 +44,6 @@ class CentroidsMessage:
     def __post_init__(self):
         _check_centroids(self.centroids, self.projection, self.bias)
         if self.encoder is not None:
-            from ..encoders import EncoderSpec
-
             try:
                 EncoderSpec.from_dict(self.encoder)
             except ValueError as exc:

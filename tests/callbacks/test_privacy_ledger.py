@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.privacy_ledger import PrivacyLedger, ledger_epsilon, read_ledger
 from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
+from ecos_lightning.proxy import Proxy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's num_workers / logging hints
 
@@ -21,11 +22,11 @@ ECOS_KNN = [gaussian_release(6.0, what="ecos_coverage_scores"),
 
 
 class FakeProxyData(pl.LightningDataModule):
-    """A datamodule carrying a proxy artifact's ``hash`` and ``releases``, like ProxyDataModule."""
+    """A datamodule carrying a Proxy with a ``hash`` and ``releases``, like ProxyDataModule."""
 
     def __init__(self, artifact_hash: str, releases: list[dict]):
         super().__init__()
-        self.proxy = {"hash": artifact_hash, "releases": releases}
+        self.proxy = Proxy([0], releases=releases, hash=artifact_hash, open="fake")
 
     def train_dataloader(self):
         data = TensorDataset(torch.rand(8, 3, 8, 8), torch.randint(0, 4, (8,)))

@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.proxy_report import ProxyReport, describe, plot_proxy_report, report_metrics
+from ecos_lightning.proxy import Proxy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's num_workers / logging hints
 
@@ -26,7 +27,7 @@ class FakeProxyData(pl.LightningDataModule):
     def __init__(self, summary: dict, cluster_scores=None):
         super().__init__()
         self._summary = summary
-        self.proxy = {"cluster_scores": cluster_scores, "clusters": [0, 0, 2, 3] * 3, "releases": []}
+        self.proxy = Proxy(list(range(12)), clusters=[0, 0, 2, 3] * 3, cluster_scores=cluster_scores, open="fake")
 
     def summary(self) -> dict:
         return dict(self._summary)

@@ -64,7 +64,7 @@ def test_plugs_into_a_foreign_lightning_module(tmp_path, datasets):
     assert (dm.proxy_indices() // 60 == 1).mean() >= 0.9
     x, y = next(iter(dm.test_dataloader()))
     assert x.shape == (8, 3, 16, 16) and 0 <= float(x.min()) and float(x.max()) <= 1
-    labels = np.asarray(dm.proxy["labels"])
+    labels = np.asarray(dm.proxy.labels)
     np.testing.assert_array_equal(labels, open_ds.tensors[1].numpy()[dm.proxy_indices()])
 
 
@@ -93,14 +93,14 @@ def test_client_knn_labels_and_composed_epsilon(tmp_path, datasets):
     summary = dm.summary()
     assert dm.epsilon > summary["epsilon"] - 1e-9 and dm.epsilon > 0.434
     assert 0.0 <= dm.proxy_label_accuracy <= 1.0
-    assert len(dm.proxy["releases"]) == 2
+    assert len(dm.proxy.releases) == 2
 
 
 def test_local_sampler_trains_on_client_data(tmp_path, datasets):
     dm = _module(tmp_path, datasets, sampler="local")
     dm.prepare_data()
     dm.setup("fit")
-    assert dm.proxy["source"] == "client" and len(dm.proxy_indices()) == 40
+    assert dm.proxy.source == "client" and len(dm.proxy_indices()) == 40
     assert dm.epsilon == float("inf")
 
 
@@ -145,18 +145,18 @@ def test_budget_is_checked_even_when_the_artifact_exists(tmp_path, datasets):
 def test_trains_on_a_proxy_file_of_image_paths(tmp_path, datasets):
     from PIL import Image
 
-    from ecos_lightning.proxy_file import write_proxy_file
+    from ecos_lightning.proxy import Proxy
 
     paths = []
     for i in range(10):
         path = tmp_path / f"img{i}.png"
         Image.new("RGB", (20 + i, 20 + i), (25 * i, 0, 0)).save(path)
         paths.append(path.name)
-    write_proxy_file(tmp_path / "proxy.json", {
+    Proxy.from_dict({
         "version": 2, "kind": "ecos-proxy", "indices": list(range(10)), "root": str(tmp_path), "paths": paths,
         "clusters": [0] * 10,
         "scores": [1.0] * 10, "labels": [i % 2 for i in range(10)], "class_names": ["a", "b"], "epsilon": 0.5,
-        "delta": 1e-5, "bytes_down": 100, "bytes_up": 10, "open": str(tmp_path)})
+        "delta": 1e-5, "bytes_down": 100, "bytes_up": 10, "open": str(tmp_path)}).write(tmp_path / "proxy.json")
     dm = ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), client_test_dataset=datasets[2], image_size=16,
                          batch_size=4, val_fraction=0.2, cache_dir=str(tmp_path / "cache"))
     model = ForeignModel()
@@ -177,6 +177,7 @@ def _trainer(tmp_path, epochs, **kwargs):
 
 def test_a_resume_takes_the_proxy_from_the_checkpoint_and_never_runs_the_protocol(tmp_path, datasets, monkeypatch):
     import datamodules.proxy as proxy_module
+    import datamodules.simulation as simulation
 
     first = _module(tmp_path, datasets)
     _trainer(tmp_path, 1).fit(ForeignModel(), datamodule=first)
@@ -186,8 +187,8 @@ def test_a_resume_takes_the_proxy_from_the_checkpoint_and_never_runs_the_protoco
     def no_protocol(*args, **kwargs):
         raise AssertionError("a resumed run ran the protocol")
 
-    monkeypatch.setattr(proxy_module, "select_proxy", no_protocol)
-    monkeypatch.setattr(proxy_module, "cached_features", no_protocol)
+    monkeypatch.setattr(proxy_module, "simulated_inputs", no_protocol)
+    monkeypatch.setattr(simulation, "cached_features", no_protocol)
     resumed = _module(tmp_path, datasets)
     trainer = _trainer(tmp_path, 2)
     trainer.ckpt_path = str(tmp_path / "checkpoints/last.ckpt")
@@ -199,17 +200,17 @@ def test_a_resume_takes_the_proxy_from_the_checkpoint_and_never_runs_the_protoco
 
 
 def test_a_resume_with_another_proxy_file_is_refused_naming_both_hashes(tmp_path, datasets):
-    from ecos_lightning.proxy_file import write_proxy_file
+    from ecos_lightning.proxy import Proxy
 
     open_ds, _, test_ds = datasets
     files = {}
     for name, indices in (("a", list(range(0, 20, 2))), ("b", list(range(18, -1, -2)))):
         files[name] = tmp_path / f"{name}.json"
-        write_proxy_file(files[name], {
+        Proxy.from_dict({
             "version": 2, "kind": "ecos-proxy", "indices": indices, "root": None, "paths": None,
             "clusters": [0] * 10, "scores": [1.0] * 10, "labels": [i % 4 for i in indices],
             "class_names": list("abcd"), "epsilon": 0.5, "delta": 1e-5, "bytes_down": 1, "bytes_up": 1,
-            "open": "toy"})
+            "open": "toy"}).write(files[name])
 
     def module(name):
         return ProxyDataModule(open_dataset=open_ds, client_test_dataset=test_ds, proxy_file=str(files[name]),
@@ -243,7 +244,7 @@ def test_the_proxy_is_keyed_on_the_labels(tmp_path):
         dm.prepare_data()
         dm.setup("fit")
     assert ten.artifact_path() != five.artifact_path()
-    assert max(ten.proxy["labels"]) >= 5 and max(five.proxy["labels"]) < 5
+    assert max(ten.proxy.labels) >= 5 and max(five.proxy.labels) < 5
     assert five.num_classes == 5
 
 
@@ -268,8 +269,8 @@ def test_labels_go_through_target_transform(tmp_path):
         dm.setup("fit")
     assert plain.artifact_path() != swapped.artifact_path()
     folder_labels = np.asarray(ImageFolder(str(tmp_path / "pool")).targets)
-    np.testing.assert_array_equal(plain.proxy["labels"], folder_labels[plain.proxy_indices()])
-    np.testing.assert_array_equal(swapped.proxy["labels"], 1 - folder_labels[swapped.proxy_indices()])
+    np.testing.assert_array_equal(plain.proxy.labels, folder_labels[plain.proxy_indices()])
+    np.testing.assert_array_equal(swapped.proxy.labels, 1 - folder_labels[swapped.proxy_indices()])
     _, test_labels = next(iter(swapped.test_dataloader()))
     np.testing.assert_array_equal(test_labels.numpy(), 1 - folder_labels)
 
@@ -303,7 +304,7 @@ def test_a_checkpoint_without_a_sound_proxy_is_refused_never_rebuilt(tmp_path, d
     def no_protocol(*args, **kwargs):
         raise AssertionError("a resumed run ran the protocol")
 
-    monkeypatch.setattr(proxy_module, "select_proxy", no_protocol)
+    monkeypatch.setattr(proxy_module, "simulated_inputs", no_protocol)
     trainer = _trainer(tmp_path, 1)
     trainer.ckpt_path = str(tmp_path / "bad.ckpt")
     with pytest.raises(ValueError, match="bad.ckpt") as error:

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from datamodules import ProxyDataModule
-from ecos_lightning.proxy_file import write_proxy_file
+from ecos_lightning.proxy import Proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = [f"{'ab'[i % 2]}/{i}.png" for i in range(10)]
@@ -68,7 +68,7 @@ def fit(tmp_path, proxy_file, model=None, **kwargs) -> ProxyDataModule:
 
 
 def test_trains_on_the_images_of_a_proxy_file(tmp_path, pool):
-    write_proxy_file(tmp_path / "proxy.json", proxy(pool))
+    Proxy.from_dict(proxy(pool)).write(tmp_path / "proxy.json")
     model = CountingModel()
     dm = fit(tmp_path, tmp_path / "proxy.json", model)
     assert model.seen == 8 and dm.epsilon == 0.5
@@ -131,11 +131,11 @@ def test_a_hand_edited_proxy_file_is_one_error_before_training(tmp_path, pool, e
 def test_indices_beyond_the_open_dataset_are_refused(tmp_path):
     pool = TensorDataset(torch.rand(20, 3, 16, 16), torch.arange(20) % 2)
     indexed = proxy(None, root=None, paths=None, indices=list(range(9)) + [19], open="my-pool")
-    write_proxy_file(tmp_path / "proxy.json", indexed)
+    Proxy.from_dict(indexed).write(tmp_path / "proxy.json")
     model = CountingModel()
     fit(tmp_path, tmp_path / "proxy.json", model, open_dataset=pool)
     assert model.seen == 8
-    write_proxy_file(tmp_path / "proxy.json", {**indexed, "indices": list(range(9)) + [20]})
+    Proxy.from_dict({**indexed, "indices": list(range(9)) + [20]}).write(tmp_path / "proxy.json")
     model = CountingModel()
     with pytest.raises(ValueError, match=r"index 20 is beyond the open pool of 20 images"):
         fit(tmp_path, tmp_path / "proxy.json", model, open_dataset=pool)
@@ -143,8 +143,8 @@ def test_indices_beyond_the_open_dataset_are_refused(tmp_path):
 
 
 def test_indices_beyond_the_digits_lite_pool_are_refused(tmp_path):
-    write_proxy_file(tmp_path / "proxy.json", proxy(None, root=None, paths=None, indices=[0, 10 ** 9] + list(
-        range(1, 9)), open="digits-lite:handwritten"))
+    Proxy.from_dict(proxy(None, root=None, paths=None, indices=[0, 10 ** 9] + list(range(1, 9)),
+                          open="digits-lite:handwritten")).write(tmp_path / "proxy.json")
     with pytest.raises(ValueError, match=r"index 1000000000 is beyond the open pool of \d+ images"):
         fit(tmp_path, tmp_path / "proxy.json")
 
@@ -166,7 +166,7 @@ def test_train_py_prints_one_error_line_for_a_bad_proxy_file(tmp_path, pool, edi
 
 def test_a_resume_that_finds_the_images_another_way_is_refused(tmp_path, pool):
     """The same proxy file read by its paths, then by its indices into an open_dataset: another proxy."""
-    write_proxy_file(tmp_path / "proxy.json", proxy(pool))
+    Proxy.from_dict(proxy(pool)).write(tmp_path / "proxy.json")
     first = ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), client_test_dataset=client_test_set(),
                             image_size=16, batch_size=4, cache_dir=str(tmp_path / "cache"))
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path,

@@ -8,14 +8,14 @@ from hypothesis import strategies as st
 
 from ecos_lightning import encoder_policy
 from ecos_lightning.encoder_policy import DEFAULT_MAX_INPUT_SIZE, EncoderPolicy
-from ecos_lightning.encoders import EncoderSpec
+from ecos_lightning.encoders import spec_for_model
 
 LITE0_STYLE_64 = 352  # efficientnet_lite0, style pooling, any input size
 LITE0_AVG = 1280
 
 
 def spec(**fields) -> dict:
-    base = EncoderSpec.for_model("efficientnet_lite0", input_size=64, pooling="style").to_dict()
+    base = spec_for_model("efficientnet_lite0", input_size=64, pooling="style").to_dict()
     return {**base, **fields}
 
 

@@ -13,14 +13,15 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
 from ecos_lightning.encoders import (
-    EncoderSpec,
     FeatureEncoder,
     build_encoder,
     create_timm_model,
     extract_features,
     load_offline_efficientnet_lite0_state_dict,
     map_state_dict_by_position,
+    spec_for_model,
 )
+from ecos_lightning.protocol.encoder_spec import EncoderSpec
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -106,7 +107,7 @@ def test_offline_weights_classify_chelsea_as_cat(enc):
 
     photo = torch.from_numpy(chelsea())[None]  # uint8 [1, 300, 451, 3]
     model = create_timm_model("efficientnet_lite0", num_classes=1000, weights="offline").eval()
-    for spec in (EncoderSpec(), EncoderSpec.for_model("efficientnet_lite0")):  # bilinear and bicubic
+    for spec in (EncoderSpec(), spec_for_model("efficientnet_lite0")):  # bilinear and bicubic
         pre = build_encoder(EncoderSpec(**{**spec.to_dict(), "weights": "none"}), device="cpu")
         with torch.inference_mode():
             probs = model(pre.preprocess(photo)).softmax(-1)[0]
@@ -255,7 +256,7 @@ def test_spec_round_trip():
     for spec in (
         EncoderSpec(),
         EncoderSpec(name="resnet18", weights="none", input_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0)),
-        EncoderSpec.for_model("efficientnet_lite0", input_size=96),
+        spec_for_model("efficientnet_lite0", input_size=96),
         EncoderSpec(weights="/some/where/weights.safetensors", interpolation="nearest"),
     ):
         d = json.loads(json.dumps(spec.to_dict()))
@@ -267,13 +268,13 @@ def test_spec_round_trip():
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "vit_tiny_patch16_224"])
 def test_for_model_matches_timm_data_config(name):
     weights = "offline" if name == "efficientnet_lite0" else "none"
-    spec = EncoderSpec.for_model(name, weights=weights)
+    spec = spec_for_model(name, weights=weights)
     cfg = timm.data.resolve_model_data_config(timm.create_model(name, pretrained=False))
     assert spec.input_size == cfg["input_size"][-1]
     assert spec.mean == tuple(cfg["mean"]) and spec.std == tuple(cfg["std"])
     assert spec.interpolation == cfg["interpolation"]
     assert spec.weights == weights
-    assert EncoderSpec.for_model(name, weights=weights, input_size=64).input_size == 64
+    assert spec_for_model(name, weights=weights, input_size=64).input_size == 64
 
 
 @pytest.mark.parametrize(
@@ -426,7 +427,7 @@ def test_style_pooling_separates_domains_better_than_avg_pooling():
     idx = np.concatenate([rng.choice(np.flatnonzero(data.domains == k), 60, replace=False) for k in range(5)])
     purity = {}
     for pooling in ("avg", "style"):
-        spec = EncoderSpec.for_model("efficientnet_lite0", input_size=64, pooling=pooling)
+        spec = spec_for_model("efficientnet_lite0", input_size=64, pooling=pooling)
         feats = extract_features(build_encoder(spec, device="cpu"), data.images[idx], progress=False)
         assert np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-4)
         _, nn = faiss.knn(feats, feats, 6)
@@ -435,7 +436,7 @@ def test_style_pooling_separates_domains_better_than_avg_pooling():
 
 
 def test_pooling_is_validated_and_travels_in_the_spec():
-    spec = EncoderSpec.for_model("efficientnet_lite0", input_size=64, pooling="style")
+    spec = spec_for_model("efficientnet_lite0", input_size=64, pooling="style")
     assert EncoderSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="pooling"):
         EncoderSpec.from_dict(dict(spec.to_dict(), pooling="max"))

@@ -1,7 +1,7 @@
 import numpy as np
 
 import ecos_lightning.features as features
-from ecos_lightning.encoders import EncoderSpec
+from ecos_lightning.encoders import spec_for_model
 
 
 def test_features_are_cached_per_spec_and_data_id(tmp_path, monkeypatch):
@@ -14,7 +14,7 @@ def test_features_are_cached_per_spec_and_data_id(tmp_path, monkeypatch):
 
     monkeypatch.setattr(features, "build_encoder", counting_build)
     images = np.random.default_rng(0).integers(0, 255, size=(6, 16, 16, 3), dtype=np.uint8)
-    spec = EncoderSpec.for_model("efficientnet_lite0", weights="none", input_size=16)
+    spec = spec_for_model("efficientnet_lite0", weights="none", input_size=16)
     first = features.cached_features(spec, images, "toy", tmp_path, progress=False)
     again = features.cached_features(spec, images, "toy", tmp_path, progress=False)
     np.testing.assert_array_equal(first, again)
@@ -26,7 +26,7 @@ def test_features_are_cached_per_spec_and_data_id(tmp_path, monkeypatch):
 
 def test_a_corrupt_cache_file_is_recomputed(tmp_path):
     images = np.zeros((2, 16, 16, 3), dtype=np.uint8)
-    spec = EncoderSpec.for_model("efficientnet_lite0", weights="offline", input_size=16)
+    spec = spec_for_model("efficientnet_lite0", weights="offline", input_size=16)
     first = features.cached_features(spec, images, "toy", tmp_path, progress=False)
     (cache,) = tmp_path.glob("features-*.npy")
     cache.write_bytes(b"not a numpy file")
@@ -37,7 +37,7 @@ def test_extraction_leaves_the_global_torch_random_stream_alone(tmp_path):
     import torch
 
     images = [np.full((16, 16, 3), 40 * i, dtype=np.uint8) for i in range(3)]  # a sequence: read by a DataLoader
-    spec = EncoderSpec.for_model("efficientnet_lite0", weights="none", input_size=16)
+    spec = spec_for_model("efficientnet_lite0", weights="none", input_size=16)
     torch.manual_seed(0)
     before = torch.get_rng_state()
     features.cached_features(spec, images, "toy", tmp_path, progress=False)  # builds the encoder, extracts

@@ -11,11 +11,11 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from ecos_lightning.commands import cloud
-from ecos_lightning.features import stable_hash
+from ecos_lightning.files import stable_hash
 from ecos_lightning.protocol import CentroidsMessage, ScoresMessage
 from ecos_lightning.protocol.container import pack
 from ecos_lightning.protocol.label_messages import LabelsMessage, QueriesMessage
-from ecos_lightning.proxy_file import read_proxy_file, write_proxy_file
+from ecos_lightning.proxy import Proxy
 
 POOL = 60
 
@@ -66,9 +66,9 @@ def one_error_line(err: str) -> bool:
 
 
 def check_valid(out, budget):
-    proxy = read_proxy_file(out)
-    assert len(proxy["indices"]) == len(set(proxy["indices"])) == budget
-    assert all(s >= 0 for s in proxy["scores"])
+    proxy = Proxy.read(out)
+    assert len(proxy.indices) == len(set(proxy.indices)) == budget
+    assert all(s >= 0 for s in proxy.scores)
     return proxy
 
 
@@ -91,8 +91,8 @@ def test_negative_scores_are_clipped_to_zero(cli, probed, tmp_path):
     assert code == 0, err
     proxy = check_valid(out, 10)
     size = int((cluster_of(probed) == 2).sum())
-    assert sum(c == 2 for c in proxy["clusters"]) == min(10, size)
-    assert set(proxy["scores"]) <= {40.0, 0.0}
+    assert sum(c == 2 for c in proxy.clusters) == min(10, size)
+    assert set(proxy.scores) <= {40.0, 0.0}
 
 
 def test_all_negative_scores_fall_back_with_a_one_line_warning(cli, probed, tmp_path):
@@ -113,7 +113,7 @@ def test_an_enormous_score_takes_at_most_its_cluster(cli, probed, tmp_path):
     proxy = check_valid(out, budget)
     members = set(np.flatnonzero(cluster_of(probed) == 1).tolist())
     assert len(members) < budget  # the cluster is exhausted, the rest goes to the others
-    assert members <= set(proxy["indices"])
+    assert members <= set(proxy.indices)
 
 
 def test_sample_help_documents_the_score_rule(cli):
@@ -177,7 +177,7 @@ def labelled_chain(cli, probed, tmp_path):
     assert code == 0, err
     query_blob = (tmp_path / "q.ecos").read_bytes()
     query = QueriesMessage.from_bytes(query_blob)
-    assert query.proxy == stable_hash(read_proxy_file(proxy_path)["indices"]) and query.features.shape[0] == 8
+    assert query.proxy == stable_hash(Proxy.read(proxy_path).indices) and query.features.shape[0] == 8
     digest = hashlib.sha256(query_blob).hexdigest()
     labels = LabelsMessage(np.arange(8, dtype=np.int64) % 2, ("circle", "square"), digest, 1.0, 5, 1.0, 1e-5, 3.0, 7.5)
     (tmp_path / "l.ecos").write_bytes(labels.to_bytes())
@@ -189,17 +189,16 @@ def test_attach_labels_and_its_checks(cli, probed, tmp_path):
     args = ["attach-labels", "--proxy", proxy_path, "--queries", tmp_path / "q.ecos", "--labels", tmp_path / "l.ecos"]
     code, _, err = cli(cloud.main, *args, "--out", tmp_path / "labelled.json")
     assert code == 0, err
-    before, after = read_proxy_file(proxy_path), read_proxy_file(tmp_path / "labelled.json")
-    assert after["labels"] == [0, 1] * 4 and after["class_names"] == ["circle", "square"] and after["epsilon"] == 7.5
-    assert after["bytes_down"] == before["bytes_down"] + (tmp_path / "q.ecos").stat().st_size
-    assert after["bytes_up"] == before["bytes_up"] + (tmp_path / "l.ecos").stat().st_size
+    before, after = Proxy.read(proxy_path), Proxy.read(tmp_path / "labelled.json")
+    assert after.labels == [0, 1] * 4 and after.class_names == ["circle", "square"] and after.epsilon == 7.5
+    assert after.bytes_down == before.bytes_down + (tmp_path / "q.ecos").stat().st_size
+    assert after.bytes_up == before.bytes_up + (tmp_path / "l.ecos").stat().st_size
     # already labelled; queries for another proxy; a message of another kind; labels for other queries
     code, _, err = cli(cloud.main, "attach-labels", "--proxy", tmp_path / "labelled.json", *args[3:], "--out",
                        tmp_path / "x.json")
     assert code == 2 and "already carries labels" in err
-    other = read_proxy_file(proxy_path)
-    other["indices"] = sorted(set(range(POOL)) - set(other["indices"]))[:len(other["indices"])]
-    write_proxy_file(tmp_path / "other.json", other)
+    other = Proxy.read(proxy_path)
+    other.replace(indices=sorted(set(range(POOL)) - set(other.indices))[:len(other)]).write(tmp_path / "other.json")
     code, _, err = cli(cloud.main, "attach-labels", "--proxy", tmp_path / "other.json", *args[3:], "--out",
                        tmp_path / "x.json")
     assert code == 2 and "another proxy set" in err
@@ -215,8 +214,8 @@ def test_attach_labels_and_its_checks(cli, probed, tmp_path):
 
 def test_queries_refuse_a_proxy_from_another_pool(cli, probed, tmp_path):
     proxy_path = labelled_chain(cli, probed, tmp_path)
-    proxy = read_proxy_file(proxy_path)
-    write_proxy_file(proxy_path, {**proxy, "open": "digits-lite:handwritten"})
+    proxy = Proxy.read(proxy_path)
+    proxy.replace(open="digits-lite:handwritten").write(proxy_path)
     code, _, err = cli(cloud.main, "queries", "--proxy", proxy_path, "--out", tmp_path / "q3.ecos",
                        "--state", probed / "cloud_state")
     assert code == 2 and "was sampled from" in err and not (tmp_path / "q3.ecos").exists()
@@ -257,9 +256,9 @@ def test_a_probe_killed_after_any_write_never_lets_sample_mix_clusters(cli, prob
         assert code == 2 and one_error_line(err) and not out.exists()
         return
     proxy = check_valid(out, 12)
-    features = np.load(next(state.glob("features-*.npy")))[proxy["indices"]]
+    features = np.load(next(state.glob("features-*.npy")))[proxy.indices]
     nearest = ((features[:, None, :] - scored.centroids[None].astype(np.float32)) ** 2).sum(-1).argmin(1)
-    assert proxy["clusters"] == nearest.tolist()
+    assert proxy.clusters == nearest.tolist()
 
 
 def corrupt(tensors, info, change):
@@ -338,8 +337,8 @@ def test_a_damaged_state_or_features_file_is_one_line(cli, probed, tmp_path, dam
 
 def test_queries_refuse_paths_that_are_not_the_indices_images(cli, probed, tmp_path):
     proxy_path = labelled_chain(cli, probed, tmp_path)
-    proxy = read_proxy_file(proxy_path)
-    write_proxy_file(proxy_path, {**proxy, "paths": proxy["paths"][::-1]})
+    proxy = Proxy.read(proxy_path)
+    proxy.replace(paths=proxy.paths[::-1]).write(proxy_path)
     code, _, err = cli(cloud.main, "queries", "--proxy", proxy_path, "--out", tmp_path / "q3.ecos",
                        "--state", probed / "cloud_state")
     assert code == 2 and one_error_line(err) and "its paths are not the images" in err
@@ -350,8 +349,8 @@ def test_sample_writes_paths_relative_to_the_pool_root(cli, probed, folders, tmp
     k = centroids(probed).num_clusters
     code, _, err, out = sample(cli, probed, tmp_path, scores_file(tmp_path / "s.ecos", probed, np.full(k, 9.0)), 10)
     assert code == 0, err
-    proxy = read_proxy_file(out)
-    assert proxy["version"] == 2 and proxy["root"] == str(folders["open"].resolve())
+    proxy = Proxy.read(out)
+    assert json.loads(out.read_text())["version"] == 2 and proxy.root == str(folders["open"].resolve())
     _, info = read_state(probed / "cloud_state")
-    assert proxy["paths"] == [info["paths"][i] for i in proxy["indices"]]
-    assert all((folders["open"] / p).is_file() and not p.startswith("/") for p in proxy["paths"])
+    assert proxy.paths == [info["paths"][i] for i in proxy.indices]
+    assert all((folders["open"] / p).is_file() and not p.startswith("/") for p in proxy.paths)

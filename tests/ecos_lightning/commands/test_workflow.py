@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ecos_lightning.ledger import ledger_epsilon, read_ledger
 from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
-from ecos_lightning.proxy_file import read_proxy_file
+from ecos_lightning.proxy import Proxy
 
 BUDGET = 15
 
@@ -52,21 +52,21 @@ def test_probe_respond_sample_queries_label_attach(folders, tmp_path, tree):
     run("cloud", cloud_dir, "attach-labels", "--proxy", "proxy.json", "--queries", "queries.ecos", "--labels",
         "labels.ecos", "--out", "proxy.json")
 
-    proxy = read_proxy_file(cloud_dir / "proxy.json")
-    assert len(set(proxy["indices"])) == BUDGET and proxy["open"] == str(folders["open"])
-    assert proxy["root"] == str(folders["open"].resolve()) and all(Path(proxy["root"], p).is_file()
-                                                                   for p in proxy["paths"])
-    assert sum(p.startswith("green/") for p in proxy["paths"]) > BUDGET // 2  # the client's domain dominates
-    assert proxy["class_names"] == ["circle", "square"] and len(proxy["labels"]) == BUDGET
+    proxy = Proxy.read(cloud_dir / "proxy.json")
+    assert len(set(proxy.indices)) == BUDGET and proxy.open == str(folders["open"])
+    assert proxy.root == str(folders["open"].resolve()) and all(Path(proxy.root, p).is_file()
+                                                                   for p in proxy.paths)
+    assert sum(p.startswith("green/") for p in proxy.paths) > BUDGET // 2  # the client's domain dominates
+    assert proxy.class_names == ["circle", "square"] and len(proxy.labels) == BUDGET
     size = {name: (cloud_dir / name).stat().st_size for name in ("centroids.ecos", "scores.ecos", "queries.ecos",
                                                                  "labels.ecos")}
-    assert proxy["bytes_down"] == size["centroids.ecos"] + size["queries.ecos"]
-    assert proxy["bytes_up"] == size["scores.ecos"] + size["labels.ecos"]
+    assert proxy.bytes_down == size["centroids.ecos"] + size["queries.ecos"]
+    assert proxy.bytes_up == size["scores.ecos"] + size["labels.ecos"]
 
     releases = [gaussian_release(1.0), gaussian_release(4.0, BUDGET, 0.5)]
     ledger = client_dir / "ledger.json"
     assert [r["count"] for e in read_ledger(ledger)["entries"] for r in e["releases"]] == [1, BUDGET]
-    assert ledger_epsilon(ledger) == releases_epsilon(releases, 1e-5) == proxy["epsilon"]
+    assert ledger_epsilon(ledger) == releases_epsilon(releases, 1e-5) == proxy.epsilon
 
     # the client wrote its two messages and the ledger (and its lock file), nothing else, and nothing in its data
     # folders

@@ -10,6 +10,7 @@ import torch
 
 from ecos_lightning.data import DOMAINS, DigitsLite, DigitsLiteDataset, load_digits_lite
 from ecos_lightning.data import digits_lite as dl
+from ecos_lightning.files import default_cache_dir
 
 SEED = 0
 
@@ -131,7 +132,7 @@ def test_cache_read_equals_generation_and_regeneration(data, cache_dir, tmp_path
 
 def test_env_var_sets_default_cache_dir(data, cache_dir, monkeypatch):
     monkeypatch.setenv("ECOS_CACHE_DIR", str(cache_dir))
-    assert dl.default_cache_dir() == Path(cache_dir)
+    assert default_cache_dir() == Path(cache_dir)
     _assert_same(load_digits_lite(seed=SEED), data)
 
 

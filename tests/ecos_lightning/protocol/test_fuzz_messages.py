@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ecos_lightning.encoders import EncoderSpec
+from ecos_lightning.protocol.encoder_spec import EncoderSpec
 from ecos_lightning.protocol import CentroidsMessage, MessageError, ScoresMessage
 from ecos_lightning.protocol.container import MAGIC
 from ecos_lightning.protocol.label_messages import LabelsMessage, QueriesMessage

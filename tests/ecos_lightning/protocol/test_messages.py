@@ -61,9 +61,9 @@ def test_scores_fields_survive_the_round_trip():
 
 
 def test_encoder_spec_travels_with_the_centroids():
-    from ecos_lightning.encoders import EncoderSpec
+    from ecos_lightning.encoders import spec_for_model
 
-    spec = EncoderSpec.for_model("efficientnet_lite0", weights="offline", input_size=64).to_dict()
+    spec = spec_for_model("efficientnet_lite0", weights="offline", input_size=64).to_dict()
     again = CentroidsMessage.from_bytes(CentroidsMessage(np.ones((2, 3), np.float32), encoder=spec).to_bytes())
     assert again.encoder == spec
     bad = dict(spec, input_size=-4)

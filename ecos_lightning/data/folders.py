@@ -1,8 +1,8 @@
-"""Image folders for the commands: every file PIL can decode, nested folders included.
+"""Image folders: every file PIL can decode, nested folders included, and the dataset over image paths.
 
 A folder is scanned once (each candidate file decoded) to learn which images are readable;
-corrupt or unreadable files are skipped and counted. :class:`ImageFiles` then serves the readable
-ones as RGB PIL images to :func:`ecos_lightning.encoders.extract_features`.
+corrupt or unreadable files are skipped and counted. :class:`PathImageDataset` then serves the
+readable ones as ``(RGB PIL image, label)`` items.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -35,17 +36,21 @@ class ImageScan:
             f" ({len(self.skipped)} corrupt or unreadable skipped)" if self.skipped else "")
 
 
-class ImageFiles(Dataset):
-    """Items: RGB PIL images of ``paths``, in order."""
+class PathImageDataset(Dataset):
+    """Items ``(RGB PIL image, label)`` read from the image files ``paths``, in order.
 
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
+    ``labels`` [N]: the label of each path (int64); None = unlabelled (every label -1).
+    """
+
+    def __init__(self, paths: list[str | os.PathLike], labels: list[int] | None = None):
+        self.paths = list(paths)
+        self.labels = np.asarray([-1] * len(self.paths) if labels is None else labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Image.Image:
-        return _load(self.paths[index])
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return _load(self.paths[index]), int(self.labels[index])
 
 
 def scan_images(root: str | os.PathLike, progress: bool = True) -> ImageScan:
@@ -108,6 +113,6 @@ def _readable(files: list[Path], desc: str, progress: bool) -> tuple[list[Path],
     return paths, skipped
 
 
-def _load(path: Path) -> Image.Image:
+def _load(path: str | os.PathLike) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("RGB")

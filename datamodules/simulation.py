@@ -1,0 +1,34 @@
+"""The in-process client of a simulation: the features and labels a sampler and a label source read.
+
+Both sides run in one process, so the client's features and labels are read here; only what the
+components declare in their ``needs`` is extracted or read (features are cached on disk).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ecos_lightning.features import cached_features
+from ecos_lightning.samplers import CLIENT_FEATURES, CLIENT_LABELS, OPEN_FEATURES, Inputs
+
+
+def simulated_inputs(spec, open_ds: Dataset, client_ds: Dataset, data_id: str, needs: frozenset,
+                     cache_dir: Path, labels: Callable[[Dataset], np.ndarray], num_classes: int) -> Inputs:
+    """The :class:`~ecos_lightning.samplers.Inputs` of ``needs`` (the union of the components' needs).
+
+    spec: the encoder spec. labels: reads every label of a dataset. The open pool's labels are always
+    given (a labeller reveals those of the selected images).
+    """
+    def features(dataset, part, desc):
+        return cached_features(spec, dataset, f"{data_id}/{part}", cache_dir, desc=desc, progress=True)
+
+    return Inputs(
+        open_features=features(open_ds, "open", "open-pool features") if OPEN_FEATURES in needs else None,
+        open_labels=labels(open_ds),
+        client_features=features(client_ds, "client", "client features") if CLIENT_FEATURES in needs else None,
+        client_labels=labels(client_ds) if CLIENT_LABELS in needs else None,
+        client_size=len(client_ds), num_classes=num_classes, encoder=spec.to_dict())

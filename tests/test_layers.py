@@ -1,0 +1,53 @@
+"""Imports point one way: the protocol, the ledger, the proxy file and the file helpers load neither
+torch, timm nor Lightning; the two-machine commands never load Lightning; the library never imports
+the Lightning adapters in ``datamodules/`` and ``callbacks/``."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LIGHTNING = ("pytorch_lightning", "lightning")
+TORCH_FREE = ("ecos_lightning.protocol", "ecos_lightning.protocol.encoder_spec", "ecos_lightning.ledger",
+              "ecos_lightning.proxy_file", "ecos_lightning.files")
+COMMANDS = ("ecos_lightning.commands.cloud", "ecos_lightning.commands.client")
+
+
+def loaded_after_import(module: str, watched: tuple[str, ...]) -> list[str]:
+    """The ``watched`` top-level packages in ``sys.modules`` after importing ``module`` in a fresh interpreter."""
+    code = (f"import json, sys, {module}; "
+            f"print(json.dumps(sorted(m for m in {list(watched)!r} if m in sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_protocol_ledger_and_proxy_file_import_neither_torch_timm_nor_lightning(module):
+    assert loaded_after_import(module, ("torch", "timm") + LIGHTNING) == []
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_the_commands_never_import_lightning(module):
+    assert loaded_after_import(module, LIGHTNING) == []
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Top-level names of every module ``path`` imports (absolute imports, anywhere in the file)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_library_never_imports_the_lightning_adapters():
+    offenders = {str(path.relative_to(ROOT)): sorted(imported_modules(path) & {"datamodules", "callbacks"})
+                 for path in sorted((ROOT / "ecos_lightning").rglob("*.py"))}
+    assert {path: names for path, names in offenders.items() if names} == {}
