@@ -1,4 +1,5 @@
-"""Dataset adapters: any ``(image, label)`` dataset -> fixed-size float images in [0, 1]."""
+"""Dataset adapters: any ``(image, label)`` dataset -> the tensors a model gets (built-in: fixed-size float
+images in [0, 1]; or a transform of the user's)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2
 
 from ecos_lightning.data import ArrayImageDataset, PathImageDataset
-from ecos_lightning.encoders.preprocess import is_pil, item_image, pil_to_chw
+from ecos_lightning.encoders.preprocess import FLOAT_RANGE_TOL, is_pil, item_image, pil_to_chw
 
 
 def to_uint8_chw(image) -> torch.Tensor:
-    """PIL image, uint8/float array or tensor (HWC or CHW, grey or RGB) -> uint8 tensor [3, H, W]."""
+    """PIL image, uint8/float array or tensor (HWC or CHW, grey or RGB) -> uint8 tensor [3, H, W].
+
+    Non-uint8 values must lie in [0, 1] (with the encoder's slack for resampling overshoot), as the
+    encoder's preprocessing requires: a normalised image is refused, not clamped.
+    """
     if is_pil(image):
         return pil_to_chw(image)
     x = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image
@@ -28,8 +33,30 @@ def to_uint8_chw(image) -> torch.Tensor:
     if x.shape[0] == 1:
         x = x.expand(3, -1, -1)
     if x.dtype != torch.uint8:
-        x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        dtype, x = x.dtype, x.float()
+        lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 0.0)
+        if not (-FLOAT_RANGE_TOL <= lo and hi <= 1.0 + FLOAT_RANGE_TOL):
+            raise ValueError(f"an image has {dtype} values in [{lo:.3g}, {hi:.3g}] (already normalised?), not "
+                             "uint8 or floats in [0, 1]")
+        x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     return x.contiguous()
+
+
+def check_raw_images(dataset: Dataset, name: str) -> None:
+    """Refuse, naming the argument ``name``, a dataset whose first image :func:`to_uint8_chw` cannot read
+    (for example float tensors a ``Normalize`` in the dataset produced): the encoder needs raw images."""
+    if len(dataset) == 0:
+        return
+    with torch.random.fork_rng(devices=[]):  # a random transform of the dataset's must not move the global stream
+        image = item_image(dataset[0])
+    try:
+        to_uint8_chw(image)
+        return
+    except ValueError as exc:
+        problem = str(exc)
+    # raised outside the handler, so the message is the innermost one (train.py reports that one)
+    raise ValueError(f"{name}: {problem}: pass the raw images (PIL, uint8, or floats in [0, 1]) and give the "
+                     "normalisation, channels and size as train_transform / eval_transform")
 
 
 def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -39,24 +66,36 @@ def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     return v2.functional.resize(x, [size, size], antialias=True)
 
 
-class ImageSubset(Dataset):
-    """Items ``(float image [3, size, size] in [0, 1], label)`` for ``indices`` of ``base``.
+class UnitImage:
+    """The built-in transform: an image :func:`to_uint8_chw` reads -> float [3, size, size] in [0, 1];
+    ``augmentation`` acts on the resized uint8 image."""
 
-    ``labels`` [len(indices)] replace the base labels (-1 = unlabelled); ``transform`` acts on uint8.
+    def __init__(self, size: int, augmentation=None):
+        self.size, self.augmentation = size, augmentation
+
+    def __call__(self, image) -> torch.Tensor:
+        x = resize_uint8(to_uint8_chw(image), self.size)
+        if self.augmentation is not None:
+            x = self.augmentation(x)
+        return x.float().div_(255.0)
+
+
+class ImageSubset(Dataset):
+    """Items ``(transform(image), label)`` for ``indices`` of ``base``.
+
+    ``transform`` takes the image as ``base`` gives it (PIL, array or tensor) and returns the model's
+    input tensor; ``labels`` [len(indices)] replace the base labels (-1 = unlabelled).
     """
 
-    def __init__(self, base: Dataset, indices: np.ndarray, labels: np.ndarray, size: int, transform=None):
+    def __init__(self, base: Dataset, indices: np.ndarray, labels: np.ndarray, transform):
         self.base, self.indices, self.labels = base, np.asarray(indices), np.asarray(labels, dtype=np.int64)
-        self.size, self.transform = size, transform
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        x = resize_uint8(to_uint8_chw(item_image(self.base[int(self.indices[i])])), self.size)
-        if self.transform is not None:
-            x = self.transform(x)
-        return x.float().div_(255.0), int(self.labels[i])
+        return self.transform(item_image(self.base[int(self.indices[i])])), int(self.labels[i])
 
 
 class TwoViewSubset(Dataset):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,8 @@ from ecos_lightning.proxy import PROXY_VERSION, Proxy
 from ecos_lightning.proxy_file import proxy_image_files
 from ecos_lightning.samplers import get_sampler
 
-from .images import ImageSubset, TwoViewSubset, dataset_domains, dataset_labels, fingerprint
+from .images import (ImageSubset, TwoViewSubset, UnitImage, check_raw_images, dataset_domains, dataset_labels,
+                     fingerprint)
 from .simulation import simulated_inputs
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,9 @@ class ProxyDataModule(pl.LightningDataModule):
 
     Args:
         open_dataset, client_dataset, client_test_dataset: map-style datasets of ``(image, label)``
-            (image: PIL, uint8 HWC array or tensor CHW); None = digits-lite split for ``client_domain``.
+            (image: PIL, uint8 HWC array or tensor CHW, or floats in [0, 1]: the raw images the encoder
+            reads; a dataset whose first image is already normalised is refused, naming the argument);
+            None = digits-lite split for ``client_domain``.
             Labels are read through the items (so a ``target_transform`` applies; see
             ``dataset_labels`` for the datasets read without images) and hashed into the artifact's
             key; the proxy carries the labels of the selected images only (``manual``).
@@ -66,9 +70,15 @@ class ProxyDataModule(pl.LightningDataModule):
         knn_k, knn_noise_multiplier, knn_sampling_rate: Private kNN labelling parameters.
         max_epsilon: refuse, before any query, a run whose composed epsilon would exceed this.
         val_fraction: share of the proxy held out for validation.
-        image_size: images are resized to this square side.
-        augment: random crop/affine augmentation of training images.
-        unlabelled_batch_size: > 0 adds a FixMatch stream of (weak, strong) views of the unselected pool.
+        image_size: images are resized to this square side (built-in transforms only).
+        augment: random crop/affine augmentation of training images (built-in transform only).
+        train_transform, eval_transform: the image as the dataset gives it (PIL, array or tensor) -> the
+            tensor the model gets, replacing the built-in resize to ``image_size`` (+ augmentation) and
+            scaling to [0, 1]: ``train_transform`` for the training loader, ``eval_transform`` for the
+            validation, test and predict loaders; labels are untouched. The protocol's features always
+            use the encoder's own preprocessing.
+        unlabelled_batch_size: > 0 adds a FixMatch stream of (weak, strong) views of the unselected pool,
+            built-in (``image_size``, [0, 1]); it refuses a ``train_transform``.
         batch_size, num_workers: loader settings. cache_dir: features and artifacts.
         seed: seeds the protocol, the noise, the validation split.
         dataset_id: names custom datasets in the artifact hash (default: a content fingerprint).
@@ -85,7 +95,8 @@ class ProxyDataModule(pl.LightningDataModule):
                  sampler: str = "ecos", label_source: str = "manual", knn_k: int = 20,
                  knn_noise_multiplier: float = 2.0, knn_sampling_rate: float = 0.3,
                  max_epsilon: float | None = None, val_fraction: float = 0.1, image_size: int = 32,
-                 augment: bool = True, unlabelled_batch_size: int = 0, batch_size: int = 64,
+                 augment: bool = True, train_transform: Callable | None = None,
+                 eval_transform: Callable | None = None, unlabelled_batch_size: int = 0, batch_size: int = 64,
                  num_workers: int = 0, cache_dir: str | None = None, seed: int = 0,
                  dataset_id: str | None = None, proxy_file: str | None = None):
         super().__init__()
@@ -99,7 +110,16 @@ class ProxyDataModule(pl.LightningDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
         if max_epsilon is not None and not max_epsilon > 0:
             raise ValueError(f"max_epsilon must be > 0, got {max_epsilon!r}")
-        self.save_hyperparameters(ignore=["open_dataset", "client_dataset", "client_test_dataset"])
+        if train_transform is not None and unlabelled_batch_size > 0:
+            raise ValueError("unlabelled_batch_size > 0 (FixMatch) trains on built-in views of image_size in [0, 1]: "
+                             "leave train_transform unset, or set unlabelled_batch_size=0")
+        for name, ds in (("open_dataset", open_dataset), ("client_dataset", client_dataset),
+                         ("client_test_dataset", client_test_dataset)):
+            if ds is not None:
+                check_raw_images(ds, name)
+        self.save_hyperparameters(ignore=["open_dataset", "client_dataset", "client_test_dataset", "train_transform",
+                                          "eval_transform"])
+        self.train_transform, self.eval_transform = train_transform, eval_transform
         self.hparams.label_source = DEPRECATED.get(label_source, label_source)
         self.spec = spec_for_model(encoder, weights=encoder_weights, input_size=encoder_input_size,
                                    pooling=encoder_pooling)
@@ -134,6 +154,15 @@ class ProxyDataModule(pl.LightningDataModule):
                     fingerprint(ds) for ds in (open_ds, client_ds, test_ds) if ds is not None)
                 self._sources = (open_ds, client_ds, test_ds, data_id)
         return self._sources
+
+    def feature_ids(self) -> tuple[str, str]:
+        """Cache identities of the open pool's and the client's features, each keyed by its own data
+        alone: changing only the client re-extracts nothing of the pool (digits-lite and a given
+        ``dataset_id`` name both parts of one split)."""
+        open_ds, client_ds, _, data_id = self.sources()
+        if self.hparams.dataset_id or self._datasets[0] is None:
+            return f"{data_id}/open", f"{data_id}/client"
+        return f"{fingerprint(open_ds)}/open", f"{fingerprint(client_ds)}/client"
 
     def _file_sources(self, test_ds):
         """Sources of a proxy file: its images (each checked to lie inside the pool root and to open as an
@@ -228,8 +257,9 @@ class ProxyDataModule(pl.LightningDataModule):
         h = self.hparams
         open_ds, client_ds, _, data_id = self.sources()
         settings = {**h, "progress": True}
-        inputs = simulated_inputs(self.spec, open_ds, client_ds, data_id, self.sampler.needs | self.label_source.needs,
-                                  self.cache_dir, self.labels, self.num_classes)
+        inputs = simulated_inputs(self.spec, open_ds, client_ds, self.feature_ids(),
+                                  self.sampler.needs | self.label_source.needs, self.cache_dir, self.labels,
+                                  self.num_classes)
         proxy = self.label_source.run(self.sampler.run(inputs, settings), inputs, settings)
         releases = self.planned_releases()
         return proxy.replace(releases=releases, release_hash=proxy.release_hash if releases else None,
@@ -332,8 +362,16 @@ class ProxyDataModule(pl.LightningDataModule):
         proxy = self._proxy()
         indices = np.asarray(proxy.indices, dtype=np.int64)[positions]
         labels = np.asarray(proxy.label_list(), dtype=np.int64)[positions]
-        transform = _weak_augmentation(self.hparams.image_size) if train and self.hparams.augment else None
-        return ImageSubset(self._base(proxy), indices, labels, self.hparams.image_size, transform)
+        return ImageSubset(self._base(proxy), indices, labels, self._transform(train))
+
+    def _transform(self, train: bool):
+        """The user's train or eval transform, else the built-in one (weak augmentation when training with
+        ``augment``)."""
+        given = self.train_transform if train else self.eval_transform
+        if given is not None:
+            return given
+        size = self.hparams.image_size
+        return UnitImage(size, _weak_augmentation(size) if train and self.hparams.augment else None)
 
     # ----------------------------------------------------------- dataloaders
     def _loader(self, dataset, shuffle: bool, batch_size: int | None = None, sampler=None,
@@ -371,7 +409,7 @@ class ProxyDataModule(pl.LightningDataModule):
         test_ds = self.sources()[2]
         if test_ds is None:
             raise ValueError("no client_test_dataset was given: pass one to evaluate on the client's data")
-        test = ImageSubset(test_ds, np.arange(len(test_ds)), self.labels(test_ds), self.hparams.image_size)
+        test = ImageSubset(test_ds, np.arange(len(test_ds)), self.labels(test_ds), self._transform(train=False))
         trainer = self.trainer
         sampler = None
         if trainer is not None and trainer.world_size > 1:

@@ -16,19 +16,21 @@ from ecos_lightning.features import cached_features
 from ecos_lightning.samplers import CLIENT_FEATURES, CLIENT_LABELS, OPEN_FEATURES, Inputs
 
 
-def simulated_inputs(spec, open_ds: Dataset, client_ds: Dataset, data_id: str, needs: frozenset,
+def simulated_inputs(spec, open_ds: Dataset, client_ds: Dataset, feature_ids: tuple[str, str], needs: frozenset,
                      cache_dir: Path, labels: Callable[[Dataset], np.ndarray], num_classes: int) -> Inputs:
     """The :class:`~ecos_lightning.samplers.Inputs` of ``needs`` (the union of the components' needs).
 
-    spec: the encoder spec. labels: reads every label of a dataset. The open pool's labels are always
-    given (a labeller reveals those of the selected images).
+    spec: the encoder spec. feature_ids: the cache identities of the open pool and of the client set
+    (each keyed by its own data). labels: reads every label of a dataset. The open pool's labels are
+    always given (a labeller reveals those of the selected images).
     """
-    def features(dataset, part, desc):
-        return cached_features(spec, dataset, f"{data_id}/{part}", cache_dir, desc=desc, progress=True)
+    def features(dataset, data_id, desc):
+        return cached_features(spec, dataset, data_id, cache_dir, desc=desc, progress=True)
 
+    open_id, client_id = feature_ids
     return Inputs(
-        open_features=features(open_ds, "open", "open-pool features") if OPEN_FEATURES in needs else None,
+        open_features=features(open_ds, open_id, "open-pool features") if OPEN_FEATURES in needs else None,
         open_labels=labels(open_ds),
-        client_features=features(client_ds, "client", "client features") if CLIENT_FEATURES in needs else None,
+        client_features=features(client_ds, client_id, "client features") if CLIENT_FEATURES in needs else None,
         client_labels=labels(client_ds) if CLIENT_LABELS in needs else None,
         client_size=len(client_ds), num_classes=num_classes, encoder=spec.to_dict())

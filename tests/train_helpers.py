@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 
 from ecos_lightning.label_sources import LabelSource, chain_release, class_names
 from ecos_lightning.protocol.privacy import gaussian_release
@@ -99,3 +100,21 @@ class ToyLabels(LabelSource):
 
 TOY_SAMPLER = ToySampler()
 TOY_LABELS = ToyLabels()
+
+
+class CountingModel(pl.LightningModule):
+    """A LightningModule that is not this project's: one linear layer on ``size`` x ``size`` RGB images,
+    counting the training images it sees in ``seen``."""
+
+    def __init__(self, size: int = 16, classes: int = 4):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * size * size, classes))
+        self.seen = 0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.seen += len(x)
+        return torch.nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)

@@ -7,6 +7,7 @@ with an open-source pool; an :class:`~ecos_lightning.protocol.encoder_spec.Encod
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -180,6 +181,7 @@ def build_encoder(
     (default weights ``"offline"``, so other names need an explicit spec).
     ``device`` None picks CUDA when available, else CPU. The model is created
     on a fork of the global torch random stream, which is left as it was.
+    Random weights (``"none"``) warn: their features carry no meaning.
 
     Raises:
         ValueError: unknown timm name; ``weights="offline"`` for a model other
@@ -190,6 +192,10 @@ def build_encoder(
         spec = spec_for_model(spec)
     elif not isinstance(spec, EncoderSpec):
         raise TypeError(f"spec must be an EncoderSpec or a timm model name, got {type(spec).__name__}")
+    if spec.weights == "none":
+        warnings.warn(f"encoder {spec.name} has random weights (weights='none'): its features carry no meaning "
+                      "about the images, so a proxy chosen with them is no better than random; use pretrained "
+                      "weights ('offline' for efficientnet_lite0, 'hub', or a weights file)", stacklevel=2)
     with torch.random.fork_rng(devices=[]):
         model = create_timm_model(spec.name, num_classes=0, weights=spec.weights)
     model = model.to(_resolve_device(device))

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 # Float images must lie in [0, 1]; allow a little slack for resampling overshoot.
-_FLOAT_RANGE_TOL = 1e-2
+FLOAT_RANGE_TOL = 1e-2
 
 
 def item_image(item: Any) -> Any:
@@ -98,7 +98,7 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
         lo, hi = float(lo), float(hi)
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("Float images contain non-finite values")
-        if lo < -_FLOAT_RANGE_TOL or hi > 1.0 + _FLOAT_RANGE_TOL:
+        if lo < -FLOAT_RANGE_TOL or hi > 1.0 + FLOAT_RANGE_TOL:
             raise ValueError(
                 f"Float images must have values in [0,1] (got range [{lo:.3g}, {hi:.3g}]). Pass uint8 for "
                 "0-255 data; for tensors already preprocessed by this encoder (e.g. a dataset using "

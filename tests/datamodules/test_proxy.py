@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from datamodules import ProxyDataModule
+from train_helpers import CountingModel
 
 
 def _domain_images(n, colour, seed, size=16):
@@ -38,24 +39,9 @@ def _module(tmp_path, datasets, **kwargs):
     return ProxyDataModule(**args)
 
 
-class ForeignModel(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
-        self.seen = 0
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        self.seen += len(x)
-        return torch.nn.functional.cross_entropy(self.net(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def test_plugs_into_a_foreign_lightning_module(tmp_path, datasets):
     dm = _module(tmp_path, datasets)
-    model = ForeignModel()
+    model = CountingModel()
     pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                default_root_dir=tmp_path).fit(model, datamodule=dm)
     assert model.seen == 36  # 40 selected, 10% held out for validation
@@ -159,7 +145,7 @@ def test_trains_on_a_proxy_file_of_image_paths(tmp_path, datasets):
         "delta": 1e-5, "bytes_down": 100, "bytes_up": 10, "open": str(tmp_path)}).write(tmp_path / "proxy.json")
     dm = ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), client_test_dataset=datasets[2], image_size=16,
                          batch_size=4, val_fraction=0.2, cache_dir=str(tmp_path / "cache"))
-    model = ForeignModel()
+    model = CountingModel()
     pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                default_root_dir=tmp_path).fit(model, datamodule=dm)
     assert model.seen == 8 and dm.epsilon == 0.5
@@ -180,7 +166,7 @@ def test_a_resume_takes_the_proxy_from_the_checkpoint_and_never_runs_the_protoco
     import datamodules.simulation as simulation
 
     first = _module(tmp_path, datasets)
-    _trainer(tmp_path, 1).fit(ForeignModel(), datamodule=first)
+    _trainer(tmp_path, 1).fit(CountingModel(), datamodule=first)
     for artifact in tmp_path.glob("proxy-*.json"):
         artifact.unlink()
 
@@ -192,7 +178,7 @@ def test_a_resume_takes_the_proxy_from_the_checkpoint_and_never_runs_the_protoco
     resumed = _module(tmp_path, datasets)
     trainer = _trainer(tmp_path, 2)
     trainer.ckpt_path = str(tmp_path / "checkpoints/last.ckpt")
-    model = ForeignModel()
+    model = CountingModel()
     trainer.fit(model, datamodule=resumed)
     assert trainer.current_epoch == 2 and model.seen == 36  # one more epoch on the checkpoint's proxy
     assert resumed.proxy == first.proxy
@@ -219,14 +205,14 @@ def test_a_resume_with_another_proxy_file_is_refused_naming_both_hashes(tmp_path
     hashes = {name: module(name).proxy_hash() for name in files}
     assert hashes["a"] != hashes["b"]
 
-    _trainer(tmp_path, 1).fit(ForeignModel(), datamodule=module("a"))
+    _trainer(tmp_path, 1).fit(CountingModel(), datamodule=module("a"))
     last = str(tmp_path / "checkpoints/last.ckpt")
     trainer = _trainer(tmp_path, 2)
     trainer.ckpt_path = last
     with pytest.raises(ValueError, match=f"proxy {hashes['a']}.*proxy {hashes['b']}"):
-        trainer.fit(ForeignModel(), datamodule=module("b"))
+        trainer.fit(CountingModel(), datamodule=module("b"))
     with pytest.raises(ValueError, match=f"proxy {hashes['a']}.*proxy {hashes['b']}"):  # resumed by fit's ckpt_path
-        _trainer(tmp_path, 2).fit(ForeignModel(), datamodule=module("b"), ckpt_path=last)
+        _trainer(tmp_path, 2).fit(CountingModel(), datamodule=module("b"), ckpt_path=last)
 
 
 def test_the_proxy_is_keyed_on_the_labels(tmp_path):
@@ -278,7 +264,7 @@ def test_labels_go_through_target_transform(tmp_path):
 def test_training_is_the_same_whatever_the_cache_holds(tmp_path, datasets):
     def train():
         pl.seed_everything(0)
-        model = ForeignModel()
+        model = CountingModel()
         pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                    default_root_dir=tmp_path).fit(model, datamodule=_module(tmp_path / "cache", datasets))
         return model.state_dict()
@@ -308,7 +294,7 @@ def test_a_checkpoint_without_a_sound_proxy_is_refused_never_rebuilt(tmp_path, d
     trainer = _trainer(tmp_path, 1)
     trainer.ckpt_path = str(tmp_path / "bad.ckpt")
     with pytest.raises(ValueError, match="bad.ckpt") as error:
-        trainer.fit(ForeignModel(), datamodule=_module(tmp_path, datasets))
+        trainer.fit(CountingModel(), datamodule=_module(tmp_path, datasets))
     assert len(str(error.value).splitlines()) == 1
 
 
@@ -323,5 +309,16 @@ def test_the_ledger_entry_is_keyed_on_what_the_client_released(tmp_path, dataset
                                 client_ds.tensors[1])
         dm = _module(tmp_path / f"cache{run}", (open_ds, changed, test_ds), noise_multiplier=8.0)
         pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                   default_root_dir=tmp_path, callbacks=[PrivacyLedger(str(ledger))]).fit(ForeignModel(), datamodule=dm)
+                   default_root_dir=tmp_path, callbacks=[PrivacyLedger(str(ledger))]).fit(CountingModel(), datamodule=dm)
     assert len(read_ledger(ledger)["entries"]) == 2
+
+
+def test_changing_only_the_client_reextracts_nothing_of_the_pool(tmp_path, datasets):
+    open_ds, client_ds, test_ds = datasets
+    _module(tmp_path, datasets, dataset_id=None).prepare_data()
+    first = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("features-*.npy")}
+    assert len(first) == 2  # the pool's and the client's
+    other_client = TensorDataset(client_ds.tensors[0][:30], client_ds.tensors[1][:30])
+    _module(tmp_path, (open_ds, other_client, test_ds), dataset_id=None).prepare_data()
+    second = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("features-*.npy")}
+    assert len(second) == 3 and all(second[name] == stamp for name, stamp in first.items())

@@ -14,25 +14,11 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from datamodules import ProxyDataModule
+from train_helpers import CountingModel
 from ecos_lightning.proxy import Proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = [f"{'ab'[i % 2]}/{i}.png" for i in range(10)]
-
-
-class CountingModel(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
-        self.seen = 0
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        self.seen += len(x)
-        return torch.nn.functional.cross_entropy(self.net(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 @pytest.fixture

@@ -1,9 +1,6 @@
 """Samplers and label sources declare their releases once: a toy sampler and a toy label source registered
 from a test file are counted in epsilon by ProxyDataModule's budget check, its proxy and the PrivacyLedger."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -13,8 +10,8 @@ from datamodules import ProxyDataModule
 from ecos_lightning import label_sources, samplers
 from ecos_lightning.protocol.privacy import releases_epsilon
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train_helpers, as train.py's tests import it
-import train_helpers  # noqa: E402
+import train_helpers
+from train_helpers import CountingModel
 
 
 @pytest.fixture
@@ -35,19 +32,6 @@ def _module(tmp_path, **kwargs):
     return ProxyDataModule(**{**args, **kwargs})
 
 
-class TinyModel(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(3 * 8 * 8, 4)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.cross_entropy(self.layer(x.flatten(1)), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def test_declared_releases_are_counted_by_the_data_module_and_the_ledger(tmp_path, toys):
     from callbacks import PrivacyLedger, read_ledger
 
@@ -56,7 +40,7 @@ def test_declared_releases_are_counted_by_the_data_module_and_the_ledger(tmp_pat
     assert dm.planned_releases() == declared and [r["count"] for r in declared] == [2, 12]
     ledger = tmp_path / "ledger.json"
     pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               default_root_dir=tmp_path, callbacks=[PrivacyLedger(str(ledger))]).fit(TinyModel(), datamodule=dm)
+               default_root_dir=tmp_path, callbacks=[PrivacyLedger(str(ledger))]).fit(CountingModel(size=8), datamodule=dm)
     epsilon = releases_epsilon(declared, 1e-5)
     assert dm.proxy.releases == declared and dm.epsilon == pytest.approx(epsilon)
     assert dm.proxy.labels == [0] * 12 and dm.proxy.indices == list(range(12))

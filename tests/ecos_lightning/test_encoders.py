@@ -440,3 +440,8 @@ def test_pooling_is_validated_and_travels_in_the_spec():
     assert EncoderSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="pooling"):
         EncoderSpec.from_dict(dict(spec.to_dict(), pooling="max"))
+
+
+def test_random_weights_warn_that_their_features_carry_no_meaning():
+    with pytest.warns(UserWarning, match="random weights .* no better than random"):
+        build_encoder(EncoderSpec(name="resnet10t", weights="none", input_size=32), device="cpu")
