@@ -16,7 +16,7 @@ from pathlib import Path
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.trainer.states import TrainerFn
 
-from datamodules import ProxyDataModule
+from ecos_lightning.datamodules import ProxyDataModule
 from ecos_lightning.modules import ClassifierModule
 
 ROOT = Path(__file__).resolve().parent

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 
-from datamodules import ProxyDataModule
+from ecos_lightning.datamodules import ProxyDataModule
 from ecos_lightning.data import DOMAINS
 from ecos_lightning.modules import AutoLabelModule, DistillModule, FineTuneModule
 from ecos_lightning.protocol import noise_multiplier_for_epsilon

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.privacy_ledger import PrivacyLedger, ledger_epsilon, read_ledger
+from ecos_lightning.callbacks.privacy_ledger import PrivacyLedger, ledger_epsilon, read_ledger
 from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
 from ecos_lightning.proxy import Proxy
 

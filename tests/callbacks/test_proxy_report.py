@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.proxy_report import ProxyReport, describe, plot_proxy_report, report_metrics
+from ecos_lightning.callbacks.proxy_report import ProxyReport, describe, plot_proxy_report, report_metrics
 from ecos_lightning.proxy import Proxy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's num_workers / logging hints

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import TensorDataset
 
-from datamodules import ProxyDataModule
+from ecos_lightning.datamodules import ProxyDataModule
 from train_helpers import CountingModel
 
 
@@ -162,8 +162,8 @@ def _trainer(tmp_path, epochs, **kwargs):
 
 
 def test_a_resume_takes_the_proxy_from_the_checkpoint_and_never_runs_the_protocol(tmp_path, datasets, monkeypatch):
-    import datamodules.proxy as proxy_module
-    import datamodules.simulation as simulation
+    import ecos_lightning.datamodules.proxy as proxy_module
+    import ecos_lightning.datamodules.simulation as simulation
 
     first = _module(tmp_path, datasets)
     _trainer(tmp_path, 1).fit(CountingModel(), datamodule=first)
@@ -278,7 +278,7 @@ def test_training_is_the_same_whatever_the_cache_holds(tmp_path, datasets):
 @pytest.mark.parametrize("content", ["list", "tensor", "no proxy", "proxy is a list", "proxy is a number",
                                      "labels do not match"])
 def test_a_checkpoint_without_a_sound_proxy_is_refused_never_rebuilt(tmp_path, datasets, monkeypatch, content):
-    import datamodules.proxy as proxy_module
+    import ecos_lightning.datamodules.proxy as proxy_module
 
     saved = {"hash": "a" * 16, "indices": [1, 2], "labels": [0]}
     checkpoint = {"list": [1, 2], "tensor": torch.zeros(3), "no proxy": {"state_dict": {}},
@@ -300,7 +300,7 @@ def test_a_checkpoint_without_a_sound_proxy_is_refused_never_rebuilt(tmp_path, d
 
 def test_the_ledger_entry_is_keyed_on_what_the_client_released(tmp_path, datasets):
     """Changed client data behind the same settings is a new release, never taken for the old one."""
-    from callbacks import PrivacyLedger, read_ledger
+    from ecos_lightning.callbacks import PrivacyLedger, read_ledger
 
     open_ds, client_ds, test_ds = datasets
     ledger = tmp_path / "ledger.json"

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from datamodules import ProxyDataModule
+from ecos_lightning.datamodules import ProxyDataModule
 from train_helpers import CountingModel
 from ecos_lightning.proxy import Proxy
 

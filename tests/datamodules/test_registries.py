@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import TensorDataset
 
-from datamodules import ProxyDataModule
+from ecos_lightning.datamodules import ProxyDataModule
 from ecos_lightning import label_sources, samplers
 from ecos_lightning.protocol.privacy import releases_epsilon
 
@@ -33,7 +33,7 @@ def _module(tmp_path, **kwargs):
 
 
 def test_declared_releases_are_counted_by_the_data_module_and_the_ledger(tmp_path, toys):
-    from callbacks import PrivacyLedger, read_ledger
+    from ecos_lightning.callbacks import PrivacyLedger, read_ledger
 
     dm = _module(tmp_path)
     declared = [*train_helpers.TOY_SAMPLER.releases(dm.hparams), *train_helpers.TOY_LABELS.releases(dm.hparams, 12)]

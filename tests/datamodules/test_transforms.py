@@ -16,9 +16,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
-from datamodules import ProxyDataModule
-from datamodules.images import resize_uint8, to_uint8_chw
-from datamodules.proxy import _weak_augmentation
+from ecos_lightning.datamodules import ProxyDataModule
+from ecos_lightning.datamodules.images import resize_uint8, to_uint8_chw
+from ecos_lightning.datamodules.proxy import _weak_augmentation
 
 ROOT = Path(__file__).resolve().parents[2]
 NORMALISE = v2.Normalize(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
