@@ -14,13 +14,14 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from ecos_lightning.frameworks import bases
 from ecos_lightning.ledger import ledger_epsilon, open_ledger, read_ledger
 from ecos_lightning.protocol.validation import probability
 
 __all__ = ["PrivacyLedger", "ledger_epsilon", "read_ledger"]
 
 
-class PrivacyLedger(pl.Callback):
+class PrivacyLedger(*bases("Callback")):
     """Records the datamodule's proxy releases at ``setup("fit")`` and enforces a budget across runs.
 
     Args:

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from ecos_lightning.frameworks import bases
 from ecos_lightning.files import atomic_write_bytes
 
 
-class ProxyReport(pl.Callback):
+class ProxyReport(*bases("Callback")):
     """At ``on_fit_start``, reports ``trainer.datamodule.summary()`` (see ``ProxyDataModule.summary``).
 
     Logs the scalars ``proxy/size``, ``proxy/epsilon`` (when finite), ``proxy/bytes_down``,

@@ -22,16 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from pytorch_lightning.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
 from ecos_lightning.data import DigitsLiteSource, PathImageDataset, open_source, parse_source
 from ecos_lightning.encoders import spec_for_model
 from ecos_lightning.files import atomic_write_bytes, default_cache_dir, stable_hash
+from ecos_lightning.frameworks import bases, framework_of
 from ecos_lightning.label_sources import DEPRECATED, LABEL_SOURCES, get_label_source
 from ecos_lightning.protocol.privacy import releases_epsilon
 from ecos_lightning.protocol.validation import positive_int
@@ -47,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 
-class ProxyDataModule(pl.LightningDataModule):
+class ProxyDataModule(*bases("LightningDataModule")):
     """Selects a proxy set from an open pool for a client and serves it for training.
 
     Args:
@@ -395,7 +394,8 @@ class ProxyDataModule(pl.LightningDataModule):
         draws = len(proxy_loader) * self.hparams.unlabelled_batch_size
         unlabelled = self._loader(views, shuffle=False, batch_size=self.hparams.unlabelled_batch_size,
                                   sampler=RandomSampler(views, replacement=True, num_samples=draws))
-        return CombinedLoader({"proxy": proxy_loader, "unlabelled": unlabelled}, mode="max_size_cycle")
+        combined = framework_of(self.trainer).utilities.combined_loader.CombinedLoader
+        return combined({"proxy": proxy_loader, "unlabelled": unlabelled}, mode="max_size_cycle")
 
     def val_dataloader(self):
         val = self._train_val_positions()[1]
