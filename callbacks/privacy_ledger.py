@@ -30,8 +30,10 @@ class PrivacyLedger(*bases("Callback")):
         max_epsilon: refuse (``ValueError``, nothing written) a run whose recorded releases together
             with all earlier ones would compose to more than this. A ledger stores its budget: this may
             lower it for the run, never raise it; with no stored budget it becomes the ledger's budget.
-        delta: the delta at which epsilon is composed; a ledger has one, fixed when it is created
-            (None: the ledger's own, 1e-5 for a new one). Another delta is refused.
+            None: the data module's ``max_epsilon`` (set it once, there).
+        delta: the delta at which epsilon is composed; a ledger has one, fixed when it is created.
+            None: the proxy's own delta (the data module's). A value that disagrees with the data
+            module's ``delta`` or ``max_epsilon`` is refused: each is set once.
 
     The check runs after ``prepare_data``, so it guards training and the ledger; the datamodule's own
     ``max_epsilon`` guards a single run's query before it is made.
@@ -57,24 +59,38 @@ class PrivacyLedger(*bases("Callback")):
             return
         if proxy.release_hash is None and proxy.hash is None:
             raise ValueError("PrivacyLedger: the datamodule's proxy has no 'release_hash' or 'hash' to record it by")
+        delta, max_epsilon = self._settings(proxy.delta, getattr(trainer.datamodule, "hparams", {}).get("max_epsilon"))
         path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "privacy_ledger.json")
         error = None
         if trainer.is_global_zero:  # one writer; every rank raises the same refusal
             try:
                 # keyed on what was released: a new release of changed client data is never taken for an old one
-                self.record(path, proxy.release_hash or proxy.hash, proxy.releases)
+                self.record(path, proxy.release_hash or proxy.hash, proxy.releases, delta, max_epsilon)
             except ValueError as exc:
                 error = str(exc)
         error = trainer.strategy.broadcast(error)
         if error:
             raise ValueError(error)
 
-    def record(self, path: str | Path, artifact_hash: str, releases: list[dict]) -> float:
+    def _settings(self, data_delta: float, data_max_epsilon: float | None) -> tuple[float, float | None]:
+        """(delta, max_epsilon) of this run: the callback's and the data module's, which must agree."""
+        for name, mine, theirs in (("delta", self.delta, data_delta), ("max_epsilon", self.max_epsilon, data_max_epsilon)):
+            if mine is not None and theirs is not None and mine != theirs:
+                raise ValueError(f"PrivacyLedger({name}={mine:g}) disagrees with the data module's {name}={theirs:g}: "
+                                 f"set {name} once, in the data module (the ledger takes it from there)")
+        return (self.delta if self.delta is not None else data_delta,
+                self.max_epsilon if self.max_epsilon is not None else data_max_epsilon)
+
+    def record(self, path: str | Path, artifact_hash: str, releases: list[dict], delta: float | None = None,
+               max_epsilon: float | None = None) -> float:
         """Add an artifact's releases to the ledger at ``path`` unless already there; return the composed epsilon.
 
-        Raises ``ValueError`` (and writes nothing) when the composed epsilon would exceed ``max_epsilon``.
+        ``delta``/``max_epsilon`` default to the callback's. Raises ``ValueError`` (and writes nothing)
+        when the composed epsilon would exceed the budget.
         """
-        with open_ledger(path, self.delta, self.max_epsilon) as book:
+        delta = self.delta if delta is None else delta
+        max_epsilon = self.max_epsilon if max_epsilon is None else max_epsilon
+        with open_ledger(path, delta, max_epsilon) as book:
             epsilon, known = book.record(artifact_hash, releases)
             rank_zero_info(f"privacy ledger {path}: {len(book.entries)} release set(s), composed epsilon "
                            f"{epsilon:.3g} at delta={book.delta:g}" + (" (this proxy was already recorded)" * known))

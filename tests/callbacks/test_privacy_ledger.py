@@ -24,9 +24,11 @@ ECOS_KNN = [gaussian_release(6.0, what="ecos_coverage_scores"),
 class FakeProxyData(pl.LightningDataModule):
     """A datamodule carrying a Proxy with a ``hash`` and ``releases``, like ProxyDataModule."""
 
-    def __init__(self, artifact_hash: str, releases: list[dict]):
+    def __init__(self, artifact_hash: str, releases: list[dict], delta: float = DELTA,
+                 max_epsilon: float | None = None):
         super().__init__()
-        self.proxy = Proxy([0], releases=releases, hash=artifact_hash, open="fake")
+        self.save_hyperparameters("max_epsilon")
+        self.proxy = Proxy([0], releases=releases, hash=artifact_hash, open="fake", delta=delta)
 
     def train_dataloader(self):
         data = TensorDataset(torch.rand(8, 3, 8, 8), torch.randint(0, 4, (8,)))
@@ -100,3 +102,18 @@ def test_arguments_are_checked():
         PrivacyLedger(max_epsilon=0)
     with pytest.raises(ValueError, match="delta"):
         PrivacyLedger(delta=1.5)
+
+
+def test_delta_and_budget_are_set_once_in_the_data_module(tmp_path, fit_tiny):
+    path = tmp_path / "ledger.json"
+    first = releases_epsilon(ECOS, DELTA)
+    with pytest.raises(ValueError, match="refused"):  # the data module's max_epsilon is the ledger's budget
+        fit_tiny(FakeProxyData("a" * 16, ECOS, max_epsilon=first / 2), PrivacyLedger(str(path)))
+    with pytest.raises(ValueError, match=r"PrivacyLedger\(delta=0.001\) disagrees with the data module's delta=1e-05"):
+        fit_tiny(FakeProxyData("a" * 16, ECOS), PrivacyLedger(str(path), delta=1e-3))
+    with pytest.raises(ValueError, match=r"PrivacyLedger\(max_epsilon=2\) disagrees .* max_epsilon=1"):
+        fit_tiny(FakeProxyData("a" * 16, ECOS, max_epsilon=1.0), PrivacyLedger(str(path), max_epsilon=2.0))
+    assert not path.exists()
+    fit_tiny(FakeProxyData("a" * 16, ECOS, delta=1e-6, max_epsilon=5.0), PrivacyLedger(str(path)))
+    ledger = read_ledger(path)
+    assert ledger["delta"] == 1e-6 and ledger["max_epsilon"] == 5.0
