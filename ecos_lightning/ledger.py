@@ -89,10 +89,10 @@ class LedgerBook:
 
     def check(self, releases: list[dict]) -> float:
         """Composed epsilon once ``releases`` are added; ``ValueError`` when it passes the budget."""
-        before, after = self.epsilon, releases_epsilon(self.releases + list(releases), self.delta)
+        after = releases_epsilon(self.releases + list(releases), self.delta)
         if self.max_epsilon is not None and after > self.max_epsilon:
             raise ValueError(f"privacy ledger {self.path}: this release would raise the composed epsilon from "
-                             f"{_text(before)} to {_text(after)} > budget {self.max_epsilon:g} at delta "
+                             f"{_text(self.epsilon)} to {_text(after)} > budget {self.max_epsilon:g} at delta "
                              f"{self.delta:g}; refused, nothing was released (raise the noise multiplier, or "
                              "reuse a release already recorded)")
         return after

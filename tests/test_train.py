@@ -30,6 +30,11 @@ def run_train(args, cwd, cache_dir, check=True, extra_env=None):
     return proc
 
 
+def error_lines(proc) -> list[str]:
+    """The ``error:`` lines a train.py run printed on stderr."""
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
 def config(name):
     return ["--config", str(ROOT / "configs" / f"{name}.yaml")]
 
@@ -80,7 +85,7 @@ def test_resume_after_a_crash_takes_the_proxy_from_the_checkpoint(tmp_path, cach
     assert saved["indices"] == rec["proxy_indices"]
 
     other = run_train(args + ["--data.budget", "150", "--ckpt_path", "last"], tmp_path, cache_dir, check=False)
-    errors = [line for line in other.stderr.splitlines() if line.startswith("error:")]
+    errors = error_lines(other)
     assert other.returncode == 2 and len(errors) == 1, other.stderr[-2000:]
     assert f"trained on proxy {saved['hash']}, but these settings give proxy" in errors[0]
     assert {p: p.stat().st_mtime_ns for p in Path(cache_dir).glob("*")} == artifacts
@@ -143,8 +148,8 @@ def test_bad_input_is_a_one_line_error(args, message, tmp_path, cache_dir):
     proc = run_train(["fit", *config("finetune_digits"), *SMALL, "--trainer.fast_dev_run", "true",
                       "--data.cache_dir", cache_dir, *args], tmp_path, cache_dir, check=False)
     assert proc.returncode != 0
-    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
+    errors = error_lines(proc)
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert "usage:" not in proc.stderr
     assert set(Path(cache_dir).glob("proxy-*.json")) == before
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("config.yaml"))
@@ -154,7 +159,7 @@ def test_a_run_refused_when_it_starts_writes_no_config(tmp_path, cache_dir):
     proc = run_train(["fit", *config("finetune_digits"), *SMALL, "--trainer.max_steps", "1",
                       "--data.cache_dir", cache_dir, "--model.init_args.num_classes", "5"], tmp_path, cache_dir,
                      check=False)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    errors = error_lines(proc)
     assert proc.returncode == 2 and len(errors) == 1 and "num_classes" in errors[0], proc.stderr[-2000:]
     assert not list(tmp_path.rglob("config.yaml")) and not list(tmp_path.rglob("*.ckpt"))
 
@@ -163,7 +168,7 @@ def test_a_check_failing_during_training_is_a_one_line_error(tmp_path, cache_dir
     proc = run_train(["fit", *config("finetune_digits"), *SMALL, "--trainer.fast_dev_run", "true",
                       "--data.cache_dir", cache_dir, "--model.init_args.fixmatch", "true"], tmp_path, cache_dir,
                      check=False)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    errors = error_lines(proc)
     assert proc.returncode == 2 and len(errors) == 1 and "fixmatch" in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
@@ -227,7 +232,7 @@ def test_empty_client_folder_is_a_one_line_error(tmp_path, cache_dir):
                       cache_dir, *_folder_args(open_root, tmp_path / "empty", open_root)], tmp_path, cache_dir,
                      check=False)
     assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    errors = error_lines(proc)
     assert len(errors) == 1 and "empty" in errors[0], proc.stderr[-2000:]
 
 

@@ -27,7 +27,7 @@ from ..encoder_policy import DEFAULT_MAX_INPUT_SIZE, EncoderPolicy
 from ..encoders import build_encoder, extract_features
 from ..files import atomic_write_bytes
 from ..knn_labels import PrivateKnnLabeler
-from ..ledger import ledger_path, ledger_snapshot, lock_path, open_ledger
+from ..ledger import LedgerBook, ledger_path, ledger_snapshot, lock_path, open_ledger
 from ..protocol import CentroidsMessage, ClientResponder, ScoresMessage
 from ..protocol.label_messages import LabelsMessage, QueriesMessage
 from ..protocol.privacy import gaussian_release, releases_epsilon
@@ -65,13 +65,13 @@ def respond(args) -> None:
     if args.dry_run:
         zeros = np.zeros(centroids.num_clusters, np.float32)
         blob = ScoresMessage(zeros, args.noise_multiplier, args.q, book.delta, epsilon, centroids.digest()).to_bytes()
-        _report(args, scan, blob, what, epsilon, book.delta, before, after, start, dry_run=True)
+        _report(args, scan, blob, what, epsilon, book, before, after, start, dry_run=True)
         return
     features = extract_features(build_encoder(spec), PathImageDataset(scan.paths), desc="client features")
     responder = ClientResponder(noise_multiplier=args.noise_multiplier, q=args.q, delta=book.delta)
     blob = responder.respond(centroids, features).to_bytes()
     before, after, _ = _release(args, [release], lambda total: blob)
-    _report(args, scan, blob, what, epsilon, book.delta, before, after, start)
+    _report(args, scan, blob, what, epsilon, book, before, after, start)
 
 
 def label(args) -> None:
@@ -97,12 +97,12 @@ def label(args) -> None:
     what = f"{num_queries} int64 labels over {len(scan.class_names)} classes"
     if args.dry_run:
         blob = message(np.zeros(num_queries, np.int64), after)
-        _report(args, scan, blob, what, epsilon, book.delta, before, after, start, dry_run=True)
+        _report(args, scan, blob, what, epsilon, book, before, after, start, dry_run=True)
         return
     features = extract_features(build_encoder(spec), PathImageDataset(scan.paths), desc="client features")
     labels = labeler.label(queries.features, features, np.asarray(scan.labels), len(scan.class_names))
     before, after, blob = _release(args, [release], lambda total: message(labels, total))
-    _report(args, scan, blob, what, epsilon, book.delta, before, after, start)
+    _report(args, scan, blob, what, epsilon, book, before, after, start)
 
 
 def _check_out(args) -> None:
@@ -127,14 +127,13 @@ def _release(args, releases: list[dict], make_blob: Callable[[float], bytes]) ->
     return before, after, blob
 
 
-def _report(args, scan, blob: bytes, what: str, epsilon: float, delta: float, before: float, after: float,
+def _report(args, scan, blob: bytes, what: str, epsilon: float, book: LedgerBook, before: float, after: float,
             start: float, dry_run: bool = False) -> None:
     verb = "would write" if dry_run else "wrote"
     print(f"data: {scan.summary()}")
     print(f"{verb} {args.out}: {len(blob):,} bytes up ({what})")
-    print(f"epsilon: {epsilon_text(epsilon)} at delta {delta:g}")
-    budget = ledger_snapshot(args.ledger, delta, args.max_epsilon).max_epsilon
-    limit = f" (max {budget:g})" if budget is not None else ""
+    print(f"epsilon: {epsilon_text(epsilon)} at delta {book.delta:g}")
+    limit = f" (max {book.max_epsilon:g})" if book.max_epsilon is not None else ""
     print(f"ledger {args.ledger}: total epsilon {epsilon_text(before)} -> {epsilon_text(after)}{limit}")
     print(f"time: {time.perf_counter() - start:.1f} s" + ("  (dry run: nothing written)" if dry_run else ""))
 
