@@ -7,17 +7,19 @@ client's held-out data, then a short summary. A subcommand without ``--config`` 
 
 from __future__ import annotations
 
+import importlib
 import math
 import sys
 import traceback
 from argparse import ArgumentError
 from pathlib import Path
+from types import ModuleType
 
-from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
-from pytorch_lightning.trainer.states import TrainerFn
+import pytorch_lightning
+import yaml
 
 from ecos_lightning.datamodules import ProxyDataModule
-from ecos_lightning.modules import ClassifierModule
+from ecos_lightning.frameworks import bases, framework_of, unified
 
 ROOT = Path(__file__).resolve().parent
 SOURCES = tuple(str(ROOT / name) for name in ("ecos_lightning", "datamodules", "callbacks", "train.py"))
@@ -26,9 +28,9 @@ DEFAULT_CONFIG = CONFIG_DIR / "finetune_digits.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
-class SaveConfigOnStart(SaveConfigCallback):
+class SaveConfigOnStart:
     """Writes ``config.yaml`` when the first loop starts, after every check of the run has passed,
-    so a refused run leaves no config behind."""
+    so a refused run leaves no config behind (mixed into the framework's ``SaveConfigCallback``)."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         pass
@@ -49,11 +51,11 @@ class SaveConfigOnStart(SaveConfigCallback):
         self._save(trainer, pl_module)
 
 
-class EcosCLI(LightningCLI):
+class EcosCLI:
     """LightningCLI with ``--test_after_fit`` (test the best checkpoint on the client's data after
     fit), parse errors raised rather than printed with the usage, and ``--ckpt_path`` handed to the
     trainer before it starts (``trainer.ckpt_path``), so the data module takes the proxy of a
-    resumed run from the checkpoint."""
+    resumed run from the checkpoint (mixed into the framework's ``LightningCLI`` by :func:`cli_class`)."""
 
     def init_parser(self, **kwargs):
         return super().init_parser(exit_on_error=False, **kwargs)
@@ -61,6 +63,19 @@ class EcosCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the best checkpoint on the client's held-out data")
+
+    def add_core_arguments_to_parser(self, parser) -> None:
+        """The trainer of this CLI's framework, a model of either Lightning package (the default job's
+        model, which a ``--model`` override replaces, is checked before that override) and the data module."""
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.add_subclass_arguments(bases("LightningModule"), "model", fail_untyped=False, required=True)
+        parser.add_lightning_class_args(self.datamodule_class, "data")
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse ``args``: the command line, with the default config filled in (hence given explicitly,
+        which needs no warning about ``sys.argv``)."""
+        self.config = parser.parse_args(args)
 
     def before_fit(self) -> None:
         self._set_trainer_ckpt_path()
@@ -80,7 +95,8 @@ class EcosCLI(LightningCLI):
         kwargs = self.config_init[self.subcommand]
         if kwargs.get("ckpt_path"):
             connector = self.trainer._checkpoint_connector
-            self.trainer.ckpt_path = connector._parse_ckpt_path(TrainerFn(self.subcommand), kwargs["ckpt_path"],
+            trainer_fn = framework_of(self.trainer).trainer.states.TrainerFn(self.subcommand)
+            self.trainer.ckpt_path = connector._parse_ckpt_path(trainer_fn, kwargs["ckpt_path"],
                                                                 model_provided=True, model_connected=False)
             kwargs["ckpt_path"] = None
 
@@ -124,14 +140,70 @@ def main(args: list[str] | None = None) -> EcosCLI | None:
     """
     args = with_default_config(sys.argv[1:] if args is None else list(args))
     try:
-        return EcosCLI(ClassifierModule, ProxyDataModule, subclass_mode_model=True,
-                       save_config_callback=SaveConfigOnStart, save_config_kwargs={"overwrite": True}, args=args)
+        framework = model_framework(args)
+        cli, save_config = cli_class(framework)
+        return cli(None, ProxyDataModule, save_config_callback=save_config,
+                   save_config_kwargs={"overwrite": True}, args=args)
     except (ValueError, OSError, ArgumentError) as exc:  # a MessageError is a ValueError
         fail(exc)
     except RuntimeError as exc:
         if not raised_here(exc):
             raise
         fail(exc)
+
+
+def cli_class(framework: ModuleType) -> tuple[type, type]:
+    """``EcosCLI`` and ``SaveConfigOnStart`` over ``framework``'s (``pytorch_lightning`` or
+    ``lightning.pytorch``) own ``LightningCLI`` and ``SaveConfigCallback``: its Trainer takes only its
+    own package's modules and callbacks."""
+    cli = importlib.import_module(f"{framework.__name__}.cli")
+    return (type("EcosCLI", (EcosCLI, cli.LightningCLI), {}),
+            type("SaveConfigOnStart", (SaveConfigOnStart, cli.SaveConfigCallback), {}))
+
+
+def model_framework(args: list[str]) -> ModuleType:
+    """The Lightning package the run's model is built on: ``lightning.pytorch`` for a module of the
+    unified ``lightning`` package, else ``pytorch_lightning`` (also when the model cannot be resolved
+    here: the parser then names the problem).
+
+    The model's class is the last one the arguments name: ``--model <class>``,
+    ``--model.class_path <class>`` or ``model:`` in a ``--config`` file.
+    """
+    class_path = None
+    for option, value in zip(args, args[1:] + [None]):
+        option, inline, given = option.partition("=")
+        value = given if inline else value
+        if option in ("-c", "--config") and value:
+            class_path = _config_model(value) or class_path
+        elif option in ("--model", "--model.class_path") and value and not value.endswith((".yaml", ".yml")):
+            class_path = value
+        elif option == "--model" and value:
+            class_path = _config_model(value, nested=False) or class_path
+    module_class = _import_class(class_path)
+    if unified is not None and isinstance(module_class, type) and issubclass(module_class, unified.LightningModule) \
+            and not issubclass(module_class, pytorch_lightning.LightningModule):
+        return unified
+    return pytorch_lightning
+
+
+def _config_model(path: str, nested: bool = True) -> str | None:
+    """The model class a YAML config (``model:`` inside it when ``nested``) names, if any."""
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    model = config.get("model") if nested and isinstance(config, dict) else config
+    if isinstance(model, dict):
+        model = model.get("class_path")
+    return model if isinstance(model, str) else None
+
+
+def _import_class(class_path: str | None):
+    module_name, _, name = (class_path or "").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name) if module_name else None
+    except (ImportError, AttributeError):
+        return None
 
 
 def with_default_config(args: list[str]) -> list[str]:

@@ -125,6 +125,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
         self._datasets = (open_dataset, client_dataset, client_test_dataset)
         self._sources = None
         self._label_cache: dict[int, np.ndarray] = {}
+        self._fingerprints: dict[int, str] = {}
         self.proxy: Proxy | None = None  # from setup or a restored checkpoint
 
     # --------------------------------------------------------------- sources
@@ -150,7 +151,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
                     if ds is not None and len(ds) == 0:
                         raise ValueError(f"{name} is empty: it must hold at least one image")
                 data_id = self.hparams.dataset_id or "/".join(
-                    fingerprint(ds) for ds in (open_ds, client_ds, test_ds) if ds is not None)
+                    self.fingerprint(ds) for ds in (open_ds, client_ds, test_ds) if ds is not None)
                 self._sources = (open_ds, client_ds, test_ds, data_id)
         return self._sources
 
@@ -161,7 +162,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
         open_ds, client_ds, _, data_id = self.sources()
         if self.hparams.dataset_id or self._datasets[0] is None:
             return f"{data_id}/open", f"{data_id}/client"
-        return f"{fingerprint(open_ds)}/open", f"{fingerprint(client_ds)}/client"
+        return f"{self.fingerprint(open_ds)}/open", f"{self.fingerprint(client_ds)}/client"
 
     def _file_sources(self, test_ds):
         """Sources of a proxy file: its images (each checked to lie inside the pool root and to open as an
@@ -176,6 +177,13 @@ class ProxyDataModule(*bases("LightningDataModule")):
                              "pool as open_dataset")
         src = open_source(source, self.hparams.cache_dir)
         return (src.open, None, test_ds if test_ds is not None else src.client_test, src.data_id)
+
+    def fingerprint(self, dataset: Dataset) -> str:
+        """The content fingerprint of one of this module's datasets (see ``images.fingerprint``), read once."""
+        key = id(dataset)  # the module holds its datasets, so an id names one for the module's lifetime
+        if key not in self._fingerprints:
+            self._fingerprints[key] = fingerprint(dataset)
+        return self._fingerprints[key]
 
     def labels(self, dataset: Dataset) -> np.ndarray:
         """Every label int64 [N] of one of this module's datasets (see ``dataset_labels``), read once."""

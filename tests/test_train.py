@@ -260,3 +260,29 @@ def test_print_config_without_config_shows_the_default_job_with_the_override(tmp
     default = yaml.safe_load((ROOT / "configs" / "finetune_digits.yaml").read_text())
     assert config["model"]["class_path"] == default["model"]["class_path"]
     assert config["trainer"]["max_epochs"] == 1 and config["data"]["budget"] == default["data"]["budget"]
+
+
+def test_a_module_of_the_unified_lightning_package_trains_through_train_py(tmp_path, cache_dir):
+    proc = run_train(["fit", "--model", "train_helpers.UnifiedClassifier", "--data.encoder_input_size", "32",
+                      "--data.num_clusters", "20", "--data.budget", "200", "--data.batch_size", "32",
+                      "--trainer.fast_dev_run", "true", "--data.cache_dir", cache_dir], tmp_path, cache_dir)
+    assert "client test accuracy" in proc.stdout and "epsilon 0.434" in proc.stdout
+    assert "args parameter is intended" not in proc.stderr
+
+
+def test_the_model_class_chooses_the_lightning_package(tmp_path):
+    import lightning
+    import pytorch_lightning
+
+    train = load_train()
+    unified_config = tmp_path / "unified.yaml"
+    unified_config.write_text("model:\n  class_path: train_helpers.UnifiedClassifier\n")
+    default = ["fit", "--config", str(train.DEFAULT_CONFIG)]
+    assert train.model_framework(default) is pytorch_lightning
+    for args in (default + ["--model", "train_helpers.UnifiedClassifier"],
+                 default + ["--model.class_path=train_helpers.UnifiedClassifier"],
+                 ["fit", "--config", str(unified_config)]):
+        assert train.model_framework(args) is lightning.pytorch, args
+    assert train.model_framework(["fit", "--config", str(unified_config), "--model", "train_helpers.CountingModel"]) \
+        is pytorch_lightning
+    assert train.model_framework(default + ["--model", "no_such.Module"]) is pytorch_lightning

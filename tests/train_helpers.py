@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import lightning as L
 import pytorch_lightning as pl
 import torch
 
@@ -115,6 +116,34 @@ class CountingModel(pl.LightningModule):
         x, y = batch
         self.seen += len(x)
         return torch.nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class UnifiedClassifier(L.LightningModule):
+    """A classifier of a project built on the unified ``lightning`` package: one linear layer over images
+    resized to ``size``; logs ``val_acc`` and ``test_acc`` as the shipped configs expect."""
+
+    def __init__(self, size: int = 32, classes: int = 10):
+        super().__init__()
+        self.size = size
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * size * size, classes))
+
+    def forward(self, images):
+        return self.net(torch.nn.functional.interpolate(images, size=(self.size, self.size)))
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        return torch.nn.functional.cross_entropy(self(images), labels)
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        self.log("val_acc", (self(images).argmax(1) == labels).float().mean())
+
+    def test_step(self, batch, batch_idx):
+        images, labels = batch
+        self.log("test_acc", (self(images).argmax(1) == labels).float().mean())
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)

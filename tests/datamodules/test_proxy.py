@@ -322,3 +322,15 @@ def test_changing_only_the_client_reextracts_nothing_of_the_pool(tmp_path, datas
     _module(tmp_path, (open_ds, other_client, test_ds), dataset_id=None).prepare_data()
     second = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("features-*.npy")}
     assert len(second) == 3 and all(second[name] == stamp for name, stamp in first.items())
+
+
+def test_each_dataset_is_fingerprinted_once(tmp_path, datasets, monkeypatch):
+    import ecos_lightning.datamodules.proxy as proxy_module
+
+    seen = []
+    real = proxy_module.fingerprint
+    monkeypatch.setattr(proxy_module, "fingerprint", lambda ds: seen.append(id(ds)) or real(ds))
+    dm = _module(tmp_path, datasets, dataset_id=None)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert sorted(seen) == sorted(id(ds) for ds in datasets)

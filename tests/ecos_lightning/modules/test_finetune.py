@@ -102,3 +102,4 @@ def test_fit_with_labelled_and_unlabelled_streams(tmp_path):
     assert metrics["train_mask_rate"].item() == 1.0  # threshold 0 keeps every pseudo-label
     assert torch.isfinite(metrics["train_loss"]) and "train_unsup_loss" in metrics
     assert m.hparams.fixmatch is True and m.hparams.fixmatch_threshold == 0.0
+
