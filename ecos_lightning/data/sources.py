@@ -1,35 +1,74 @@
 """Data sources by name: the one parser of source names and the one place that opens them.
 
-A source name is
+A source name is one of (``<root>`` is a folder path, taken verbatim to the end of the name, so it may
+hold ``:``; options come before it, each ``<key>=<value>:``):
 
-``digits-lite[:<client domain>[:<split seed>]]``
-    the embedded digits-lite dataset, split for that client domain (default ``handwritten``) with
-    that split seed (default 0): an open pool, the client's training data and its test data;
-<an image folder>
-    every readable image under the folder (nested folders included): an open pool only.
+==================================================  ==========================================================
+name                                                data
+==================================================  ==========================================================
+``digits-lite[:<client domain>[:<split seed>]]``    the embedded digits-lite dataset (default client
+                                                    ``handwritten``, seed 0), split by :func:`paper_split`
+``<an image folder>``                               every readable image under the folder (nested folders
+                                                    included): an open pool only, unlabelled
+``domainnet:[<key>=<value>:]...<root>``             DomainNet's published layout (:mod:`.domainnet`); keys
+                                                    ``client`` (default ``clipart``), ``seed``, ``rule``
+                                                    (default ``domainnet``), ``domains``, ``classes`` (default
+                                                    the paper's 10; ``all`` = every class)
+``digits5:[<key>=<value>:]...<root>``               Digits-5 from its five published formats
+                                                    (:mod:`.digits5`); keys ``client`` (default ``mnist``),
+                                                    ``seed``, ``rule`` (default ``digits``), ``domains``,
+                                                    ``size`` (image side, default 32), ``allow_pickle``
+                                                    (``true`` reads FedBN's pickled copy; default refused)
+``office-caltech10:[<key>=<value>:]...<root>``      ``<root>/{amazon,caltech,dslr,webcam}/<class>/<file>``;
+                                                    keys ``client`` (default ``amazon``), ``seed``, ``rule``
+                                                    (default ``domainnet``), ``domains``
+``folders:[<key>=<value>:]...<root>``               any ``<root>/<domain>/<class>/<file>`` tree (domains: the
+                                                    sorted sub-folders); keys ``client`` (default the first
+                                                    domain), ``seed``, ``rule`` (default ``domainnet``),
+                                                    ``domains``
+``imagefolder:[seed=<seed>:]<root>``                one domain of class folders ``<root>/<class>/<file>``,
+                                                    split by rule ``domainnet``
+==================================================  ==========================================================
 
-:func:`parse_source` turns a name into a :class:`DigitsLiteSource` or a :class:`FolderSource`;
-:func:`open_source` gives the datasets of either as a :class:`SourceData`.
+Values: ``seed`` a non-negative integer (default 0; the paper's runs use 1, 2, 3), ``rule`` one of
+``domainnet`` / ``digits`` (see :mod:`.splits`), ``domains`` and ``classes`` comma-separated names, e.g.
+``domainnet:client=real:seed=2:classes=bird,zebra:/data/domainnet``. A value holds no ``:``, ``/`` or
+``\\``; a folder whose own name looks like ``<kind>:...`` or ``<key>=<value>:...`` is written ``./name``.
+Class labels are the class list's order (DomainNet), the digits (Digits-5) or the sorted class-folder
+names, the same in every domain. Every split is a function of the data, the client, the rule and the
+seed: the client trains on its share of its domain's training data and is tested on its domain's
+official test split (digits-lite and folders: a stratified held-out 30% of its share).
+
+:func:`parse_source` turns a name into a source record; :func:`open_source` gives a record's datasets
+as a :class:`SourceData`. Every dataset carries each item's domain (``domains`` int64 [N] indexing
+``domain_names``; None for an unlabelled folder) and its ``class_names``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 from torch.utils.data import Dataset
 
 from ..files import stable_hash
+from .digits5 import DIGITS5_DOMAINS, load_digits5
 from .digits_lite import DOMAINS, load_digits_lite
-from .folders import PathImageDataset, scan_images
-from .splits import paper_split
+from .domainnet import DOMAINNET_DOMAINS, PAPER_CLASSES, load_domainnet
+from .folders import PathImageDataset, scan_domain_folders, scan_images, scan_labelled_images
+from .items import ArrayImageDataset, ReadData
+from .splits import SPLIT_RULES, paper_split
 
 __all__ = [
     "DIGITS_LITE",
+    "OFFICE_CALTECH10_DOMAINS",
     "ArrayImageDataset",
+    "Digits5Source",
     "DigitsLiteSource",
+    "DomainFoldersSource",
+    "DomainNetSource",
     "FolderSource",
     "SourceData",
     "digits_lite_sources",
@@ -38,6 +77,8 @@ __all__ = [
 ]
 
 DIGITS_LITE = "digits-lite"
+#: Office-Caltech10's four domains, in the order of their domain ids.
+OFFICE_CALTECH10_DOMAINS = ("amazon", "caltech", "dslr", "webcam")
 
 
 @dataclass(frozen=True)
@@ -55,43 +96,161 @@ class FolderSource:
     root: Path
 
 
-def parse_source(name: str) -> DigitsLiteSource | FolderSource:
-    """The source a name gives (see the module docstring); ``ValueError`` for a malformed digits-lite name."""
+def _check_common(source) -> None:
+    if isinstance(source.seed, bool) or not isinstance(source.seed, int) or source.seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {source.seed!r}")
+    if source.rule not in SPLIT_RULES:
+        raise ValueError(f"rule must be one of {SPLIT_RULES}, got {source.rule!r}")
+    if source.domains is not None and (not source.domains or len(set(source.domains)) != len(source.domains)):
+        raise ValueError(f"domains must be distinct names, at least one, got {source.domains!r}")
+    if source.client is not None and source.domains is not None and source.client not in source.domains:
+        raise ValueError(f"client domain {source.client!r} is not among the domains {source.domains}")
+
+
+@dataclass(frozen=True)
+class DomainNetSource:
+    """DomainNet under ``root`` (see :mod:`.domainnet`), split for ``client`` by ``rule`` with ``seed``;
+    ``classes`` None = every class of the split files."""
+
+    root: Path
+    client: str = "clipart"
+    seed: int = 0
+    rule: str = "domainnet"
+    domains: tuple[str, ...] = DOMAINNET_DOMAINS
+    classes: tuple[str, ...] | None = PAPER_CLASSES
+
+    def __post_init__(self):
+        _check_common(self)
+
+
+@dataclass(frozen=True)
+class Digits5Source:
+    """Digits-5 under ``root`` (see :mod:`.digits5`) as ``size``-pixel RGB images, split for ``client`` by
+    ``rule`` with ``seed``; ``allow_pickle`` reads FedBN's pickled copy."""
+
+    root: Path
+    client: str = "mnist"
+    seed: int = 0
+    rule: str = "digits"
+    domains: tuple[str, ...] = DIGITS5_DOMAINS
+    size: int = 32
+    allow_pickle: bool = False
+
+    def __post_init__(self):
+        _check_common(self)
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"size must be a positive int (image side in pixels), got {self.size!r}")
+
+
+@dataclass(frozen=True)
+class DomainFoldersSource:
+    """Image folders under ``root``: ``layout`` ``domains`` (``<root>/<domain>/<class>/<file>``; ``domains``
+    None = every sub-folder, sorted; ``client`` None = the first) or ``classes`` (``<root>/<class>/<file>``,
+    one domain named after the folder). ``kind`` names the source in data ids (``folders``,
+    ``office-caltech10``, ``imagefolder``)."""
+
+    root: Path
+    client: str | None = None
+    seed: int = 0
+    rule: str = "domainnet"
+    domains: tuple[str, ...] | None = None
+    layout: str = "domains"
+    kind: str = "folders"
+
+    def __post_init__(self):
+        _check_common(self)
+        if self.layout not in ("domains", "classes"):
+            raise ValueError(f"layout must be 'domains' or 'classes', got {self.layout!r}")
+
+
+# ------------------------------------------------------------------------------------------ parsing
+_KEYS = {"domainnet": ("client", "seed", "rule", "domains", "classes"),
+         "digits5": ("client", "seed", "rule", "domains", "size", "allow_pickle"),
+         "office-caltech10": ("client", "seed", "rule", "domains"),
+         "folders": ("client", "seed", "rule", "domains"),
+         "imagefolder": ("seed",)}
+_OPTION = re.compile(r"([a-z_]+)=([^:/\\]*)")
+
+
+def parse_source(name: str):
+    """The source a name gives (see the module docstring); ``ValueError`` for a malformed name."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a source name must be a non-empty string, got {name!r}")
-    if name != DIGITS_LITE and not name.startswith(DIGITS_LITE + ":"):
-        return FolderSource(Path(name))
     if name == DIGITS_LITE:
         return DigitsLiteSource()
-    domain, _, seed = name[len(DIGITS_LITE) + 1:].partition(":")
-    if seed and not seed.isdecimal():
-        raise ValueError(f"source {name!r}: the split seed after the domain must be a non-negative integer")
-    return DigitsLiteSource(domain, int(seed or 0))
+    if name.startswith(DIGITS_LITE + ":"):
+        domain, _, seed = name[len(DIGITS_LITE) + 1:].partition(":")
+        if seed and not seed.isdecimal():
+            raise ValueError(f"source {name!r}: the split seed after the domain must be a non-negative integer")
+        return DigitsLiteSource(domain, int(seed or 0))
+    kind, sep, rest = name.partition(":")
+    if not sep or kind not in _KEYS:
+        return FolderSource(Path(name))
+    options = {}
+    while True:
+        head, sep, tail = rest.partition(":")
+        match = _OPTION.fullmatch(head)
+        if not match:
+            break
+        if not sep:
+            raise ValueError(f"source {name!r}: the data folder is missing after the options (write "
+                             f"{kind}:<key>=<value>:<folder>)")
+        key, value = match.groups()
+        if key not in _KEYS[kind]:
+            raise ValueError(f"source {name!r}: unknown key {key!r}; {kind} takes {', '.join(_KEYS[kind])}")
+        if key in options:
+            raise ValueError(f"source {name!r}: {key} is given twice")
+        options[key] = _value(name, key, value)
+        rest = tail
+    if not rest:
+        raise ValueError(f"source {name!r}: the data folder is missing (write {kind}:<folder>)")
+    root = Path(rest)
+    if kind == "domainnet":
+        return DomainNetSource(root, **options)
+    if kind == "digits5":
+        return Digits5Source(root, **options)
+    if kind == "office-caltech10":
+        options.setdefault("client", "amazon")
+        return DomainFoldersSource(root, **{"domains": OFFICE_CALTECH10_DOMAINS, **options}, kind=kind)
+    if kind == "folders":
+        return DomainFoldersSource(root, **options)
+    return DomainFoldersSource(root, **options, layout="classes", kind=kind)
 
 
-class ArrayImageDataset(Dataset):
-    """(image uint8 [H, W, 3], label int) items from in-memory arrays; ``domains`` [N] when known."""
+def _value(name: str, key: str, value: str):
+    """A source-name option's value, typed."""
+    if key in ("seed", "size"):
+        if not value.isdecimal() or (key == "size" and int(value) < 1):
+            raise ValueError(f"source {name!r}: {key} must be a {'positive' if key == 'size' else 'non-negative'} "
+                             f"integer, got {value!r}")
+        return int(value)
+    if key == "allow_pickle":
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"source {name!r}: allow_pickle must be true or false, got {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    if key in ("domains", "classes"):
+        if key == "classes" and value == "all":
+            return None
+        items = tuple(v for v in value.split(","))
+        if not all(items):
+            raise ValueError(f"source {name!r}: {key} must be comma-separated names, got {value!r}")
+        return items
+    if not value:
+        raise ValueError(f"source {name!r}: {key} needs a value")
+    return value
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, domains: np.ndarray | None = None,
-                 domain_names: tuple[str, ...] = ()):
-        self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
-        self.domains, self.domain_names = domains, tuple(domain_names)
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        return self.images[index], int(self.labels[index])
-
-
+# ------------------------------------------------------------------------------------------ opening
 @dataclass(frozen=True)
 class SourceData:
     """The datasets of a source.
 
     open: the open pool. client, client_test: the client's training and test data (None for a folder).
-    data_id: what identifies the data (a key of the features cache).
-    root, paths: for a folder, its absolute path and the pool's image paths relative to it (POSIX).
-    skipped: for a folder, the files with an image suffix that could not be decoded.
+    data_id: what identifies the data and its split (a key of the features cache).
+    root, paths: for a pool of image files, its absolute root and the pool's image paths relative to it
+    (POSIX); None for in-memory data. skipped: for a scanned folder, the files with an image suffix that could not be decoded.
+    domain_names: the source's domains (what the datasets' ``domains`` ids index); client_domain: the
+    client's.
     """
 
     open: Dataset
@@ -101,33 +260,80 @@ class SourceData:
     root: str | None = None
     paths: list[str] | None = None
     skipped: list[Path] = field(default_factory=list)
+    domain_names: tuple[str, ...] = ()
+    client_domain: str | None = None
 
 
 def digits_lite_sources(client_domain: str = "handwritten", seed: int = 0, cache_dir=None) -> SourceData:
     """Open pool, client train and client test datasets of digits-lite for ``client_domain``."""
     data = load_digits_lite(cache_dir, seed=0)
     split = paper_split(data.domains, data.labels, client_domain, seed=seed)
-
-    def part(indices):
-        return ArrayImageDataset(data.images[indices], data.labels[indices], data.domains[indices], DOMAINS)
-
-    return SourceData(part(split.open_indices), part(split.client_train_indices),
-                      part(split.client_test_indices), f"digits-lite-v1/{client_domain}/split-seed{seed}")
+    items = ArrayImageDataset(data.images, data.labels, data.domains, DOMAINS, tuple(str(c) for c in range(10)))
+    return SourceData(items.subset(split.open_indices), items.subset(split.client_train_indices),
+                      items.subset(split.client_test_indices), f"digits-lite-v1/{client_domain}/split-seed{seed}",
+                      domain_names=DOMAINS, client_domain=split.client_domain)
 
 
-def open_source(source: DigitsLiteSource | FolderSource, cache_dir: str | os.PathLike | None = None,
-                progress: bool = True) -> SourceData:
-    """The datasets of ``source``; ``cache_dir`` holds the generated digits-lite (default: the cache folder).
+def open_source(source, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> SourceData:
+    """The datasets of ``source`` (a record :func:`parse_source` gives); ``cache_dir`` holds the generated
+    digits-lite (default: the cache folder).
 
-    A folder is scanned (every candidate image decoded once, with a progress bar when ``progress``);
-    its ``data_id`` hashes its absolute path and each image's relative path, size and modification time.
+    A folder is scanned (every candidate image decoded once, with a progress bar when ``progress``); a
+    folder's or a published dataset's ``data_id`` hashes its absolute root, the settings, and each
+    defining file's relative path, size and modification time (no image is decoded for it).
     """
     if isinstance(source, DigitsLiteSource):
         return digits_lite_sources(source.domain, source.seed, cache_dir)
-    if not isinstance(source, FolderSource):
-        raise TypeError(f"source must be a DigitsLiteSource or a FolderSource, got {type(source).__name__}")
-    scan = scan_images(source.root, progress)
-    root = str(scan.root.resolve())
-    paths = [p.relative_to(scan.root).as_posix() for p in scan.paths]
-    files = [(p, f.stat().st_size, f.stat().st_mtime_ns) for p, f in zip(paths, scan.paths)]
-    return SourceData(PathImageDataset(scan.paths), None, None, stable_hash([root, files]), root, paths, scan.skipped)
+    if isinstance(source, FolderSource):
+        scan = scan_images(source.root, progress)
+        root = str(scan.root.resolve())
+        paths = [p.relative_to(scan.root).as_posix() for p in scan.paths]
+        files = [(p, f.stat().st_size, f.stat().st_mtime_ns) for p, f in zip(paths, scan.paths)]
+        return SourceData(PathImageDataset(scan.paths), None, None, stable_hash([root, files]), root, paths,
+                          scan.skipped)
+    skipped = []
+    if isinstance(source, DomainNetSource):
+        kind, data = "domainnet", load_domainnet(source.root, source.domains, source.classes)
+    elif isinstance(source, Digits5Source):
+        kind, data = "digits5", load_digits5(source.root, source.domains, source.size, source.allow_pickle)
+    elif isinstance(source, DomainFoldersSource):
+        kind, (data, skipped) = source.kind, _read_folders(source, progress)
+    else:
+        raise TypeError(f"source must be a record parse_source gives, got {type(source).__name__}")
+    return _split(source, kind, data, skipped)
+
+
+def _read_folders(source: DomainFoldersSource, progress: bool) -> tuple[ReadData, list[Path]]:
+    if source.layout == "classes":
+        scan = scan_labelled_images(source.root, progress)
+        name = Path(source.root).resolve().name
+        items = PathImageDataset(scan.paths, scan.labels, [0] * len(scan.paths), (name,), tuple(scan.class_names))
+    else:
+        scan = scan_domain_folders(source.root, source.domains, progress)
+        items = PathImageDataset(scan.paths, scan.labels, scan.domains, scan.domain_names, scan.class_names)
+    return ReadData(items, None, tuple(scan.paths)), scan.skipped
+
+
+def _split(source, kind: str, data: ReadData, skipped: list[Path]) -> SourceData:
+    """The pool, client and client-test datasets of ``data`` by the source's rule, and the data id."""
+    items = data.items
+    client = source.client if getattr(source, "client", None) is not None else items.domain_names[0]
+    split = paper_split(items.domains, items.labels, client, items.domain_names, seed=source.seed,
+                        rule=source.rule, test_mask=data.test_mask)
+    given = Path(source.root)
+    root = given.resolve()
+    stamps = [(Path(os.path.relpath(f, given)).as_posix(), *_size_mtime(f)) for f in data.files]
+    settings = {k: v for k, v in asdict(source).items() if k != "root"}
+    data_id = (f"{kind}/{split.client_domain}/{source.rule}/seed{source.seed}/"
+               f"{stable_hash([kind, str(root), settings, stamps])}")
+    pool = items.subset(split.open_indices)
+    on_disk = isinstance(pool, PathImageDataset)
+    paths = [Path(os.path.relpath(p, given)).as_posix() for p in pool.paths] if on_disk else None
+    return SourceData(pool, items.subset(split.client_train_indices), items.subset(split.client_test_indices),
+                      data_id, str(root) if on_disk else None, paths, skipped, items.domain_names,
+                      split.client_domain)
+
+
+def _size_mtime(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns

@@ -1,10 +1,20 @@
-"""Client / open-source splits of a multi-domain dataset (the ECOS protocol).
+"""Client / open-source splits of a multi-domain dataset (the ECOS protocol), by the paper's two rules.
 
-One domain plays the client. A stratified ``client_fraction`` of it is the
-client's private data, which is further split (stratified) into the client's
-training set and a held-out test set. Everything else -- the rest of the client
-domain and every other domain -- is the open-source pool that ECOS samples
-from.
+One domain plays the client. :data:`SPLIT_RULES`:
+
+``domainnet``
+    a stratified ``client_fraction`` (0.5) of the client domain's training data is the client's; the
+    rest of it and every other domain's training data form the open-source pool.
+``digits``
+    all of the client domain's training data is the client's; the pool holds only the other domains'
+    training data.
+
+The client is evaluated on its domain's official test split (``test_mask``); other domains' official
+test items belong to no set, so no test image of any domain enters a pool. A dataset without an
+official test split (``test_mask=None``: image folders, digits-lite) holds out, per class, a stratified
+``test_fraction`` of the client's share as its test data; every item of every other domain is then
+pool. Per class the client domain's items are shuffled by ``numpy.random.default_rng([seed, domain
+id])``, so a seed gives the same split on every machine for the same data in the same order.
 """
 
 from __future__ import annotations
@@ -17,7 +27,10 @@ import numpy as np
 
 from .digits_lite import DOMAINS
 
-__all__ = ["DomainSplit", "paper_split"]
+__all__ = ["SPLIT_RULES", "DomainSplit", "paper_split"]
+
+#: The paper's split rules (see the module docstring).
+SPLIT_RULES = ("domainnet", "digits")
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,8 +38,8 @@ class DomainSplit:
     """Index sets of one client/open split; all ``int64``, sorted, disjoint.
 
     Attributes:
-        open_indices: the open-source pool (rest of the client domain and
-            every other domain).
+        open_indices: the open-source pool (see the rules in the module
+            docstring).
         client_train_indices: the client's private training data.
         client_test_indices: the client's held-out test data.
         client_domain: name of the client domain.
@@ -78,13 +91,17 @@ def paper_split(
     seed: int = 0,
     client_fraction: float = 0.5,
     test_fraction: float = 0.3,
+    rule: str = "domainnet",
+    test_mask: np.ndarray | None = None,
 ) -> DomainSplit:
-    """Split a multi-domain dataset into open pool, client train and client test.
+    """Split a multi-domain dataset into open pool, client train and client test by ``rule``.
 
-    For every class of the client domain, ``round(client_fraction * count)``
-    randomly chosen samples go to the client; of those,
-    ``round(test_fraction * client_count)`` become client test data and the
-    rest client training data. All remaining samples form the open pool.
+    For every class of the client domain's training items, ``round(share *
+    count)`` randomly chosen ones go to the client, where ``share`` is
+    ``client_fraction`` (rule ``domainnet``) or 1 (rule ``digits``). Without
+    ``test_mask``, ``round(test_fraction * client_count)`` of those become
+    client test data and the rest client training data; with it, the client
+    domain's official test items are the client test data.
 
     Args:
         domains: ``[N]`` integer domain ids (indices into ``domain_names``).
@@ -93,17 +110,23 @@ def paper_split(
         domain_names: names of the domains.
         seed: non-negative integer seed; the split is a function of
             ``(domains, labels, client_domain, seed, fractions)``.
-        client_fraction: fraction of the client domain given to the client.
-        test_fraction: fraction of the client's data held out for testing.
+        client_fraction: fraction of the client domain given to the client
+            (rule ``domainnet``).
+        test_fraction: fraction of the client's data held out for testing
+            (without ``test_mask``).
+        rule: one of :data:`SPLIT_RULES`.
+        test_mask: ``[N]`` bool, True for the items of each domain's official
+            test split; None when there is none.
 
     Returns:
-        A :class:`DomainSplit` whose three index sets are sorted, disjoint and
-        cover ``range(N)``.
+        A :class:`DomainSplit` whose three index sets are sorted and disjoint;
+        they cover ``range(N)`` except other domains' official test items.
 
     Raises:
-        ValueError: on an unknown ``client_domain``, fractions outside
-            ``(0, 1)``, a bad ``seed``, mismatched ``domains``/``labels``, or
-            an empty client domain.
+        ValueError: on an unknown ``client_domain`` or ``rule``, fractions
+            outside ``(0, 1)``, a bad ``seed``, mismatched arrays, an empty
+            client domain, a client domain without official test items, or an
+            empty pool.
     """
     domain_names = tuple(str(d) for d in domain_names)
     if len(domain_names) == 0:
@@ -123,28 +146,51 @@ def paper_split(
     test_fraction = _check_fraction("test_fraction", test_fraction)
     domain_id = _resolve_domain(client_domain, domain_names)
 
+    if rule not in SPLIT_RULES:
+        raise ValueError(f"rule must be one of {SPLIT_RULES}, got {rule!r}")
+    if test_mask is not None:
+        test_mask = np.asarray(test_mask)
+        if test_mask.dtype != bool or test_mask.shape != domains.shape:
+            raise ValueError(f"test_mask must be a bool array of shape {domains.shape}, got {test_mask.dtype} "
+                             f"{test_mask.shape}")
+    name = domain_names[domain_id]
     in_domain = np.flatnonzero(domains == domain_id)
     if in_domain.size == 0:
-        raise ValueError(f"client_domain {domain_names[domain_id]!r} (id {domain_id}) has no samples")
+        raise ValueError(f"client_domain {name!r} (id {domain_id}) has no samples")
+    unused = np.zeros(domains.size, dtype=bool)
+    if test_mask is not None:
+        test_parts = [in_domain[test_mask[in_domain]]]
+        if test_parts[0].size == 0:
+            raise ValueError(f"client_domain {name!r} has no items in its official test split")
+        in_domain = in_domain[~test_mask[in_domain]]
+        unused = test_mask & (domains != domain_id)
+    else:
+        test_parts = []
 
+    share = client_fraction if rule == "domainnet" else 1.0
     rng = np.random.default_rng([int(seed), domain_id])
-    train_parts, test_parts = [], []
+    train_parts = []
     for cls in np.unique(labels[in_domain]):
         members = in_domain[labels[in_domain] == cls]
         members = members[rng.permutation(members.size)]
-        client = members[: _take(members.size, client_fraction)]
-        n_test = _take(client.size, test_fraction)
+        client = members[: _take(members.size, share)]
+        n_test = 0 if test_mask is not None else _take(client.size, test_fraction)
         test_parts.append(client[:n_test])
         train_parts.append(client[n_test:])
 
-    client_train = np.sort(np.concatenate(train_parts)).astype(np.int64)
+    client_train = np.sort(np.concatenate(train_parts or [np.zeros(0, np.int64)])).astype(np.int64)
     client_test = np.sort(np.concatenate(test_parts)).astype(np.int64)
-    is_open = np.ones(domains.size, dtype=bool)
+    if client_train.size == 0:
+        raise ValueError(f"client_domain {name!r} has no training items for the client")
+    is_open = ~unused
     is_open[client_train] = False
     is_open[client_test] = False
+    if not is_open.any():
+        raise ValueError(f"rule {rule!r} leaves the open pool empty for client_domain {name!r}: the data needs "
+                         "another domain (or use rule 'domainnet')")
     return DomainSplit(
         open_indices=np.flatnonzero(is_open).astype(np.int64),
         client_train_indices=client_train,
         client_test_indices=client_test,
-        client_domain=domain_names[domain_id],
+        client_domain=name,
     )
