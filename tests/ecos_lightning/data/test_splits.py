@@ -123,3 +123,75 @@ def test_bad_arrays_and_seed(arrays):
         paper_split(domains, labels, 0, seed=-1)
     with pytest.raises(ValueError, match="no samples"):
         paper_split(np.zeros(10, np.int64), np.arange(10), "lowres")
+
+
+# ----------------------------------------------------------------- the paper's rules with official test splits
+@pytest.fixture(scope="module")
+def official():
+    """Three domains, 10 classes; per domain 40 train and 10 test items per class, shuffled."""
+    rng = np.random.default_rng(5)
+    domains = np.repeat(np.arange(3), 500)
+    labels = np.tile(np.repeat(np.arange(10), 50), 3)
+    test = np.tile(np.arange(50) >= 40, 30)
+    perm = rng.permutation(domains.size)
+    return domains[perm], labels[perm], test[perm]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_domainnet_rule_half_the_client_train_split_the_rest_in_the_pool(official, seed):
+    domains, labels, test = official
+    split = paper_split(domains, labels, "b", ("a", "b", "c"), seed=seed, rule="domainnet", test_mask=test)
+    train, pool, client_test = split.client_train_indices, split.open_indices, split.client_test_indices
+    assert np.array_equal(client_test, np.flatnonzero(test & (domains == 1)))  # the official test split
+    assert np.all(domains[train] == 1) and not test[train].any()
+    assert np.array_equal(np.bincount(labels[train], minlength=10), np.full(10, 20))  # 50% per class
+    assert not test[pool].any()  # no official test item of any domain is pool
+    assert np.sum(domains[pool] == 1) == 200 and np.sum(domains[pool] == 0) == np.sum(domains[pool] == 2) == 400
+    assert np.intersect1d(train, pool).size == 0 and np.intersect1d(pool, client_test).size == 0
+
+
+def test_digits_rule_the_whole_client_train_split_and_only_other_domains_in_the_pool(official):
+    domains, labels, test = official
+    split = paper_split(domains, labels, 0, ("a", "b", "c"), seed=1, rule="digits", test_mask=test)
+    assert np.array_equal(split.client_train_indices, np.flatnonzero(~test & (domains == 0)))
+    assert np.array_equal(split.client_test_indices, np.flatnonzero(test & (domains == 0)))
+    assert np.array_equal(split.open_indices, np.flatnonzero(~test & (domains != 0)))
+
+
+def test_digits_rule_without_official_test_holds_out_a_stratified_part(official):
+    domains, labels, _ = official
+    split = paper_split(domains, labels, 2, ("a", "b", "c"), seed=1, rule="digits", test_fraction=0.3)
+    assert np.array_equal(np.bincount(labels[split.client_test_indices], minlength=10), np.full(10, 15))
+    assert len(split.client_train_indices) == 350
+    assert np.array_equal(split.open_indices, np.flatnonzero(domains != 2))
+
+
+def test_the_domainnet_rule_without_a_test_mask_is_the_default_split(arrays):
+    domains, labels = arrays
+    a, b = paper_split(domains, labels, "street", seed=4), paper_split(domains, labels, "street", seed=4,
+                                                                      rule="domainnet", test_mask=None)
+    for x, y in zip(_sets(a), _sets(b)):
+        assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("rule", ["domainnet", "digits"])
+def test_a_rule_split_depends_on_the_seed_only(official, rule):
+    domains, labels, test = official
+    splits = [paper_split(domains, labels, 1, ("a", "b", "c"), seed=s, rule=rule, test_mask=test) for s in (1, 1, 2)]
+    for x, y in zip(_sets(splits[0]), _sets(splits[1])):
+        assert np.array_equal(x, y)
+    if rule == "domainnet":
+        assert not np.array_equal(splits[0].client_train_indices, splits[2].client_train_indices)
+
+
+def test_rule_errors(official):
+    domains, labels, test = official
+    with pytest.raises(ValueError, match="rule must be one of"):
+        paper_split(domains, labels, 0, ("a", "b", "c"), rule="half")
+    with pytest.raises(ValueError, match="test_mask must be a bool array"):
+        paper_split(domains, labels, 0, ("a", "b", "c"), test_mask=test[:-1])
+    with pytest.raises(ValueError, match="no items in its official test split"):
+        paper_split(domains, labels, 0, ("a", "b", "c"), test_mask=np.zeros_like(test))
+    one = domains == 0
+    with pytest.raises(ValueError, match="leaves the open pool empty"):
+        paper_split(domains[one], labels[one], 0, ("a",), rule="digits", test_mask=test[one])
