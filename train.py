@@ -116,11 +116,12 @@ def format_summary(datamodule: ProxyDataModule, metrics: dict, checkpoint: str |
     """A few lines for the terminal: accuracy, privacy, bytes, proxy composition, where things are."""
     proxy, info = datamodule.proxy, datamodule.summary()
     epsilon = "inf (not private)" if math.isinf(proxy.epsilon) else f"{proxy.epsilon:.3f}"
+    rdp = "" if proxy.epsilon_rdp is None or math.isinf(proxy.epsilon) else f" (PLD; RDP {proxy.epsilon_rdp:.3f})"
     lines = [
         "",
         "== ECOS run summary ==",
         f"client test accuracy : {metrics.get('test_acc', float('nan')):.4f}",
-        f"privacy              : epsilon {epsilon} at delta {proxy.delta:g}",
+        f"privacy              : epsilon {epsilon} at delta {proxy.delta:g}{rdp}",
         f"bytes down / up      : {proxy.bytes_down:,} / {proxy.bytes_up:,}",
         f"proxy                : {len(proxy)} images from sampler '{datamodule.hparams.sampler}'",
     ]

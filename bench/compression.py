@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from ecos_lightning.data import DOMAINS, paper_split
-from ecos_lightning.protocol import noise_multiplier_for_epsilon
+from ecos_lightning.protocol import gaussian_epsilon, noise_multiplier_for_epsilon
 from ecos_lightning.samplers import select_proxy
 
 from digits_features import add_arguments, digits_lite_features
@@ -49,7 +49,8 @@ def main() -> None:
                 r["down"].append(res.bytes_down)
                 r["epsilon"].append(res.epsilon)
 
-    print(f"digits-lite, ECOS at sigma {sigma:.2f} (epsilon {np.mean(r['epsilon']):.3f} at delta {args.delta:g}), "
+    print(f"digits-lite, ECOS at sigma {sigma:.2f} (epsilon {np.mean(r['epsilon']):.3f} at delta {args.delta:g}, PLD; "
+          f"RDP {gaussian_epsilon(sigma, args.delta, accountant='rdp'):.3f}), "
           f"budget {args.budget}, K={args.num_clusters}, domains {args.domains}, seeds {args.seeds}, encoder "
           f"efficientnet_lite0 (offline ImageNet) at {args.input_size}px, {args.pooling} pooling "
           f"(full d={features.shape[1]})\n")

@@ -36,7 +36,8 @@ def main() -> None:
     rows = [("ecos (sigma=0)", "ecos", 0.0), (f"ecos (eps~{args.epsilon})", "ecos", sigma),
             ("random", "random", 0.0), ("kcenter", "kcenter", 0.0), ("upload", "upload", 0.0)]
 
-    results = {name: {"precision": [], "coverage": [], "epsilon": [], "down": [], "up": []} for name, _, _ in rows}
+    results = {name: {"precision": [], "coverage": [], "epsilon": [], "epsilon_rdp": [], "down": [], "up": []}
+               for name, _, _ in rows}
     per_domain = {name: {} for name, _, _ in rows}
     for domain in args.domains:
         for seed in args.seeds:
@@ -53,18 +54,19 @@ def main() -> None:
                 r["precision"].append(hit.mean())
                 r["coverage"].append((classes >= 10).mean())
                 r["epsilon"].append(res.epsilon)
+                r["epsilon_rdp"].append(res.epsilon_rdp)
                 r["down"].append(res.bytes_down)
                 r["up"].append(res.bytes_up)
                 per_domain[name].setdefault(domain, []).append(hit.mean())
 
     print(f"digits-lite, budget {args.budget}, K={args.num_clusters}, domains {args.domains}, seeds {args.seeds}, "
           f"encoder efficientnet_lite0 (offline ImageNet) at {args.input_size}px, {args.pooling} pooling, delta {args.delta}\n")
-    print("| sampler | in-domain precision | class coverage | epsilon | bytes down | bytes up |")
+    print("| sampler | in-domain precision | class coverage | epsilon PLD / RDP | bytes down | bytes up |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, _, _ in rows:
         r = results[name]
         print(f"| {name} | {np.mean(r['precision']):.3f} ± {np.std(r['precision']):.3f} | "
-              f"{np.mean(r['coverage']):.2f} | {np.mean(r['epsilon']):.3g} | {int(np.mean(r['down'])):,} | "
+              f"{np.mean(r['coverage']):.2f} | {np.mean(r['epsilon']):.3g} / {np.mean(r['epsilon_rdp']):.3g} | {int(np.mean(r['down'])):,} | "
               f"{int(np.mean(r['up'])):,} |")
     print("\nin-domain precision per client domain (mean over seeds)\n")
     print("| sampler | " + " | ".join(args.domains) + " |")

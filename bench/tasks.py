@@ -96,13 +96,14 @@ def run_cell(task: str, sampler: str, domain: str, seed: int, sigma: float, budg
     acc = fit_and_test(module, dm, epochs, root)
     info = dm.summary()
     return {"task": task, "sampler": sampler, "domain": domain, "seed": seed, "acc": acc,
-            "epsilon": None if math.isinf(info["epsilon"]) else info["epsilon"], "bytes_down": info["bytes_down"],
+            "epsilon": None if math.isinf(info["epsilon"]) else info["epsilon"],
+            "epsilon_rdp": None if math.isinf(info["epsilon"]) else info["epsilon_rdp"], "bytes_down": info["bytes_down"],
             "bytes_up": info["bytes_up"], "label_accuracy": info.get("label_accuracy"),
             "wall_s": time.perf_counter() - start}
 
 
 def report(cells: list[dict], tasks, out_md: Path, out_png: Path, header: str) -> None:
-    lines = [header, "", "| task | sampler | client accuracy (mean ± std) | epsilon | bytes down | bytes up | "
+    lines = [header, "", "| task | sampler | client accuracy (mean ± std) | epsilon PLD / RDP | bytes down | bytes up | "
              "auto-label accuracy | wall s / run | runs |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     chart = {}
     for task in tasks:
@@ -117,7 +118,9 @@ def report(cells: list[dict], tasks, out_md: Path, out_png: Path, header: str) -
                 continue
             acc = np.array([r["acc"] for r in rows]) * 100
             eps = [r["epsilon"] for r in rows]
-            eps_text = "inf" if any(e is None for e in eps) else f"{np.mean(eps):.3g}"
+            rdp = [r.get("epsilon_rdp") for r in rows]  # cells of older runs may lack it
+            eps_text = "inf" if any(e is None for e in eps) else f"{np.mean(eps):.3g} / " + (
+                "–" if any(e is None for e in rdp) else f"{np.mean(rdp):.3g}")
             lab = [r["label_accuracy"] for r in rows if r["label_accuracy"] is not None]
             lab_text = f"{np.mean(lab) * 100:.1f}" if lab else "–"
             lines.append(f"| {task} | {sampler} | {acc.mean():.1f} ± {acc.std():.1f} | {eps_text} | "

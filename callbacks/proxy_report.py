@@ -40,7 +40,8 @@ class ProxyReport(*bases("Callback")):
         rank_zero_info(describe(summary))
         if trainer.is_global_zero:
             scores = proxy.cluster_scores if proxy is not None else None
-            report = {**summary, "epsilon": _finite_or_none(summary.get("epsilon")), "cluster_scores": scores}
+            report = {**summary, "epsilon": _finite_or_none(summary.get("epsilon")),
+                      "epsilon_rdp": _finite_or_none(summary.get("epsilon_rdp")), "cluster_scores": scores}
             atomic_write_bytes(folder / f"{self.name}.json", json.dumps(report, indent=2).encode())
             selected = [c for c in proxy.clusters if c >= 0] if proxy is not None else []
             plot_proxy_report(summary, scores, folder / f"{self.name}.png", selected_clusters=selected)
@@ -49,8 +50,9 @@ class ProxyReport(*bases("Callback")):
 def report_metrics(summary: dict) -> dict[str, float]:
     """The scalars of a proxy summary, named ``proxy/...``."""
     metrics = {"proxy/size": float(summary["size"])}
-    if _finite_or_none(summary.get("epsilon")) is not None:
-        metrics["proxy/epsilon"] = float(summary["epsilon"])
+    for key in ("epsilon", "epsilon_rdp"):
+        if _finite_or_none(summary.get(key)) is not None:
+            metrics[f"proxy/{key}"] = float(summary[key])
     for key in ("bytes_down", "bytes_up", "label_accuracy"):
         if summary.get(key) is not None:
             metrics[f"proxy/{key}"] = float(summary[key])
@@ -61,11 +63,18 @@ def report_metrics(summary: dict) -> dict[str, float]:
     return metrics
 
 
+def privacy_text(summary: dict, epsilon_symbol: str = "epsilon") -> str:
+    """``epsilon=0.434 at delta=1e-05 (PLD; RDP 0.478)`` for a proxy summary, or ``not private``."""
+    epsilon, rdp = summary.get("epsilon"), summary.get("epsilon_rdp")
+    if epsilon is None or math.isinf(epsilon):
+        return "not private"
+    beside = f" (PLD; RDP {rdp:.3g})" if rdp is not None else ""
+    return f"{epsilon_symbol}={epsilon:.3g} at delta={summary.get('delta'):g}{beside}"
+
+
 def describe(summary: dict) -> str:
     """One human-readable line about a proxy summary."""
-    epsilon = summary.get("epsilon")
-    privacy = "not private" if epsilon is None or math.isinf(epsilon) else \
-        f"epsilon={epsilon:.3g} at delta={summary.get('delta'):g}"
+    privacy = privacy_text(summary)
     parts = [f"proxy ({summary.get('sampler')}): {summary['size']} images", privacy,
              f"{summary.get('bytes_down', 0) / 1024:.1f} KiB down / {summary.get('bytes_up', 0) / 1024:.1f} KiB up"]
     if summary.get("label_accuracy") is not None:
@@ -91,9 +100,7 @@ def plot_proxy_report(summary: dict, cluster_scores: list | None, path, selected
     panels = ["scores"] * (cluster_scores is not None) + ["classes"] + ["domains"] * bool(domains)
     fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    epsilon = summary.get("epsilon")
-    privacy = "not private" if epsilon is None or math.isinf(epsilon) else f"ε = {epsilon:.3g} (δ = {summary.get('delta'):g})"
-    fig.suptitle(f"Proxy set: {summary.get('sampler')}, {summary['size']} images, {privacy}")
+    fig.suptitle(f"Proxy set: {summary.get('sampler')}, {summary['size']} images, {privacy_text(summary, 'ε')}")
     for ax, panel in zip(axes, panels):
         if panel == "scores":
             _plot_scores(ax, cluster_scores, set(selected_clusters or ()))

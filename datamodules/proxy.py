@@ -444,11 +444,12 @@ class ProxyDataModule(*bases("LightningDataModule")):
                 self.proxy = restored
 
     def summary(self) -> dict:
-        """Proxy size, class histogram, domain composition, epsilon, bytes: for reports."""
+        """Proxy size, class histogram, domain composition, epsilon (PLD, and RDP beside it), bytes: for reports."""
         proxy = self._proxy()
         labels = np.asarray(proxy.label_list())
         out = {
-            "sampler": self.hparams.sampler, "size": len(proxy), "epsilon": proxy.epsilon, "delta": proxy.delta,
+            "sampler": self.hparams.sampler, "size": len(proxy), "epsilon": proxy.epsilon,
+            "epsilon_rdp": proxy.epsilon_rdp, "delta": proxy.delta,
             "bytes_down": proxy.bytes_down, "bytes_up": proxy.bytes_up,
             "class_histogram": np.bincount(labels[labels >= 0], minlength=self.num_classes).tolist(),
             "label_accuracy": self.proxy_label_accuracy,

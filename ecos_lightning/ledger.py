@@ -12,7 +12,8 @@ Schema (version 2; every key required, nothing else allowed)::
     {"version": 2,
      "delta": float in (0, 1),            # fixed when the ledger is created
      "max_epsilon": float > 0 | null,     # the budget: set once, can only be lowered
-     "epsilon": float | null,             # composed epsilon of all entries (null = inf); recomputed on read
+     "epsilon": float | null,             # composed epsilon of all entries (null = inf; PLD); recomputed on read
+     "epsilon_rdp": float | null,         # the same by the RDP (moments) accountant, the paper's; optional on read
      "entries": [{"hash": str, "time": str, "what": [str], "epsilon": float | null,
                   "releases": [release record, ...]}]}
 
@@ -81,8 +82,13 @@ class LedgerBook:
 
     @property
     def epsilon(self) -> float:
-        """Composed epsilon of everything recorded, at :attr:`delta`."""
+        """Composed epsilon of everything recorded, at :attr:`delta` (PLD)."""
         return releases_epsilon(self.releases, self.delta)
+
+    @property
+    def epsilon_rdp(self) -> float:
+        """Composed epsilon of everything recorded, at :attr:`delta`, by the RDP accountant (the paper's)."""
+        return releases_epsilon(self.releases, self.delta, "rdp")
 
     def knows(self, release_hash: str) -> bool:
         return any(entry["hash"] == release_hash for entry in self.entries)
@@ -136,7 +142,8 @@ class LedgerBook:
         if not self.locked:
             raise RuntimeError("a ledger snapshot is read-only: record through open_ledger()")
         ledger = _validate({"version": LEDGER_VERSION, "delta": self.delta, "max_epsilon": self.budget,
-                            "epsilon": epsilon_to_json(self.epsilon), "entries": self.entries})
+                            "epsilon": epsilon_to_json(self.epsilon), "epsilon_rdp": epsilon_to_json(self.epsilon_rdp),
+                            "entries": self.entries})
         atomic_write_bytes(self.path, json.dumps(ledger, indent=2, allow_nan=False).encode(), durable=True)
         self.exists = True
 
@@ -201,15 +208,16 @@ def read_ledger(path: str | Path) -> dict:
     ledger = _read(Path(path))
     if ledger is None:
         return {"version": LEDGER_VERSION, "delta": DEFAULT_DELTA, "max_epsilon": None, "epsilon": 0.0,
-                "entries": []}
+                "epsilon_rdp": 0.0, "entries": []}
     return ledger
 
 
-def ledger_epsilon(path: str | Path, delta: float | None = None) -> float:
-    """Composed epsilon of every release in the ledger at ``path`` (0 when absent), at its delta or ``delta``."""
+def ledger_epsilon(path: str | Path, delta: float | None = None, accountant: str = "pld") -> float:
+    """Composed epsilon of every release in the ledger at ``path`` (0 when absent), at its delta or ``delta``,
+    by ``accountant`` (pld | rdp)."""
     ledger = read_ledger(path)
     releases = [r for entry in ledger["entries"] for r in entry["releases"]]
-    return releases_epsilon(releases, ledger["delta"] if delta is None else delta)
+    return releases_epsilon(releases, ledger["delta"] if delta is None else delta, accountant)
 
 
 def _read(path: Path) -> dict | None:
@@ -242,8 +250,8 @@ def _validate(ledger) -> dict:
     elif version != LEDGER_VERSION or isinstance(version, bool):
         raise ValueError(f"unknown version {version!r}")
     keys = {"version", "delta", "max_epsilon", "epsilon", "entries"}
-    if set(ledger) != keys:
-        raise ValueError(f"keys must be {sorted(keys)}, got {sorted(ledger)}")
+    if not keys <= set(ledger) <= keys | {"epsilon_rdp"}:
+        raise ValueError(f"keys must be {sorted(keys)} (and optionally 'epsilon_rdp'), got {sorted(ledger)}")
     _check_delta(ledger["delta"], "delta")
     budget = ledger["max_epsilon"]
     if budget is not None and not (_real(budget) and 0 < budget < math.inf):

@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .files import atomic_write_bytes
-from .protocol.privacy import check_release, epsilon_from_json, epsilon_to_json
+from .protocol.privacy import check_release, epsilon_from_json, epsilon_to_json, releases_epsilon
 
 PROXY_VERSION = 2
 PROXY_KIND = "ecos-proxy"
@@ -95,6 +95,14 @@ class Proxy:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    @property
+    def epsilon_rdp(self) -> float | None:
+        """The epsilon of :attr:`releases` at :attr:`delta` by the RDP (moments) accountant, the ECOS paper's,
+        beside :attr:`epsilon` (PLD); None when the releases behind a nonzero epsilon are not recorded."""
+        if not self.releases:
+            return 0.0 if self.epsilon == 0 else None
+        return releases_epsilon(self.releases, self.delta, "rdp")
 
     def label_list(self) -> list[int]:
         """The label of each index, -1 where unlabelled."""

@@ -100,7 +100,8 @@ def test_a_sampler_and_label_source_from_the_command_line_are_counted_in_epsilon
     declared = [gaussian_release(8.0, count=2, what="toy_scores"),  # what train_helpers' toys declare
                 gaussian_release(4.0, count=200, sampling_rate=0.01, what="toy_labels")]
     epsilon = releases_epsilon(declared, 1e-5)
-    assert f"privacy              : epsilon {epsilon:.3f} at delta 1e-05" in proc.stdout
+    rdp = releases_epsilon(declared, 1e-5, "rdp")
+    assert f"privacy              : epsilon {epsilon:.3f} at delta 1e-05 (PLD; RDP {rdp:.3f})" in proc.stdout
     ledger, = tmp_path.rglob("privacy_ledger.json")
     entry, = json.loads(ledger.read_text())["entries"]
     assert entry["releases"] == declared and entry["what"] == ["toy_scores", "toy_labels"]

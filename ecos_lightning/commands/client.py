@@ -47,7 +47,7 @@ def budget(args) -> None:
             book.set_budget(args.max_epsilon)
     limit = "none" if book.budget is None else f"{book.budget:g}"
     print(f"ledger {args.ledger}: {len(book.entries)} release(s), total epsilon {epsilon_text(book.epsilon)} at "
-          f"delta {book.delta:g}, budget {limit}")
+          f"delta {book.delta:g} (PLD; RDP {epsilon_text(book.epsilon_rdp)}), budget {limit}")
 
 
 def respond(args) -> None:
@@ -65,13 +65,13 @@ def respond(args) -> None:
     if args.dry_run:
         zeros = np.zeros(centroids.num_clusters, np.float32)
         blob = ScoresMessage(zeros, args.noise_multiplier, args.q, book.delta, epsilon, centroids.digest()).to_bytes()
-        _report(args, scan, blob, what, epsilon, book, before, after, start, dry_run=True)
+        _report(args, scan, blob, what, [release], book, before, after, start, dry_run=True)
         return
     features = extract_features(build_encoder(spec), PathImageDataset(scan.paths), desc="client features")
     responder = ClientResponder(noise_multiplier=args.noise_multiplier, q=args.q, delta=book.delta)
     blob = responder.respond(centroids, features).to_bytes()
     before, after, _ = _release(args, [release], lambda total: blob)
-    _report(args, scan, blob, what, epsilon, book, before, after, start)
+    _report(args, scan, blob, what, [release], book, before, after, start)
 
 
 def label(args) -> None:
@@ -97,12 +97,12 @@ def label(args) -> None:
     what = f"{num_queries} int64 labels over {len(scan.class_names)} classes"
     if args.dry_run:
         blob = message(np.zeros(num_queries, np.int64), after)
-        _report(args, scan, blob, what, epsilon, book, before, after, start, dry_run=True)
+        _report(args, scan, blob, what, [release], book, before, after, start, dry_run=True)
         return
     features = extract_features(build_encoder(spec), PathImageDataset(scan.paths), desc="client features")
     labels = labeler.label(queries.features, features, np.asarray(scan.labels), len(scan.class_names))
     before, after, blob = _release(args, [release], lambda total: message(labels, total))
-    _report(args, scan, blob, what, epsilon, book, before, after, start)
+    _report(args, scan, blob, what, [release], book, before, after, start)
 
 
 def _check_out(args) -> None:
@@ -127,14 +127,18 @@ def _release(args, releases: list[dict], make_blob: Callable[[float], bytes]) ->
     return before, after, blob
 
 
-def _report(args, scan, blob: bytes, what: str, epsilon: float, book: LedgerBook, before: float, after: float,
+def _report(args, scan, blob: bytes, what: str, releases: list[dict], book: LedgerBook, before: float, after: float,
             start: float, dry_run: bool = False) -> None:
+    """What the client released and what it cost (PLD, and RDP, the paper's accountant, beside it)."""
     verb = "would write" if dry_run else "wrote"
     print(f"data: {scan.summary()}")
     print(f"{verb} {args.out}: {len(blob):,} bytes up ({what})")
-    print(f"epsilon: {epsilon_text(epsilon)} at delta {book.delta:g}")
+    print(f"epsilon: {epsilon_text(releases_epsilon(releases, book.delta))} at delta {book.delta:g} (PLD; RDP "
+          f"{epsilon_text(releases_epsilon(releases, book.delta, 'rdp'))})")
     limit = f" (max {book.max_epsilon:g})" if book.max_epsilon is not None else ""
-    print(f"ledger {args.ledger}: total epsilon {epsilon_text(before)} -> {epsilon_text(after)}{limit}")
+    rdp_after = releases_epsilon(book.releases + releases, book.delta, "rdp")
+    print(f"ledger {args.ledger}: total epsilon {epsilon_text(before)} -> {epsilon_text(after)}{limit} (PLD; RDP "
+          f"{epsilon_text(book.epsilon_rdp)} -> {epsilon_text(rdp_after)})")
     print(f"time: {time.perf_counter() - start:.1f} s" + ("  (dry run: nothing written)" if dry_run else ""))
 
 

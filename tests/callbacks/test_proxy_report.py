@@ -17,7 +17,7 @@ from ecos_lightning.proxy import Proxy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's num_workers / logging hints
 
-SUMMARY = {"sampler": "ecos", "size": 12, "epsilon": 2.5, "delta": 1e-5, "bytes_down": 4096, "bytes_up": 512,
+SUMMARY = {"sampler": "ecos", "size": 12, "epsilon": 2.5, "epsilon_rdp": 2.9, "delta": 1e-5, "bytes_down": 4096, "bytes_up": 512,
            "class_histogram": [3, 5, 0, 4], "label_accuracy": 0.75, "domains": {"handwritten": 9, "printed": 3}}
 
 
@@ -49,7 +49,9 @@ def test_report_writes_json_png_and_logs_metrics(tmp_path, fit_tiny):
         assert image.format == "PNG" and image.size[0] > image.size[1]
     rows = list(csv.DictReader(open(folder / "metrics.csv")))
     logged = {k: float(v) for row in rows for k, v in row.items() if k.startswith("proxy/") and v}
-    assert logged == pytest.approx({"proxy/size": 12, "proxy/epsilon": 2.5, "proxy/bytes_down": 4096,
+    assert report["epsilon"] == 2.5 and report["epsilon_rdp"] == 2.9
+    assert "epsilon=2.5 at delta=1e-05 (PLD; RDP 2.9)" in describe(SUMMARY)
+    assert logged == pytest.approx({"proxy/size": 12, "proxy/epsilon": 2.5, "proxy/epsilon_rdp": 2.9, "proxy/bytes_down": 4096,
                                     "proxy/bytes_up": 512, "proxy/label_accuracy": 0.75,
                                     "proxy/domain/handwritten": 0.75, "proxy/domain/printed": 0.25})
     assert not list(folder.glob("*.tmp"))  # atomic writes leave no temporary files

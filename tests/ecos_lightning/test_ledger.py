@@ -270,3 +270,15 @@ def test_releases_the_accountant_cannot_compose_are_refused_quickly(tmp_path, fi
     (tmp_path / "ledger.json").write_text(json.dumps(ledger))
     with pytest.raises(ValueError, match="corrupt"):
         read_ledger(tmp_path / "ledger.json")
+
+
+def test_the_ledger_gives_the_rdp_epsilon_beside_the_pld_one(tmp_path):
+    path = tmp_path / "ledger.json"
+    releases = [gaussian_release(8.0, what="a"), gaussian_release(4.0, count=3, what="b")]
+    record_releases(path, "h1", releases[:1])
+    record_releases(path, "h2", releases[1:])
+    ledger = read_ledger(path)
+    assert ledger["epsilon"] == pytest.approx(releases_epsilon(releases, 1e-5), rel=1e-12)
+    assert ledger["epsilon_rdp"] == pytest.approx(releases_epsilon(releases, 1e-5, "rdp"), rel=1e-12)
+    assert ledger_epsilon(path, accountant="rdp") == ledger["epsilon_rdp"] > ledger["epsilon"]
+    assert ledger_snapshot(path).epsilon_rdp == ledger["epsilon_rdp"]

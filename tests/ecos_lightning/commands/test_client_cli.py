@@ -37,6 +37,10 @@ def test_ledger_composes_releases_and_refuses_the_one_past_the_budget(cli, probe
     assert ledger_epsilon(tmp_path / "ledger.json") == pytest.approx(releases_epsilon(releases, 1e-5), rel=1e-9)
     assert ledger["epsilon"] == pytest.approx(expected, rel=1e-6)
     assert f"-> {expected:.3f}" in out
+    rdp_before, rdp_after = releases_epsilon(releases[:2], 1e-5, "rdp"), releases_epsilon(releases, 1e-5, "rdp")
+    assert ledger["epsilon_rdp"] == pytest.approx(rdp_after, rel=1e-9)
+    assert f"(PLD; RDP {releases_epsilon(releases[2:], 1e-5, 'rdp'):.3f})" in out
+    assert f"(PLD; RDP {rdp_before:.3f} -> {rdp_after:.3f})" in out
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a refused release must not read images or extract features")

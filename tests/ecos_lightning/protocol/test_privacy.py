@@ -57,3 +57,32 @@ def test_noise_multiplier_for_epsilon_inverts_the_accountant():
 def test_bad_arguments(args, match):
     with pytest.raises(ValueError, match=match):
         gaussian_epsilon(*args)
+
+
+def _dp_accounting_epsilon(accountant, events, delta=1e-5):
+    accountant.compose(dp_accounting.ComposedDpEvent(events))
+    return accountant.get_epsilon(delta)
+
+
+def test_both_accountants_agree_with_dp_accounting_for_the_same_releases():
+    from dp_accounting.rdp import RdpAccountant
+
+    from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
+
+    releases = [gaussian_release(8.0, what="ecos"), gaussian_release(2.0, count=50, sampling_rate=0.3, what="knn")]
+    events = [dp_accounting.GaussianDpEvent(8.0),
+              dp_accounting.SelfComposedDpEvent(
+                  dp_accounting.PoissonSampledDpEvent(0.3, dp_accounting.GaussianDpEvent(2.0)), 50)]
+    assert releases_epsilon(releases, 1e-5) == pytest.approx(_dp_accounting_epsilon(PLDAccountant(), events), rel=1e-12)
+    assert releases_epsilon(releases, 1e-5, "rdp") == pytest.approx(
+        _dp_accounting_epsilon(RdpAccountant(), events), rel=1e-12)
+
+
+def test_rdp_is_looser_than_pld_and_the_papers_epsilon_has_its_sigma():
+    assert gaussian_epsilon(8.0, 1e-5, accountant="rdp") == pytest.approx(0.478, abs=1e-3)
+    assert gaussian_epsilon(8.0, 1e-5, accountant="rdp") > gaussian_epsilon(8.0, 1e-5)
+    sigma = noise_multiplier_for_epsilon(0.58, 1e-5, accountant="rdp")
+    assert gaussian_epsilon(sigma, 1e-5, accountant="rdp") <= 0.58 < gaussian_epsilon(sigma * 0.99, 1e-5,
+                                                                                      accountant="rdp")
+    with pytest.raises(ValueError, match="accountant must be one of"):
+        gaussian_epsilon(8.0, 1e-5, accountant="moments")
