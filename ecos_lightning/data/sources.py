@@ -275,13 +275,15 @@ def digits_lite_sources(client_domain: str = "handwritten", seed: int = 0, cache
 
 
 def open_source(source, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> SourceData:
-    """The datasets of ``source`` (a record :func:`parse_source` gives); ``cache_dir`` holds the generated
-    digits-lite (default: the cache folder).
+    """The datasets of ``source`` (a source name, or a record :func:`parse_source` gives); ``cache_dir``
+    holds the generated digits-lite (default: the cache folder).
 
     A folder is scanned (every candidate image decoded once, with a progress bar when ``progress``); a
     folder's or a published dataset's ``data_id`` hashes its absolute root, the settings, and each
     defining file's relative path, size and modification time (no image is decoded for it).
     """
+    if isinstance(source, str):
+        source = parse_source(source)
     if isinstance(source, DigitsLiteSource):
         return digits_lite_sources(source.domain, source.seed, cache_dir)
     if isinstance(source, FolderSource):
@@ -299,7 +301,7 @@ def open_source(source, cache_dir: str | os.PathLike | None = None, progress: bo
     elif isinstance(source, DomainFoldersSource):
         kind, (data, skipped) = source.kind, _read_folders(source, progress)
     else:
-        raise TypeError(f"source must be a record parse_source gives, got {type(source).__name__}")
+        raise TypeError(f"source must be a source name or a record parse_source gives, got {type(source).__name__}")
     return _split(source, kind, data, skipped)
 
 
