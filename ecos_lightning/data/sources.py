@@ -31,13 +31,17 @@ name                                                data
 ==================================================  ==========================================================
 
 Values: ``seed`` a non-negative integer (default 0; the paper's runs use 1, 2, 3), ``rule`` one of
-``domainnet`` / ``digits`` (see :mod:`.splits`), ``domains`` and ``classes`` comma-separated names, e.g.
+``domainnet`` / ``digits`` (see :mod:`.splits`), ``domains`` (the domains read, in domain-id order; the
+first is the default client) and ``classes`` comma-separated names, e.g.
 ``domainnet:client=real:seed=2:classes=bird,zebra:/data/domainnet``. A value holds no ``:``, ``/`` or
 ``\\``; a folder whose own name looks like ``<kind>:...`` or ``<key>=<value>:...`` is written ``./name``.
 Class labels are the class list's order (DomainNet), the digits (Digits-5) or the sorted class-folder
-names, the same in every domain. Every split is a function of the data, the client, the rule and the
-seed: the client trains on its share of its domain's training data and is tested on its domain's
-official test split (digits-lite and folders: a stratified held-out 30% of its share).
+names, the same in every domain. Rules (:mod:`.splits`): ``domainnet`` gives the client a stratified
+half of its domain's training data and pools the other half with every other domain's training data;
+``digits`` gives the client all of it and pools only the other domains' training data. No domain's
+official test split is ever pooled; the client is tested on its domain's (digits-lite and folders,
+which have none: a stratified held-out 30% of the client's share). A split is a function of the
+data, the client, the rule and the seed, the same on every machine.
 
 :func:`parse_source` turns a name into a source record; :func:`open_source` gives a record's datasets
 as a :class:`SourceData`. Every dataset carries each item's domain (``domains`` int64 [N] indexing
@@ -205,6 +209,8 @@ def parse_source(name: str):
     if not rest:
         raise ValueError(f"source {name!r}: the data folder is missing (write {kind}:<folder>)")
     root = Path(rest)
+    if "domains" in options and "client" not in options:
+        options["client"] = options["domains"][0]
     if kind == "domainnet":
         return DomainNetSource(root, **options)
     if kind == "digits5":

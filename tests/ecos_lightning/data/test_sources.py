@@ -60,6 +60,9 @@ from ecos_lightning.data import (DIGITS5_DOMAINS, DOMAINNET_DOMAINS, OFFICE_CALT
     ("digits5:client=svhn:size=28:allow_pickle=true:/d:5", Digits5Source(Path("/d:5"), "svhn", size=28,
                                                                          allow_pickle=True)),
     ("digits5:rule=domainnet:seed=3:d", Digits5Source(Path("d"), rule="domainnet", seed=3)),
+    ("digits5:domains=svhn,usps:d", Digits5Source(Path("d"), "svhn", domains=("svhn", "usps"))),
+    ("office-caltech10:domains=dslr,webcam:o", DomainFoldersSource(Path("o"), "dslr", domains=("dslr", "webcam"),
+                                                                  kind="office-caltech10")),
     ("office-caltech10:/o", DomainFoldersSource(Path("/o"), "amazon", domains=OFFICE_CALTECH10_DOMAINS,
                                                 kind="office-caltech10")),
     ("folders:client=photos:rule=digits:/x", DomainFoldersSource(Path("/x"), "photos", rule="digits")),
@@ -84,7 +87,7 @@ def test_published_dataset_names(name, source):
     ("digits5:rule=half:/d", "rule must be one of"),
     ("digits5:size=0:/d", "size must be a positive integer"),
     ("digits5:allow_pickle=maybe:/d", "allow_pickle must be true or false"),
-    ("digits5:domains=svhn,usps:/d", "client domain 'mnist' is not among"),
+    ("digits5:client=mnist:domains=svhn,usps:/d", "client domain 'mnist' is not among"),
     ("imagefolder:client=x:/d", "unknown key 'client'"),
 ])
 def test_malformed_published_names_are_refused_with_the_problem(name, problem):
