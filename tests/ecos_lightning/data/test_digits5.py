@@ -143,3 +143,11 @@ def test_labels_out_of_range_are_refused(tmp_path):
     write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte", labels)
     with pytest.raises(ValueError, match="digits 0..9"):
         load_digits5(tmp_path, domains=("mnist",))
+
+
+def test_published_files_win_over_a_pickled_copy_beside_them(tmp_path):
+    write_fedbn_pickles(tmp_path / "MNIST")
+    written = write_mnist(tmp_path / "MNIST", n_train=10, n_test=4)
+    data = load_digits5(tmp_path, domains=("mnist",))  # no allow_pickle needed: the pickles are not read
+    assert np.array_equal(data.items.labels, np.concatenate([written["train"], written["test"]]))
+    assert not any(f.suffix == ".pkl" for f in data.files)
