@@ -1,40 +1,60 @@
-"""Feature extraction with an on-disk cache keyed by the encoder spec and the data's identity."""
+"""Feature extraction into an on-disk store keyed by the encoder spec and the data's identity."""
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import Subset
 
-from .encoders import build_encoder, extract_features
-from .files import atomic_write_bytes, stable_hash
+from .encoders import build_encoder, encoder_feature_dim, extract_features
+from .feature_store import DEFAULT_CHUNK_ROWS, FeatureStore
+from .files import stable_hash
 from .protocol.encoder_spec import EncoderSpec
+
+
+def feature_path(spec: EncoderSpec, data_id: str, cache_dir: str | os.PathLike) -> Path:
+    """Where the features of ``data_id`` by ``spec`` live: ``<cache_dir>/features-<hash>.npy``."""
+    return Path(cache_dir) / f"features-{stable_hash([spec.to_dict(), data_id])}.npy"
 
 
 def cached_features(spec: EncoderSpec, data, data_id: str, cache_dir: str | os.PathLike,
                     desc: str = "features", batch_size: int = 256, progress: bool = True,
-                    device=None) -> np.ndarray:
-    """Encoder features float32 [N, d] of ``data`` (see ``extract_features``), cached on disk.
+                    device=None, rank: int = 0, world_size: int = 1,
+                    chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray | None:
+    """Encoder features float32 [N, d] of ``data`` (see ``extract_features``), memory-mapped from the
+    :class:`~ecos_lightning.feature_store.FeatureStore` at :func:`feature_path`.
 
-    ``data_id`` must identify the data (e.g. dataset name, version, seed and subset); the cache
-    file is ``<cache_dir>/features-<hash of spec and data_id>.npy``, written atomically.
+    ``data_id`` must identify the data (e.g. dataset name, version, seed and subset). Extraction runs chunk
+    by chunk (``chunk_rows`` rows, a multiple of ``batch_size``) and resumes at the first unfinished chunk
+    after an interruption. With ``world_size`` > 1 this process extracts only the chunks of rank ``rank``
+    and returns None until every rank has finished its chunks (the caller waits, e.g. at a barrier, then
+    calls again); the encoder is built only when a chunk is missing.
     """
-    path = Path(cache_dir) / f"features-{stable_hash([spec.to_dict(), data_id])}.npy"
+    path = feature_path(spec, data_id, cache_dir)
     if path.exists():
         try:
-            return np.load(path, allow_pickle=False)
+            features = np.load(path, mmap_mode="r", allow_pickle=False)
+            if features.ndim == 2 and len(features) == len(data) and features.dtype == np.float32:
+                return features
         except (OSError, ValueError):
-            path.unlink(missing_ok=True)
-    encoder = build_encoder(spec, device=device)
-    features = extract_features(encoder, data, batch_size=batch_size, progress=progress, desc=desc)
-    atomic_save_npy(path, features)
-    return features
+            pass
+        path.unlink(missing_ok=True)
+    if chunk_rows % batch_size:
+        raise ValueError(f"chunk_rows ({chunk_rows}) must be a multiple of batch_size ({batch_size}), so chunks "
+                         "run the batches one pass would")
+    store = FeatureStore(path, len(data), encoder_feature_dim(spec), chunk_rows)
+    encoder = None
 
+    def compute(rows: range) -> np.ndarray:
+        nonlocal encoder
+        if encoder is None:
+            encoder = build_encoder(spec, device=device)
+        part = data[rows.start:rows.stop] if isinstance(data, np.ndarray) or hasattr(data, "ndim") else \
+            Subset(data, rows)
+        chunk_desc = desc if store.num_chunks == 1 else f"{desc} [{rows.start // chunk_rows + 1}/{store.num_chunks}]"
+        return extract_features(encoder, part, batch_size=batch_size, progress=progress, desc=chunk_desc)
 
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` (no pickle) through :func:`atomic_write_bytes`."""
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    return store.read() if store.fill(compute, rank, world_size) else None
+

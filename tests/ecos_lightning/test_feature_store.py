@@ -1,0 +1,103 @@
+"""The on-disk feature store: chunked, resumable, shared by the ranks of a job, read memory-mapped."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ecos_lightning.features as features
+from ecos_lightning.encoders import spec_for_model
+from ecos_lightning.feature_store import FeatureStore
+from ecos_lightning.protocol import ClientResponder, CloudSampler
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = spec_for_model("efficientnet_lite0", weights="offline", input_size=16)
+IMAGES = np.random.default_rng(0).integers(0, 255, size=(37, 16, 16, 3), dtype=np.uint8)
+
+RANK = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from ecos_lightning.encoders import spec_for_model
+    from ecos_lightning.features import cached_features
+
+    rank, world_size, cache = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    images = np.random.default_rng(0).integers(0, 255, size=(37, 16, 16, 3), dtype=np.uint8)
+    spec = spec_for_model("efficientnet_lite0", weights="offline", input_size=16)
+    cached_features(spec, images, "toy", cache, progress=False, batch_size=4, chunk_rows=8, rank=rank, world_size=world_size)
+""")
+
+
+def single_process(tmp_path):
+    return np.array(features.cached_features(SPEC, IMAGES, "toy", tmp_path / "one", progress=False, batch_size=4,
+                                             chunk_rows=8))
+
+
+def extract_in_processes(cache, world_size):
+    """Run ``world_size`` extraction processes (one thread each, like the ranks of a job) to the end."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    ranks = [subprocess.Popen([sys.executable, "-c", RANK, str(r), str(world_size), str(cache)], env=env)
+             for r in range(world_size)]
+    assert [p.wait(timeout=300) for p in ranks] == [0] * world_size
+    return features.cached_features(SPEC, IMAGES, "toy", cache, progress=False, batch_size=4, chunk_rows=8)
+
+
+def test_two_processes_extract_their_shards_into_the_single_process_features(tmp_path):
+    shared = extract_in_processes(tmp_path / "two", world_size=2)
+    assert isinstance(shared, np.memmap) and not shared.flags.writeable
+    np.testing.assert_array_equal(shared, extract_in_processes(tmp_path / "one", world_size=1))
+    assert sorted(p.name.rsplit(".", 1)[-1] for p in (tmp_path / "two").iterdir()) == ["npy"]  # nothing left over
+
+
+def test_an_interrupted_extraction_resumes_at_the_first_unfinished_chunk(tmp_path, monkeypatch):
+    calls = []
+    real = features.extract_features
+
+    def dies_after_two_chunks(encoder, part, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a kill between chunks
+        calls.append(len(part))
+        return real(encoder, part, **kwargs)
+
+    monkeypatch.setattr(features, "extract_features", dies_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        features.cached_features(SPEC, IMAGES, "toy", tmp_path / "cut", progress=False, batch_size=4, chunk_rows=8)
+    assert calls == [8, 8] and not list((tmp_path / "cut").glob("*.npy"))
+    monkeypatch.setattr(features, "extract_features", lambda e, part, **kw: calls.append(len(part)) or real(e, part, **kw))
+    resumed = features.cached_features(SPEC, IMAGES, "toy", tmp_path / "cut", progress=False, batch_size=4,
+                                       chunk_rows=8)
+    assert calls == [8, 8, 8, 8, 5]  # only the three unfinished chunks ran again
+    np.testing.assert_array_equal(resumed, single_process(tmp_path))
+
+
+def test_a_chunk_written_but_not_marked_is_computed_again(tmp_path):
+    store = FeatureStore(tmp_path / "f.npy", num_rows=10, dim=3, chunk_rows=4)
+    ones = lambda rows: np.ones((len(rows), 3), np.float32)  # noqa: E731
+    store._start()
+    matrix = np.load(store.partial, mmap_mode="r+")
+    matrix[0:4] = 7.0  # a kill after writing rows, before the marker
+    matrix.flush()
+    del matrix
+    assert store.missing_chunks() == [0, 1, 2]
+    assert store.fill(ones)
+    np.testing.assert_array_equal(store.read(), np.ones((10, 3), np.float32))
+    with pytest.raises(ValueError, match=r"chunk 0 must be \[4, 3\]"):
+        FeatureStore(tmp_path / "g.npy", 10, 3, 4).fill(lambda rows: np.ones((2, 3), np.float32))
+
+
+def test_the_protocol_on_a_memory_mapped_store_gives_the_in_memory_proxy(tmp_path):
+    rng = np.random.default_rng(1)
+    pool = rng.normal(size=(600, 8)).astype(np.float32)
+    store = FeatureStore(tmp_path / "pool.npy", 600, 8, chunk_rows=128)
+    assert store.fill(lambda rows: pool[rows.start:rows.stop])
+    client = ClientResponder(noise_multiplier=1.0, q=1, delta=1e-5, seed=0)
+    picks = []
+    for open_features in (store.read(), pool):
+        cloud = CloudSampler(num_clusters=12, seed=0)
+        message = cloud.fit(open_features)
+        scores = client.respond(message, pool[:50] + 0.01)
+        picks.append(cloud.sample(scores, budget=60))
+    np.testing.assert_array_equal(*picks)
