@@ -15,11 +15,13 @@ same process (see ``simulation``); only the messages and the released labels cro
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
-from ecos_lightning.data import DigitsLiteSource, PathImageDataset, open_source, parse_source
+from ecos_lightning.data import DigitsLiteSource, FolderSource, PathImageDataset, open_source, parse_source
 from ecos_lightning.encoders import spec_for_model
 from ecos_lightning.files import atomic_write_bytes, default_cache_dir, stable_hash
 from ecos_lightning.frameworks import bases, framework_of
@@ -53,13 +55,19 @@ class ProxyDataModule(*bases("LightningDataModule")):
         open_dataset, client_dataset, client_test_dataset: map-style datasets of ``(image, label)``
             (image: PIL, uint8 HWC array or tensor CHW, or floats in [0, 1]: the raw images the encoder
             reads; a dataset whose first image is already normalised is refused, naming the argument);
-            None = digits-lite split for ``client_domain``.
+            None = the datasets of the source ``dataset`` names.
             Labels are read through the items (so a ``target_transform`` applies; see
             ``dataset_labels`` for the datasets read without images) and hashed into the artifact's
             key; the proxy carries the labels of the selected images only (``manual``).
-        client_domain, data_seed: digits-lite client domain and split seed.
+        dataset: the data source when no datasets are given: a name ``ecos_lightning.data.parse_source``
+            reads (``digits-lite``, ``domainnet:<root>``, ``digits5:<root>``, ``office-caltech10:<root>``,
+            ``folders:<root>``, ``imagefolder:<root>``, with ``<key>=<value>:`` options before the root).
+        client_domain, data_seed: the client domain and split seed, replacing the ones ``dataset`` names
+            (None: the name's, else the source's default: ``handwritten`` and 0 for digits-lite).
         encoder, encoder_weights, encoder_input_size, encoder_pooling: the feature encoder both sides use.
-        num_clusters, q, noise_multiplier, delta: the ECOS query (K centroids, q nearest, sigma, delta).
+        num_clusters, q, noise_multiplier, delta: the ECOS query (K centroids, q nearest, sigma, delta);
+            ``num_clusters="auto"`` chooses K from the pool size, the client size, sigma and q
+            (``ecos_lightning.protocol.num_clusters``).
         budget: proxy size B.
         sampler: a name in ``ecos_lightning.samplers.SAMPLERS`` (ecos | random | kcenter | full | upload |
             local: train on the client's own data) or the import path of a sampler object.
@@ -87,9 +95,11 @@ class ProxyDataModule(*bases("LightningDataModule")):
     """
 
     def __init__(self, open_dataset: Dataset | None = None, client_dataset: Dataset | None = None,
-                 client_test_dataset: Dataset | None = None, client_domain: str = "handwritten",
-                 data_seed: int = 0, encoder: str = "efficientnet_lite0", encoder_weights: str = "offline",
-                 encoder_input_size: int = 64, encoder_pooling: str = "style", num_clusters: int = 100,
+                 client_test_dataset: Dataset | None = None, dataset: str = "digits-lite",
+                 client_domain: str | None = None, data_seed: int | None = None,
+                 encoder: str = "efficientnet_lite0", encoder_weights: str = "offline",
+                 encoder_input_size: int = 64, encoder_pooling: str = "style",
+                 num_clusters: int | Literal["auto"] = 100,
                  q: int = 1, noise_multiplier: float = 8.0, delta: float = 1e-5, budget: int = 1000,
                  sampler: str = "ecos", label_source: str = "manual", knn_k: int = 20,
                  knn_noise_multiplier: float = 2.0, knn_sampling_rate: float = 0.3,
@@ -123,6 +133,8 @@ class ProxyDataModule(*bases("LightningDataModule")):
         self.spec = spec_for_model(encoder, weights=encoder_weights, input_size=encoder_input_size,
                                    pooling=encoder_pooling)
         self._datasets = (open_dataset, client_dataset, client_test_dataset)
+        self.source = self._source_record() if open_dataset is None and client_dataset is None and \
+            client_test_dataset is None and not proxy_file else None
         self._sources = None
         self._label_cache: dict[int, np.ndarray] = {}
         self._fingerprints: dict[int, str] = {}
@@ -134,14 +146,13 @@ class ProxyDataModule(*bases("LightningDataModule")):
         return Path(self.hparams.cache_dir) if self.hparams.cache_dir else default_cache_dir()
 
     def sources(self):
-        """(open, client, client_test, data_id): the given datasets or the digits-lite split."""
+        """(open, client, client_test, data_id): the given datasets or the split of ``dataset``."""
         if self._sources is None:
             open_ds, client_ds, test_ds = self._datasets
             if self.hparams.proxy_file and open_ds is None:
                 self._sources = self._file_sources(test_ds)
             elif open_ds is None and client_ds is None and test_ds is None:
-                src = open_source(DigitsLiteSource(self.hparams.client_domain, self.hparams.data_seed),
-                                  self.hparams.cache_dir)
+                src = open_source(self.source, self.hparams.cache_dir)
                 self._sources = (src.open, src.client, src.client_test, src.data_id)
             else:
                 if open_ds is None or (client_ds is None and not self.hparams.proxy_file):
@@ -155,6 +166,18 @@ class ProxyDataModule(*bases("LightningDataModule")):
                 self._sources = (open_ds, client_ds, test_ds, data_id)
         return self._sources
 
+    def _source_record(self):
+        """The source ``dataset`` names, with ``client_domain`` and ``data_seed`` applied when given."""
+        h = self.hparams
+        record = parse_source(h.dataset)
+        if isinstance(record, FolderSource):
+            raise ValueError(f"dataset {h.dataset!r} is an image folder: an open pool without a client; name a "
+                             "multi-domain source (folders:<root>, imagefolder:<root>) or pass open_dataset and "
+                             "client_dataset")
+        changes = {"domain" if isinstance(record, DigitsLiteSource) else "client": h.client_domain,
+                   "seed": h.data_seed}
+        return dataclasses.replace(record, **{k: v for k, v in changes.items() if v is not None})
+
     def feature_ids(self) -> tuple[str, str]:
         """Cache identities of the open pool's and the client's features, each keyed by its own data
         alone: changing only the client re-extracts nothing of the pool (digits-lite and a given
@@ -166,13 +189,13 @@ class ProxyDataModule(*bases("LightningDataModule")):
 
     def _file_sources(self, test_ds):
         """Sources of a proxy file: its images (each checked to lie inside the pool root and to open as an
-        image), or the digits-lite pool it was drawn from."""
+        image), or the pool of the source it was drawn from (digits-lite, Digits-5, ...)."""
         proxy = Proxy.read(self.hparams.proxy_file)
         if proxy.paths is not None:
             files = proxy_image_files(proxy, f"proxy file {self.hparams.proxy_file}")
             return (PathImageDataset(files, proxy.label_list()), None, test_ds, f"file:{proxy.open}")
         source = parse_source(proxy.open)
-        if not isinstance(source, DigitsLiteSource):
+        if isinstance(source, FolderSource):
             raise ValueError(f"proxy file {self.hparams.proxy_file} indexes the pool {proxy.open!r}: pass that "
                              "pool as open_dataset")
         src = open_source(source, self.hparams.cache_dir)

@@ -1,0 +1,66 @@
+"""The paper's configs end to end through train.py, on tiny trees in the published formats."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ecos_lightning.data.domainnet import DOMAINNET_DOMAINS, PAPER_CLASSES
+from published_formats import write_digits5, write_domainnet
+from test_train import ROOT, error_lines, run_train
+
+SMALL = ["--data.encoder_input_size", "32", "--data.image_size", "32", "--model.init_args.input_size", "32",
+         "--data.num_clusters", "4", "--data.budget", "24", "--data.batch_size", "8", "--trainer.fast_dev_run", "true"]
+
+
+@pytest.fixture(scope="module")
+def domainnet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("domainnet")
+    write_domainnet(root, DOMAINNET_DOMAINS, PAPER_CLASSES, n_train=2, n_test=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def digits5(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits5")
+    write_digits5(root, n_train=20, n_test=10)
+    return root
+
+
+def paper(name):
+    return ["--config", str(ROOT / "configs" / "paper" / f"{name}.yaml")]
+
+
+@pytest.mark.parametrize("task", ["finetune", "autolabel"])
+def test_a_domainnet_paper_config_runs_on_the_published_layout(task, domainnet, tmp_path):
+    proc = run_train(["fit", *paper(f"{task}_domainnet"), *SMALL, "--data.dataset",
+                      f"domainnet:client=sketch:seed=2:{domainnet}", "--data.cache_dir", str(tmp_path / "cache")],
+                     tmp_path, str(tmp_path / "cache"))
+    assert "client test accuracy" in proc.stdout
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("proxy domains")]
+    assert summary and set(summary[0].split(":")[1].replace(",", " ").split()[::2]) <= set(DOMAINNET_DOMAINS)
+
+
+def test_the_digits5_paper_config_runs_on_the_published_formats(digits5, tmp_path):
+    proc = run_train(["fit", *paper("finetune_digits5"), *SMALL, "--data.dataset", f"digits5:client=usps:{digits5}",
+                      "--data.cache_dir", str(tmp_path / "cache")], tmp_path, str(tmp_path / "cache"))
+    assert "client test accuracy" in proc.stdout and "epsilon 0.528 at delta 1e-05 (PLD; RDP 0.579)" in proc.stdout
+
+
+def test_missing_data_is_one_error_line_naming_the_file(tmp_path):
+    proc = run_train(["fit", *paper("finetune_domainnet"), *SMALL, "--data.dataset", f"domainnet:{tmp_path / 'none'}"],
+                     tmp_path, str(tmp_path / "cache"), check=False)
+    errors = error_lines(proc)
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert str(tmp_path / "none") in errors[0] and "_train.txt" in errors[0]
+
+
+def test_every_paper_config_uses_the_papers_privacy_and_classes():
+    from ecos_lightning.protocol.privacy import gaussian_epsilon
+
+    for path in sorted((ROOT / "configs" / "paper").glob("*.yaml")):
+        config = yaml.safe_load(path.read_text())
+        assert config["model"]["init_args"]["num_classes"] == 10, path
+        if config["data"]["sampler"] == "ecos":
+            sigma = config["data"]["noise_multiplier"]
+            assert gaussian_epsilon(sigma, 1e-5, accountant="rdp") == pytest.approx(0.58, abs=0.002), path
