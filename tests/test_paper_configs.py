@@ -64,3 +64,21 @@ def test_every_paper_config_uses_the_papers_privacy_and_classes():
         if config["data"]["sampler"] == "ecos":
             sigma = config["data"]["noise_multiplier"]
             assert gaussian_epsilon(sigma, 1e-5, accountant="rdp") == pytest.approx(0.58, abs=0.002), path
+
+
+def test_the_paper_grid_runs_a_cell_resumes_and_reports(digits5, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(ROOT / "bench" / "paper.py"), "--dataset", "digits5", "--root", str(digits5),
+               "--tasks", "finetune", "--samplers", "ecos", "--domains", "usps", "--seeds", "1", "--budgets", "24",
+               "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results.json"),
+               "--out", str(tmp_path / "paper.md"), "--", *SMALL]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
+    cell, = json.loads((tmp_path / "results.json").read_text())
+    assert cell["task"] == "finetune" and cell["sampler"] == "ecos" and 0.0 <= cell["acc"] <= 1.0
+    assert cell["epsilon"] == pytest.approx(0.528, abs=1e-3) and cell["epsilon_rdp"] == pytest.approx(0.579, abs=1e-3)
+    again = subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)  # nothing left to run
+    assert "acc " not in again.stdout and len(json.loads((tmp_path / "results.json").read_text())) == 1
+    assert "| finetune | 24 | ecos |" in (tmp_path / "paper.md").read_text()
