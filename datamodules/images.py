@@ -12,6 +12,8 @@ from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2
 
 from ecos_lightning.data import ArrayImageDataset, PathImageDataset
+from ecos_lightning.data.litdata_pool import LitDataImageDataset
+from ecos_lightning.data.shards import TarShardDataset
 from ecos_lightning.encoders.preprocess import FLOAT_RANGE_TOL, is_pil, item_image, pil_to_chw
 
 
@@ -118,7 +120,8 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
     Items go through the dataset's ``target_transform`` like any training batch. Reading every item
     loads every image, so datasets whose labels are provably the items' labels are read without
     images: :class:`~ecos_lightning.data.ArrayImageDataset` (digits-lite),
-    :class:`~ecos_lightning.data.PathImageDataset`, a ``TensorDataset`` of ``(images, labels [N])``, a
+    :class:`~ecos_lightning.data.PathImageDataset`, the ``wds:`` and ``litdata:`` pools (a litdata
+    pool's labels are read once and cached), a ``TensorDataset`` of ``(images, labels [N])``, a
     torchvision ``DatasetFolder``/``ImageFolder`` without ``target_transform``, and a ``Subset`` of any
     of these.
     """
@@ -137,7 +140,8 @@ def _labels_without_images(dataset: Dataset):
     A dataset qualifies by its item method (a subclass that overrides ``__getitem__`` does not).
     """
     getitem = type(dataset).__getitem__
-    if getitem in (ArrayImageDataset.__getitem__, PathImageDataset.__getitem__):
+    if getitem in (ArrayImageDataset.__getitem__, PathImageDataset.__getitem__, TarShardDataset.__getitem__,
+                   LitDataImageDataset.__getitem__):
         return dataset.labels
     if getitem is TensorDataset.__getitem__ and len(dataset.tensors) >= 2 and dataset.tensors[1].ndim == 1:
         return dataset.tensors[1]

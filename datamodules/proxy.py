@@ -30,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
 from ecos_lightning.data import DigitsLiteSource, FolderSource, PathImageDataset, open_source, parse_source
+from ecos_lightning.data.litdata_pool import LitDataSource
+from ecos_lightning.data.shards import WebDatasetSource
 from ecos_lightning.encoders import spec_for_model
 from ecos_lightning.files import atomic_write_bytes, default_cache_dir, stable_hash
 from ecos_lightning.frameworks import bases, framework_of
@@ -170,8 +172,8 @@ class ProxyDataModule(*bases("LightningDataModule")):
         """The source ``dataset`` names, with ``client_domain`` and ``data_seed`` applied when given."""
         h = self.hparams
         record = parse_source(h.dataset)
-        if isinstance(record, FolderSource):
-            raise ValueError(f"dataset {h.dataset!r} is an image folder: an open pool without a client; name a "
+        if isinstance(record, (FolderSource, WebDatasetSource, LitDataSource)):
+            raise ValueError(f"dataset {h.dataset!r} is an open pool without a client; name a "
                              "multi-domain source (folders:<root>, imagefolder:<root>) or pass open_dataset and "
                              "client_dataset")
         changes = {"domain" if isinstance(record, DigitsLiteSource) else "client": h.client_domain,

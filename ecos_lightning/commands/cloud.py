@@ -208,7 +208,7 @@ def _open_pool(source: str):
     """(dataset, data id, absolute root or None, relative paths or None) of ``--open``."""
     data = open_source(parse_source(source))
     if data.skipped:
-        print(f"skipped {len(data.skipped)} corrupt or unreadable images in {data.root}")
+        print(f"skipped {len(data.skipped)} corrupt or unreadable images in {data.root or source}")
     return data.open, data.data_id, data.root, data.paths
 
 

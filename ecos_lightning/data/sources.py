@@ -28,6 +28,17 @@ name                                                data
                                                     ``domains``
 ``imagefolder:[seed=<seed>:]<root>``                one domain of class folders ``<root>/<class>/<file>``,
                                                     split by rule ``domainnet``
+``wds:[<key>=<value>:]...<shards>``                 WebDataset tar shards (:mod:`.shards`): a folder of
+                                                    ``.tar`` files, one ``.tar`` or a brace pattern
+                                                    ``pool-{000000..000099}.tar``; an open pool only, read by
+                                                    index without unpacking; labels from each sample's
+                                                    ``cls`` (else unlabelled); keys ``image`` (the image's
+                                                    extension, default the first image one), ``label``
+                                                    (the class's extension, default ``cls``)
+``litdata:[<key>=<value>:]...<root>``               a litdata optimized dataset (:mod:`.litdata_pool`): an
+                                                    open pool only, read by index through
+                                                    ``litdata.StreamingDataset``; keys ``image``, ``label``
+                                                    (the item's fields; default found by name)
 ==================================================  ==========================================================
 
 Values: ``seed`` a non-negative integer (default 0; the paper's runs use 1, 2, 3), ``rule`` one of
@@ -63,6 +74,8 @@ from .digits_lite import DOMAINS, load_digits_lite
 from .domainnet import DOMAINNET_DOMAINS, PAPER_CLASSES, load_domainnet
 from .folders import PathImageDataset, scan_domain_folders, scan_images, scan_labelled_images
 from .items import ArrayImageDataset, ReadData
+from .litdata_pool import LitDataSource, open_litdata
+from .shards import WebDatasetSource, open_webdataset
 from .splits import SPLIT_RULES, paper_split
 
 __all__ = [
@@ -74,7 +87,9 @@ __all__ = [
     "DomainFoldersSource",
     "DomainNetSource",
     "FolderSource",
+    "LitDataSource",
     "SourceData",
+    "WebDatasetSource",
     "digits_lite_sources",
     "open_source",
     "parse_source",
@@ -172,7 +187,9 @@ _KEYS = {"domainnet": ("client", "seed", "rule", "domains", "classes"),
          "digits5": ("client", "seed", "rule", "domains", "size", "allow_pickle"),
          "office-caltech10": ("client", "seed", "rule", "domains"),
          "folders": ("client", "seed", "rule", "domains"),
-         "imagefolder": ("seed",)}
+         "imagefolder": ("seed",),
+         "wds": ("image", "label"),
+         "litdata": ("image", "label")}
 _OPTION = re.compile(r"([a-z_]+)=([^:/\\]*)")
 
 
@@ -208,6 +225,10 @@ def parse_source(name: str):
         rest = tail
     if not rest:
         raise ValueError(f"source {name!r}: the data folder is missing (write {kind}:<folder>)")
+    if kind == "wds":
+        return WebDatasetSource(rest, **options)
+    if kind == "litdata":
+        return LitDataSource(Path(rest), **options)
     root = Path(rest)
     if "domains" in options and "client" not in options:
         options["client"] = options["domains"][0]
@@ -282,7 +303,8 @@ def digits_lite_sources(client_domain: str = "handwritten", seed: int = 0, cache
 
 def open_source(source, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> SourceData:
     """The datasets of ``source`` (a source name, or a record :func:`parse_source` gives); ``cache_dir``
-    holds the generated digits-lite (default: the cache folder).
+    holds the generated digits-lite, WebDataset shard indexes and litdata pool labels (default: the cache
+    folder).
 
     A folder is scanned (every candidate image decoded once, with a progress bar when ``progress``); a
     folder's or a published dataset's ``data_id`` hashes its absolute root, the settings, and each
@@ -299,6 +321,12 @@ def open_source(source, cache_dir: str | os.PathLike | None = None, progress: bo
         files = [(p, f.stat().st_size, f.stat().st_mtime_ns) for p, f in zip(paths, scan.paths)]
         return SourceData(PathImageDataset(scan.paths), None, None, stable_hash([root, files]), root, paths,
                           scan.skipped)
+    if isinstance(source, WebDatasetSource):
+        shards = open_webdataset(source, cache_dir, progress)
+        return SourceData(shards.dataset, None, None, shards.data_id, skipped=shards.skipped)
+    if isinstance(source, LitDataSource):
+        pool = open_litdata(source, cache_dir)
+        return SourceData(pool.dataset, None, None, pool.data_id)
     skipped = []
     if isinstance(source, DomainNetSource):
         kind, data = "domainnet", load_domainnet(source.root, source.domains, source.classes)
