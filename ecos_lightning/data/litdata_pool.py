@@ -62,8 +62,9 @@ class LitDataImageDataset(ItemInfo, Dataset):
     ``StreamingDataset`` is built per process on first read and never pickled.
     """
 
-    def __init__(self, root: Path, length: int, image, label, labels_file: Path | None):
+    def __init__(self, root: Path, length: int, image, label, labels_file: Path | None, progress: bool = True):
         self.root, self.length, self.image, self.label, self.labels_file = Path(root), length, image, label, labels_file
+        self.progress = progress
         self._labels = np.full(length, -1, np.int64) if label is None else None
         self._set_info(length, None, (), ())
         self._stream, self._pid = None, None
@@ -101,7 +102,8 @@ class LitDataImageDataset(ItemInfo, Dataset):
             except (OSError, ValueError):
                 pass
         labels = np.asarray([_as_label(self._item(i)[self.label], f"{self.root} item {i}")
-                             for i in tqdm(range(self.length), desc=f"labels of {self.root}", unit="item")], np.int64)
+                             for i in tqdm(range(self.length), desc=f"labels of {self.root}", unit="item",
+                                           disable=not self.progress)], np.int64)
         if self.labels_file is not None:
             buffer = io.BytesIO()
             np.save(buffer, labels, allow_pickle=False)
@@ -121,14 +123,15 @@ def _as_rgb(value, where: str) -> Image.Image:
             return _load(io.BytesIO(bytes(value)))
         except Exception as exc:  # noqa: BLE001 - PIL raises many types on corrupt data
             raise ValueError(f"{where}: its image bytes are not a readable image ({exc})") from None
-    if isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.ndim == 3 and value.shape[0] in (1, 3, 4):
+    if isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.ndim == 3 and \
+            value.shape[0] in (1, 3, 4):
         value = value.permute(1, 2, 0).numpy()
     if isinstance(value, np.ndarray) and value.dtype == np.uint8 and (
             value.ndim == 2 or (value.ndim == 3 and value.shape[2] in (1, 3, 4))):
         return Image.fromarray(value.squeeze(2) if value.ndim == 3 and value.shape[2] == 1 else value).convert("RGB")
     raise ValueError(f"{where}: the image is a {type(value).__name__} "
-                     f"{getattr(value, 'dtype', '')} {list(getattr(value, 'shape', []))}, not a PIL image, encoded bytes, "
-                     "a uint8 [H, W(, C)] array or a uint8 [C, H, W] tensor")
+                     f"{getattr(value, 'dtype', '')} {list(getattr(value, 'shape', []))}, not a PIL image, encoded "
+                     "bytes, a uint8 [H, W(, C)] array or a uint8 [C, H, W] tensor")
 
 
 def _as_label(value, where: str) -> int:
@@ -157,7 +160,8 @@ def _fields(item, source: LitDataSource, root: Path):
                 raise ValueError(f"litdata dataset {root}: its items are {len(item)}-tuples, so {kind}= takes a "
                                  f"position below {len(item)}, not {option!r}")
         image = int(source.image or 0)
-        default = 1 if len(item) > 1 and isinstance(item[1], (int, np.integer)) and not isinstance(item[1], bool) else None
+        labelled = len(item) > 1 and isinstance(item[1], (int, np.integer)) and not isinstance(item[1], bool)
+        default = 1 if labelled else None
         return image, int(source.label) if source.label else default
     if source.image or source.label:
         raise ValueError(f"litdata dataset {root}: its items are bare {type(item).__name__} values, without the "
@@ -173,8 +177,10 @@ class OpenedLitData:
     data_id: str
 
 
-def open_litdata(source: LitDataSource, cache_dir: str | os.PathLike | None = None) -> OpenedLitData:
-    """The pool of ``source``; ``FileNotFoundError`` names a missing ``index.json`` or chunk file."""
+def open_litdata(source: LitDataSource, cache_dir: str | os.PathLike | None = None,
+                 progress: bool = True) -> OpenedLitData:
+    """The pool of ``source`` (``progress``: a bar while its labels are read); ``FileNotFoundError`` names a
+    missing ``index.json`` or chunk file."""
     root = Path(source.root).resolve()
     index = root / "index.json"
     if not index.is_file():
@@ -191,11 +197,12 @@ def open_litdata(source: LitDataSource, cache_dir: str | os.PathLike | None = No
         if not chunk.is_file():
             raise FileNotFoundError(f"litdata chunk {chunk} is missing (listed in {index})")
         stamps.append((name, chunk.stat().st_size, chunk.stat().st_mtime_ns))
-    data_id = f"litdata/{stable_hash(['litdata', str(root), hashlib.sha256(text).hexdigest(), stamps, source.image, source.label])}"
+    digest = hashlib.sha256(text).hexdigest()
+    data_id = f"litdata/{stable_hash(['litdata', str(root), digest, stamps, source.image, source.label])}"
     stream = _streaming(root)
     if not len(stream):
         raise ValueError(f"litdata dataset {root} holds no item")
     image, label = _fields(stream[0], source, root)
     cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
     labels_file = cache / f"litdata-labels-{stable_hash(data_id)}.npy"
-    return OpenedLitData(LitDataImageDataset(root, len(stream), image, label, labels_file), data_id)
+    return OpenedLitData(LitDataImageDataset(root, len(stream), image, label, labels_file, progress), data_id)

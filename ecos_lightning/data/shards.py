@@ -50,7 +50,8 @@ IMAGE_ORDER = ("jpg", "jpeg", "png", "webp") + tuple(e for e in IMAGE_EXTENSIONS
 INDEX_VERSION = 1
 #: Shards to index at least before the indexing runs in processes, and how many processes.
 PARALLEL_SHARDS = 16
-INDEX_PROCESSES = max(1, min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+INDEX_PROCESSES = max(1, min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+                            os.cpu_count() or 1))
 #: Shards a process keeps open at once (least recently used closed first).
 MAX_OPEN_SHARDS = 64
 # webdataset's tar_file_iterator skips these member names (its default ``skip_meta``)
@@ -339,6 +340,7 @@ def open_webdataset(source: WebDatasetSource, cache_dir: str | os.PathLike | Non
     dataset = TarShardDataset(shards, stamps, starts, np.concatenate([i.offsets for i in indexes]),
                               np.concatenate([i.sizes for i in indexes]), np.concatenate([i.labels for i in indexes]),
                               key_files)
-    data_id = f"wds/{stable_hash(['wds', [(str(s), *st) for s, st in zip(shards, stamps)], source.image, source.label])}"
+    files = [(str(s), *st) for s, st in zip(shards, stamps)]
+    data_id = f"wds/{stable_hash(['wds', files, source.image, source.label])}"
     skipped = [Path(f"{s}#{k}") for s, i in zip(shards, indexes) for k in i.skipped]
     return OpenedShards(dataset, data_id, skipped)

@@ -325,7 +325,7 @@ def open_source(source, cache_dir: str | os.PathLike | None = None, progress: bo
         shards = open_webdataset(source, cache_dir, progress)
         return SourceData(shards.dataset, None, None, shards.data_id, skipped=shards.skipped)
     if isinstance(source, LitDataSource):
-        pool = open_litdata(source, cache_dir)
+        pool = open_litdata(source, cache_dir, progress)
         return SourceData(pool.dataset, None, None, pool.data_id)
     skipped = []
     if isinstance(source, DomainNetSource):

@@ -198,8 +198,10 @@ def corrupt(folder: Path, how: str) -> tuple[str, str]:
         shard.write_bytes(body[:1000])
     if how == "gzip-compressed":
         shard.write_bytes(gzip.compress(body))
-    if how == "bad header mid-shard":
-        shard.write_bytes(body[:1024] + b"\x7f" * 512 + body[1536:])
+    if how == "bad header mid-shard":  # tarfile alone would stop there silently, losing the rest of the shard
+        with tarfile.open(shard) as tar:
+            start = tar.getmembers()[2].offset
+        shard.write_bytes(body[:start] + b"\x7f" * 512 + body[start + 512:])
     if how == "bad class":
         with wds.TarWriter(str(shard)) as sink:
             sink.write({"__key__": "bad", "png": encoded(1)[1], "cls": "cat"})
@@ -325,7 +327,8 @@ def test_a_shard_pool_and_a_folder_of_the_same_images_give_the_same_proxy(tmp_pa
         work.mkdir()
         run(cloud.main, "probe", "--open", pool, "--out", work / "centroids.ecos", "--num-clusters", 3,
             "--input-size", 32)
-    assert (tmp_path / "cloud-wds/centroids.ecos").read_bytes() == (tmp_path / "cloud-folder/centroids.ecos").read_bytes()
+    centroids = [(tmp_path / f"cloud-{name}" / "centroids.ecos").read_bytes() for name in pools]
+    assert centroids[0] == centroids[1]
     run(client.main, "respond", "--centroids", tmp_path / "cloud-wds/centroids.ecos", "--data", tmp_path / "client",
         "--out", tmp_path / "scores.ecos", "--ledger", tmp_path / "ledger.json", "--noise-multiplier", 1.0,
         "--encoder", "efficientnet_lite0")
