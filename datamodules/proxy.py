@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +34,7 @@ from ecos_lightning.data import DigitsLiteSource, FolderSource, PathImageDataset
 from ecos_lightning.data.litdata_pool import LitDataSource
 from ecos_lightning.data.shards import WebDatasetSource
 from ecos_lightning.encoders import spec_for_model
+from ecos_lightning.feature_store import DEFAULT_CHUNK_ROWS
 from ecos_lightning.files import atomic_write_bytes, default_cache_dir, stable_hash
 from ecos_lightning.frameworks import bases, framework_of
 from ecos_lightning.label_sources import DEPRECATED, LABEL_SOURCES, get_label_source
@@ -44,7 +46,7 @@ from ecos_lightning.samplers import get_sampler
 
 from .images import (ImageSubset, TwoViewSubset, UnitImage, check_raw_images, dataset_domains, dataset_labels,
                      fingerprint)
-from .simulation import simulated_inputs
+from .simulation import extract_shard, simulated_inputs
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ class ProxyDataModule(*bases("LightningDataModule")):
             selected images only | client_knn: Private kNN by the client | none: unlabelled, labels -1) or
             the import path of a label source object; ``open`` is a deprecated name of ``manual``.
         knn_k, knn_noise_multiplier, knn_sampling_rate: Private kNN labelling parameters.
+        coverage_clusters, coverage_noise_multiplier, coverage_label_fraction: class_coverage labelling
+            (see ``ecos_lightning.class_coverage``): numbers of proxy centroids (one histogram each), the
+            noise multiplier of each histogram, the share of the proxy labelled (clearest first; the rest -1).
         max_epsilon: refuse, before any query, a run whose composed epsilon would exceed this.
         val_fraction: share of the proxy held out for validation.
         image_size: images are resized to this square side (built-in transforms only).
@@ -88,9 +93,14 @@ class ProxyDataModule(*bases("LightningDataModule")):
             use the encoder's own preprocessing.
         unlabelled_batch_size: > 0 adds a FixMatch stream of (weak, strong) views of the unselected pool,
             built-in (``image_size``, [0, 1]); it refuses a ``train_transform``.
-        batch_size, num_workers: loader settings. cache_dir: features and artifacts.
+        batch_size, num_workers: loader settings; ``num_workers="auto"``: the CPUs this process may use,
+            shared among the node's ranks, one left for the main process (at least 1, at most 8). Loaders
+            pin memory when training on a GPU and keep their workers between epochs.
+        cache_dir: features and artifacts.
         seed: seeds the protocol, the noise, the validation split.
         dataset_id: names custom datasets in the artifact hash (default: a content fingerprint).
+        feature_chunk_rows: rows per chunk of the on-disk feature stores (a multiple of 256): the unit an
+            interrupted extraction resumes at, and that the ranks of a distributed run share out.
         proxy_file: train on a proxy chosen by ``ecos-cloud sample`` with a real client instead of
             running the protocol here. Its images are its ``paths`` (an image-folder pool) or its indices
             into ``open_dataset`` / the digits-lite pool it names; its labels are used as they are.
@@ -105,11 +115,14 @@ class ProxyDataModule(*bases("LightningDataModule")):
                  q: int = 1, noise_multiplier: float = 8.0, delta: float = 1e-5, budget: int = 1000,
                  sampler: str = "ecos", label_source: str = "manual", knn_k: int = 20,
                  knn_noise_multiplier: float = 2.0, knn_sampling_rate: float = 0.3,
+                 coverage_clusters: int | Sequence[int] = (10, 20, 50), coverage_noise_multiplier: float = 7.3,
+                 coverage_label_fraction: float = 1.0,
                  max_epsilon: float | None = None, val_fraction: float = 0.1, image_size: int = 32,
                  augment: bool = True, train_transform: Callable | None = None,
                  eval_transform: Callable | None = None, unlabelled_batch_size: int = 0, batch_size: int = 64,
-                 num_workers: int = 0, cache_dir: str | None = None, seed: int = 0,
-                 dataset_id: str | None = None, proxy_file: str | None = None):
+                 num_workers: int | Literal["auto"] = "auto", cache_dir: str | None = None, seed: int = 0,
+                 dataset_id: str | None = None, proxy_file: str | None = None,
+                 feature_chunk_rows: int = DEFAULT_CHUNK_ROWS):
         super().__init__()
         self.sampler, self.label_source = get_sampler(sampler), get_label_source(label_source)
         if self.sampler.source == "client" and not self.label_source.labels_client_data:
@@ -117,6 +130,10 @@ class ProxyDataModule(*bases("LightningDataModule")):
             raise ValueError(f"sampler={sampler!r} trains on the client's own labels: use label_source={usable}")
         positive_int(budget, "budget")
         positive_int(batch_size, "batch_size")
+        if num_workers != "auto" and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
+            raise ValueError(f"num_workers must be 'auto' or an integer >= 0, got {num_workers!r}")
+        if positive_int(feature_chunk_rows, "feature_chunk_rows") % 256:
+            raise ValueError(f"feature_chunk_rows must be a multiple of 256 (the extraction batch), got {feature_chunk_rows}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
         if max_epsilon is not None and not max_epsilon > 0:
@@ -274,15 +291,37 @@ class ProxyDataModule(*bases("LightningDataModule")):
         if self.hparams.max_epsilon is not None and planned > self.hparams.max_epsilon:
             raise ValueError(f"privacy budget: this run would spend epsilon={planned:.3g} at delta="
                              f"{self.hparams.delta:g} > max_epsilon={self.hparams.max_epsilon:g}; raise "
-                             "noise_multiplier (or knn_noise_multiplier) or max_epsilon")
+                             "noise_multiplier (or knn_noise_multiplier, coverage_noise_multiplier) or max_epsilon")
         if self._resumed_proxy() is not None:
             return
         path = self.artifact_path()
         if path.exists():
             log.info("proxy artifact %s exists: reusing it", path)
             return
+        if self._world_size() > 1:
+            return  # every rank extracts its share of the features in setup, then rank 0 runs the protocol
         atomic_write_bytes(path, self._build_proxy().to_json().encode())
         log.info("proxy artifact written: %s", path)
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def _distributed_proxy(self) -> Proxy:
+        """Every rank extracts its chunks of the features, then global rank 0 runs the protocol and every
+        rank receives its proxy (the artifact is written on each node's local rank 0)."""
+        strategy, h = self.trainer.strategy, self.hparams
+        open_ds, client_ds, _, _ = self.sources()
+        needs = self.sampler.needs | self.label_source.needs
+        args = (self.spec, open_ds, client_ds, self.feature_ids(), needs, self.cache_dir)
+        with torch.random.fork_rng(devices=[]):
+            extract_shard(*args, strategy.global_rank, strategy.world_size, h.feature_chunk_rows)
+            strategy.barrier("ecos features")
+            extract_shard(*args, 0, 1, h.feature_chunk_rows)  # a node that does not share the cache fills the rest
+            text = self._build_proxy().to_json() if strategy.global_rank == 0 else None
+        proxy = Proxy.from_json(strategy.broadcast(text, src=0), "broadcast proxy")
+        if strategy.local_rank == 0:
+            atomic_write_bytes(self.artifact_path(), proxy.to_json().encode())
+        return proxy
 
     def _build_proxy(self) -> Proxy:
         """sources -> features -> sampler -> label source -> the Proxy with the declared releases."""
@@ -291,7 +330,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
         settings = {**h, "progress": True}
         inputs = simulated_inputs(self.spec, open_ds, client_ds, self.feature_ids(),
                                   self.sampler.needs | self.label_source.needs, self.cache_dir, self.labels,
-                                  self.num_classes)
+                                  self.num_classes, h.feature_chunk_rows)
         proxy = self.label_source.run(self.sampler.run(inputs, settings), inputs, settings)
         releases = self.planned_releases()
         return proxy.replace(releases=releases, release_hash=proxy.release_hash if releases else None,
@@ -307,9 +346,16 @@ class ProxyDataModule(*bases("LightningDataModule")):
             self.proxy = self._proxy_from_file()
         if self.proxy is None:
             path = self.artifact_path()
+            if self._world_size() > 1 and not self._artifact_everywhere(path):
+                self.proxy = self._distributed_proxy()
+                return
             if not path.exists():
                 raise FileNotFoundError(f"proxy artifact {path} is missing: prepare_data did not run or failed")
             self.proxy = load_artifact(path)
+
+    def _artifact_everywhere(self, path: Path) -> bool:
+        """Whether every rank sees the artifact (a collective: every rank must ask)."""
+        return bool(self.trainer.strategy.reduce_boolean_decision(path.exists(), all=True))
 
     def _proxy_from_file(self) -> Proxy:
         """The proxy of ``proxy_file`` as this module trains on it (its releases stay in the client's ledger).
@@ -408,9 +454,18 @@ class ProxyDataModule(*bases("LightningDataModule")):
     # ----------------------------------------------------------- dataloaders
     def _loader(self, dataset, shuffle: bool, batch_size: int | None = None, sampler=None,
                 drop_last: bool = False) -> DataLoader:
+        workers = self.num_workers()
+        on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(dataset, batch_size=batch_size or self.hparams.batch_size, shuffle=shuffle,
-                          sampler=sampler, num_workers=self.hparams.num_workers, drop_last=drop_last,
-                          persistent_workers=self.hparams.num_workers > 0)
+                          sampler=sampler, num_workers=workers, drop_last=drop_last, pin_memory=on_gpu,
+                          persistent_workers=workers > 0)
+
+    def num_workers(self) -> int:
+        """The loaders' worker processes (see ``num_workers``)."""
+        if self.hparams.num_workers != "auto":
+            return int(self.hparams.num_workers)
+        ranks_here = self.trainer.world_size // max(1, self.trainer.num_nodes) if self.trainer is not None else 1
+        return max(1, min(8, len(os.sched_getaffinity(0)) // max(1, ranks_here) - 1))
 
     def train_dataloader(self):
         train = self._subset(self._train_val_positions()[0], train=True)

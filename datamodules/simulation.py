@@ -12,12 +12,26 @@ from typing import Callable
 import numpy as np
 from torch.utils.data import Dataset
 
+from ecos_lightning.feature_store import DEFAULT_CHUNK_ROWS
 from ecos_lightning.features import cached_features
 from ecos_lightning.samplers import CLIENT_FEATURES, CLIENT_LABELS, OPEN_FEATURES, Inputs
 
 
+def extract_shard(spec, open_ds: Dataset, client_ds: Dataset, feature_ids: tuple[str, str], needs: frozenset,
+                  cache_dir: Path, rank: int, world_size: int, chunk_rows: int) -> None:
+    """Extract this rank's chunks (chunk i to rank i % world_size) of the features ``needs`` names into their
+    stores; the stores are complete once every rank has done so."""
+    open_id, client_id = feature_ids
+    for need, dataset, data_id, desc in ((OPEN_FEATURES, open_ds, open_id, "open-pool features"),
+                                         (CLIENT_FEATURES, client_ds, client_id, "client features")):
+        if need in needs:
+            cached_features(spec, dataset, data_id, cache_dir, desc=desc, rank=rank, world_size=world_size,
+                            chunk_rows=chunk_rows)
+
+
 def simulated_inputs(spec, open_ds: Dataset, client_ds: Dataset, feature_ids: tuple[str, str], needs: frozenset,
-                     cache_dir: Path, labels: Callable[[Dataset], np.ndarray], num_classes: int) -> Inputs:
+                     cache_dir: Path, labels: Callable[[Dataset], np.ndarray], num_classes: int,
+                     chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Inputs:
     """The :class:`~ecos_lightning.samplers.Inputs` of ``needs`` (the union of the components' needs).
 
     spec: the encoder spec. feature_ids: the cache identities of the open pool and of the client set
@@ -25,7 +39,7 @@ def simulated_inputs(spec, open_ds: Dataset, client_ds: Dataset, feature_ids: tu
     always given (a labeller reveals those of the selected images).
     """
     def features(dataset, data_id, desc):
-        return cached_features(spec, dataset, data_id, cache_dir, desc=desc, progress=True)
+        return cached_features(spec, dataset, data_id, cache_dir, desc=desc, progress=True, chunk_rows=chunk_rows)
 
     open_id, client_id = feature_ids
     return Inputs(

@@ -53,8 +53,10 @@ def cached_features(spec: EncoderSpec, data, data_id: str, cache_dir: str | os.P
             encoder = build_encoder(spec, device=device)
         part = data[rows.start:rows.stop] if isinstance(data, np.ndarray) or hasattr(data, "ndim") else \
             Subset(data, rows)
-        chunk_desc = desc if store.num_chunks == 1 else f"{desc} [{rows.start // chunk_rows + 1}/{store.num_chunks}]"
-        return extract_features(encoder, part, batch_size=batch_size, progress=progress, desc=chunk_desc)
+        where = [f"chunk {rows.start // chunk_rows + 1}/{store.num_chunks}"] * (store.num_chunks > 1)
+        where += [f"rank {rank}/{world_size}"] * (world_size > 1)
+        label = f"{desc} [{', '.join(where)}]" if where else desc
+        return extract_features(encoder, part, batch_size=batch_size, progress=progress, desc=label)
 
     return store.read() if store.fill(compute, rank, world_size) else None
 

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,13 +123,19 @@ def _check_tested_once(rec):
     return accuracy
 
 
-def test_ddp_two_cpu_processes_share_the_proxy_shard_batches_and_test_once(tmp_path, cache_dir):
+def test_ddp_two_cpu_processes_extract_share_the_proxy_shard_batches_and_test_once(tmp_path):
+    cache = str(tmp_path / "cache")  # cold: both ranks extract the features
     record = [f"--trainer.callbacks.init_args.out={tmp_path}/rec"]
     proc = run_train(["fit", *config("finetune_digits"), *SMALL,
                       "--trainer", str(ROOT / "configs/trainer/ddp_sim.yaml"), "--trainer.max_epochs", "1",
-                      "--trainer.limit_val_batches", "2", "--data.cache_dir", cache_dir,
+                      "--trainer.limit_val_batches", "2", "--data.cache_dir", cache, "--data.feature_chunk_rows", "2048",
                       "--trainer.callbacks+=train_helpers.RecordRun", *record,
-                      "--trainer.callbacks+=train_helpers.RecordTest", *record], tmp_path, cache_dir)
+                      "--trainer.callbacks+=train_helpers.RecordTest", *record], tmp_path, cache)
+    chunks = set(re.findall(r"open-pool features \[chunk (\d+)/(\d+), rank (\d)/2\]", proc.stderr))
+    total = int(next(iter(chunks))[1])
+    assert {(int(c) - 1) % 2 for c, _, _ in chunks} == {0, 1} and all((int(c) - 1) % 2 == int(r) for c, _, r in chunks)
+    assert {int(c) for c, _, _ in chunks} == set(range(1, total + 1))
+    assert [p.suffix for p in Path(cache).glob("features-*")] == [".npy", ".npy"]  # pool and client, complete
     r0, r1 = (json.loads((tmp_path / f"rec/rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["proxy_indices"] == r1["proxy_indices"]

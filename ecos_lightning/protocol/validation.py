@@ -6,6 +6,8 @@ import numbers
 
 import numpy as np
 
+_CHECK_ROWS = 65536  # rows checked at a time
+
 
 def as_features(x, name: str) -> np.ndarray:
     """Return ``x`` as a C-contiguous float32 matrix [N, d], or raise ``ValueError`` naming ``name``.
@@ -28,8 +30,10 @@ def as_features(x, name: str) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).any(axis=1).sum())
+    bad = 0
+    for start in range(0, arr.shape[0], _CHECK_ROWS):  # in blocks: a memory-mapped matrix is never held whole
+        bad += int((~np.isfinite(arr[start:start + _CHECK_ROWS])).any(axis=1).sum())
+    if bad:
         raise ValueError(f"{name} has {bad} row(s) with NaN or Inf: clean or drop them before calling")
     return arr
 

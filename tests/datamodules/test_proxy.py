@@ -334,3 +334,17 @@ def test_each_dataset_is_fingerprinted_once(tmp_path, datasets, monkeypatch):
     dm.prepare_data()
     dm.setup("fit")
     assert sorted(seen) == sorted(id(ds) for ds in datasets)
+
+
+def test_loader_workers_default_to_the_cpus_and_are_checked(tmp_path, datasets):
+    import os
+
+    dm = _module(tmp_path, datasets)
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.num_workers == dm.num_workers() == max(1, min(8, len(os.sched_getaffinity(0)) - 1))
+    assert loader.persistent_workers and not loader.pin_memory  # no GPU here
+    assert _module(tmp_path, datasets, num_workers=0).num_workers() == 0
+    with pytest.raises(ValueError, match="num_workers must be 'auto' or an integer >= 0"):
+        _module(tmp_path, datasets, num_workers=-1)

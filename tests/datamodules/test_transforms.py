@@ -107,7 +107,7 @@ def test_custom_transforms_are_what_the_model_sees(tmp_path):
     train = RawImageTypes(v2.Compose([*to_float, v2.RandomHorizontalFlip(), v2.Resize(24), v2.Grayscale(),
                                       v2.Normalize(mean=[0.5], std=[0.25])]))
     evaluate = v2.Compose([*to_float, v2.Resize(20), v2.Grayscale(), v2.Normalize(mean=[0.5], std=[0.25])])
-    dm = _module(tmp_path, train_transform=train, eval_transform=evaluate)
+    dm = _module(tmp_path, train_transform=train, eval_transform=evaluate, num_workers=0)  # records in this process
     model = Recorder()
     trainer = _trainer(tmp_path)
     trainer.fit(model, datamodule=dm)
@@ -138,7 +138,7 @@ class OldImageSubset(Dataset):
 
 
 def test_the_default_gives_the_same_tensors_as_before(tmp_path):
-    dm = _module(tmp_path, image_size=12, val_fraction=0.2)
+    dm = _module(tmp_path, image_size=12, val_fraction=0.2, num_workers=0)  # the reference draws in this process
     dm.prepare_data()
     dm.setup("fit")
     train, val = dm._train_val_positions()
