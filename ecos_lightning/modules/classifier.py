@@ -131,6 +131,7 @@ class ClassifierModule(pl.LightningModule):
         self.num_classes = int(num_classes)
         self.preprocess = Preprocess.for_model(model_name, input_size)
         self.model = create_timm_model(model_name, num_classes=self.num_classes, weights=weights)
+        self.channels_last = False  # see use_channels_last
         self.backbone_frozen = bool(freeze_backbone) or backbone_lr_scale == 0
         if self.backbone_frozen:
             for p in self.backbone_parameters():
@@ -153,7 +154,16 @@ class ClassifierModule(pl.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """images [B,3,H,W] in [0,1] -> logits [B, num_classes]."""
-        return self.model(self.preprocess(images))
+        pixels = self.preprocess(images)
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return self.model(pixels)
+
+    def use_channels_last(self) -> None:
+        """Store the network's weights and feed it inputs channels-last (NHWC), the layout GPU convolutions
+        with tensor cores run fastest in; ``setup`` calls it when training on a CUDA device."""
+        self.model.to(memory_format=torch.channels_last)
+        self.channels_last = True
 
     def train(self, mode: bool = True) -> "ClassifierModule":
         """As ``nn.Module.train``, but a frozen backbone stays in eval mode."""
@@ -165,7 +175,10 @@ class ClassifierModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def setup(self, stage: str) -> None:
-        """Checks that the data module's ``num_classes`` (when it has one) matches the model's."""
+        """Checks that the data module's ``num_classes`` (when it has one) matches the model's; on a CUDA
+        device, switches to channels-last before the strategy moves and wraps the model."""
+        if self.trainer.strategy.root_device.type == "cuda":
+            self.use_channels_last()
         n = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
         if isinstance(n, int) and not isinstance(n, bool) and n != self.num_classes:
             raise ValueError(

@@ -103,3 +103,16 @@ def test_fit_with_labelled_and_unlabelled_streams(tmp_path):
     assert torch.isfinite(metrics["train_loss"]) and "train_unsup_loss" in metrics
     assert m.hparams.fixmatch is True and m.hparams.fixmatch_threshold == 0.0
 
+
+
+def test_channels_last_gives_the_same_logits():
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 20, 20)
+    plain = FineTuneModule(**SMALL)
+    nhwc = FineTuneModule(**SMALL)
+    nhwc.load_state_dict(plain.state_dict())
+    nhwc.use_channels_last()
+    conv = next(m for m in nhwc.model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain.eval(), nhwc.eval()
+    torch.testing.assert_close(nhwc(images), plain(images), rtol=1e-4, atol=1e-5)
