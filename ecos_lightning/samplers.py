@@ -23,6 +23,7 @@ import numpy as np
 
 from .protocol import CentroidsMessage, ClientResponder, CloudSampler, ScoresMessage
 from .protocol.baselines import run_baseline
+from .protocol.num_clusters import resolve_num_clusters
 from .protocol.privacy import gaussian_release, releases_epsilon
 from .proxy import Proxy
 
@@ -80,19 +81,40 @@ class Sampler:
         raise NotImplementedError
 
 
-class Ecos(Sampler):
-    """ECOS: centroids down, noisy centroid-coverage scores up, budget allocated by score."""
+#: The cloud's sampling rules (see ``CloudSampler``) and ECOS's defaults for them.
+ECOS_RULES = {"noise_z": 3.0, "candidate_factor": 3.0, "within_cluster": "kcenter"}
 
-    name = "ecos"
+
+class Ecos(Sampler):
+    """ECOS: centroids down, noisy centroid-coverage scores up, budget allocated by score.
+
+    ``rules``: the cloud's sampling rules (keys of ``ECOS_RULES``: the noise threshold ``noise_z``, the
+    ``candidate_factor`` and ``within_cluster``), this sampler's defaults; a setting of the same name
+    overrides one for a run (``select_proxy(..., noise_z=0)``). ``num_clusters`` may be ``"auto"``: K from
+    the pool size, the client size, sigma and q (``protocol.num_clusters``).
+    """
+
     needs = frozenset({OPEN_FEATURES, CLIENT_FEATURES})
+
+    def __init__(self, name: str = "ecos", **rules):
+        unknown = set(rules) - set(ECOS_RULES)
+        if unknown:
+            raise ValueError(f"unknown ECOS rules {sorted(unknown)}: use {sorted(ECOS_RULES)}")
+        self.name, self.rules = name, {**ECOS_RULES, **rules}
 
     def releases(self, settings):
         return [gaussian_release(settings["noise_multiplier"], what="ecos_coverage_scores")]
 
     def run(self, inputs, settings):
-        cloud = CloudSampler(num_clusters=settings["num_clusters"], seed=settings["seed"],
-                             fp16=settings.get("fp16", False), pca_dim=settings.get("pca_dim"),
-                             encoder=inputs.encoder, progress=settings.get("progress", False))
+        pool, client = len(inputs.open_features), inputs.client_size or len(inputs.client_features)
+        k = resolve_num_clusters(settings["num_clusters"], pool, client, settings["noise_multiplier"], settings["q"])
+        if settings["num_clusters"] == "auto":
+            log.info("num_clusters=auto: K=%d for %d open samples, %d client samples, sigma %g, q %d", k, pool,
+                     client, settings["noise_multiplier"], settings["q"])
+        rules = {key: settings.get(key, value) for key, value in self.rules.items()}
+        cloud = CloudSampler(num_clusters=k, seed=settings["seed"], fp16=settings.get("fp16", False),
+                             pca_dim=settings.get("pca_dim"), encoder=inputs.encoder,
+                             progress=settings.get("progress", False), **rules)
         down = cloud.fit(inputs.open_features).to_bytes()
         responder = ClientResponder(noise_multiplier=settings["noise_multiplier"], q=settings["q"],
                                     delta=settings["delta"], seed=settings["seed"])
@@ -182,17 +204,23 @@ def get_sampler(name: str) -> Sampler:
 
 
 def select_proxy(sampler: str, open_features: np.ndarray, budget: int, *, client_features=None,
-                 num_clusters: int = 100, q: int = 1, noise_multiplier: float = 8.0, delta: float = 1e-5,
+                 num_clusters: int | str = 100, q: int = 1, noise_multiplier: float = 8.0, delta: float = 1e-5,
                  seed: int = 0, fp16: bool = False, pca_dim: int | None = None, encoder: dict | None = None,
-                 progress: bool = False) -> Proxy:
-    """Run an open-pool sampler on feature arrays: the Proxy with its declared releases and epsilon."""
+                 progress: bool = False, **rules) -> Proxy:
+    """Run an open-pool sampler on feature arrays: the Proxy with its declared releases and epsilon.
+
+    ``num_clusters``: K or ``"auto"``. ``rules``: ECOS sampling rules for this run (``noise_z``,
+    ``candidate_factor``, ``within_cluster``; see ``ECOS_RULES``), overriding the sampler's own."""
+    unknown = set(rules) - set(ECOS_RULES)
+    if unknown:
+        raise ValueError(f"unknown ECOS rules {sorted(unknown)}: use {sorted(ECOS_RULES)}")
     chosen = get_sampler(sampler)
     if chosen.source != "open":
         raise ValueError(f"sampler {sampler!r} does not select from the open pool")
     if CLIENT_FEATURES in chosen.needs and client_features is None:
         raise ValueError(f"client_features is required by the {sampler!r} sampler")
     settings = dict(budget=budget, num_clusters=num_clusters, q=q, noise_multiplier=noise_multiplier, delta=delta,
-                    seed=seed, fp16=fp16, pca_dim=pca_dim, progress=progress)
+                    seed=seed, fp16=fp16, pca_dim=pca_dim, progress=progress, **rules)
     start = time.perf_counter()
     proxy = chosen.run(Inputs(open_features=open_features, client_features=client_features, encoder=encoder),
                        settings)

@@ -23,8 +23,8 @@ def _checked_budget(open_features, budget: int) -> tuple[np.ndarray, int]:
     features = as_features(open_features, "open_features")
     budget = positive_int(budget, "budget")
     if budget > features.shape[0]:
-        warnings.warn(f"budget={budget} exceeds the open pool ({features.shape[0]}): returning the whole pool",
-                      stacklevel=3)
+        warnings.warn(f"budget={budget} exceeds the open pool ({features.shape[0]}): returning the whole pool; "
+                      f"pass budget <= {features.shape[0]}", stacklevel=3)
         budget = features.shape[0]
     return features, budget
 

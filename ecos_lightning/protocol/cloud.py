@@ -10,7 +10,8 @@ import numpy as np
 
 from . import faiss_ops
 from .messages import CentroidsMessage, ScoresMessage
-from .selection import allocate_budget, select_near_centroid
+from .num_clusters import FAISS_MIN_POINTS_PER_CENTROID
+from .selection import WITHIN_CLUSTER, allocate_budget, select_near_centroid
 from .validation import as_features, non_negative_float, positive_int
 
 log = logging.getLogger(__name__)
@@ -38,16 +39,22 @@ class CloudSampler:
     """Clusters open-source features, writes the centroids message, and samples from noisy scores.
 
     Args:
-        num_clusters: K, the number of k-means centroids sent to the client.
+        num_clusters: K, the number of k-means centroids sent to the client (``num_clusters.auto_num_clusters``
+            chooses one from the pool size, the client size and the noise).
         seed: seeds k-means and the PCA sample.
         niter, nredo, max_points_per_centroid, spherical: passed to ``faiss.Kmeans``.
         fp16: send centroids as float16 (half the bytes down).
         pca_dim: project centroids to this many dimensions; the PCA map travels in the message.
         encoder: encoder spec dict (``EncoderSpec.to_dict()``) the client must use, or None.
-        noise_z: a cluster is kept only if its score exceeds ``noise_z`` noise standard deviations.
+        noise_z: a cluster is kept only if its score exceeds ``noise_z`` noise standard deviations
+            (0: every cluster with a positive score gets budget).
         min_score: and exceeds this absolute count.
         candidate_factor: candidates per cluster = ``candidate_factor`` x its allocation, nearest to
-            the centroid first; k-center greedy picks the allocation among them.
+            the centroid first (``inf``: every member of the cluster).
+        within_cluster: how each cluster's allocation is taken among its candidates: ``"kcenter"``
+            (k-center greedy from the nearest, diverse), ``"nearest"`` (the nearest members, the candidate
+            factor plays no part) or ``"random"`` (uniformly at random, seeded by ``seed``). Plain
+            score-proportional sampling is ``noise_z=0, within_cluster="random", candidate_factor=inf``.
         use_gpu: run faiss on GPUs (default: when faiss sees one).
         num_threads: faiss OpenMP threads (default: all cores).
         progress: show k-means iterations and a progress bar over the assignment of the pool.
@@ -56,8 +63,8 @@ class CloudSampler:
     def __init__(self, num_clusters: int = 100, *, seed: int = 0, niter: int = 20, nredo: int = 1,
                  max_points_per_centroid: int = 64, spherical: bool = False, fp16: bool = False,
                  pca_dim: int | None = None, encoder: dict | None = None, noise_z: float = 3.0,
-                 min_score: float = 0.0, candidate_factor: float = 3.0, use_gpu: bool | None = None,
-                 num_threads: int | None = None, progress: bool = False):
+                 min_score: float = 0.0, candidate_factor: float = 3.0, within_cluster: str = "kcenter",
+                 use_gpu: bool | None = None, num_threads: int | None = None, progress: bool = False):
         self.num_clusters = positive_int(num_clusters, "num_clusters")
         self.seed = int(seed)
         self.niter = positive_int(niter, "niter")
@@ -69,9 +76,13 @@ class CloudSampler:
         self.encoder = encoder
         self.noise_z = non_negative_float(noise_z, "noise_z")
         self.min_score = non_negative_float(min_score, "min_score")
-        if not candidate_factor >= 1:
-            raise ValueError(f"candidate_factor must be >= 1, got {candidate_factor!r}")
+        if isinstance(candidate_factor, bool) or not isinstance(candidate_factor, (int, float)) or \
+                not candidate_factor >= 1:
+            raise ValueError(f"candidate_factor must be a number >= 1 (inf: every member), got {candidate_factor!r}")
         self.candidate_factor = float(candidate_factor)
+        if within_cluster not in WITHIN_CLUSTER:
+            raise ValueError(f"within_cluster must be one of {WITHIN_CLUSTER}, got {within_cluster!r}")
+        self.within_cluster = within_cluster
         self.use_gpu = faiss_ops.gpu_available() if use_gpu is None else bool(use_gpu)
         self.num_threads = num_threads
         self.progress = bool(progress)
@@ -90,9 +101,15 @@ class CloudSampler:
         n, d = features.shape
         k = self.num_clusters
         if k > n:
-            warnings.warn(f"num_clusters={k} > {n} open samples: using K={n}, one point per cluster",
+            warnings.warn(f"num_clusters={k} > {n} open samples: using K={n}, one point per cluster; use "
+                          f"num_clusters='auto' or num_clusters <= {max(1, n // FAISS_MIN_POINTS_PER_CENTROID)}",
                           stacklevel=2)
             k = n
+        elif n < FAISS_MIN_POINTS_PER_CENTROID * k:
+            warnings.warn(f"num_clusters={k} leaves {n / k:.1f} of the {n} open samples per centroid, under the "
+                          f"{FAISS_MIN_POINTS_PER_CENTROID} k-means needs to place them well: use num_clusters='auto' "
+                          f"or num_clusters <= {max(1, n // FAISS_MIN_POINTS_PER_CENTROID)}, or a larger pool",
+                          stacklevel=2)
         if self.pca_dim is not None and self.pca_dim > d:
             raise ValueError(f"pca_dim={self.pca_dim} exceeds the feature dimension {d}: pass pca_dim <= {d}")
         if k == n:
@@ -163,7 +180,8 @@ class CloudSampler:
         Scores are clipped at 0; clusters at or below ``max(min_score, noise_z * noise_std)`` are
         dropped; the budget is split over the kept clusters in proportion to score (largest
         remainder, capped by cluster size, overflow redistributed); each cluster's share is taken
-        near its centroid with redundancy removed by k-center greedy.
+        among its ``candidate_factor`` x share nearest members as ``within_cluster`` says (default:
+        k-center greedy, which removes redundancy).
         """
         if self.features_ is None:
             raise RuntimeError("call fit(open_features) before sampling")
@@ -175,8 +193,8 @@ class CloudSampler:
         clipped = np.clip(scores.scores, 0.0, None)
         if budget >= n:
             if budget > n:
-                warnings.warn(f"budget={budget} exceeds the open pool ({n}): returning the whole pool",
-                              stacklevel=2)
+                warnings.warn(f"budget={budget} exceeds the open pool ({n}): returning the whole pool; pass "
+                              f"budget <= {n}", stacklevel=2)
             return self._selection(np.arange(n, dtype=np.int64), clipped,
                                    np.bincount(self.assignment_, minlength=len(clipped)),
                                    np.ones(len(clipped), dtype=bool))
@@ -185,21 +203,28 @@ class CloudSampler:
         kept = clipped > threshold
         weights = np.where(kept, clipped, 0.0)
         if not kept.any() and (clipped > 0).any():
-            warnings.warn(f"no cluster scores above the noise threshold {threshold:.2f}: "
-                          "keeping every cluster with a positive score", stacklevel=2)
+            warnings.warn(f"no cluster scores above the noise threshold {threshold:.2f} ({self.noise_z:g} x noise "
+                          f"std {scores.noise_std:.2f}): keeping every cluster with a positive score, so the proxy "
+                          "is close to random; use num_clusters='auto' or fewer clusters (each then collects more "
+                          "of the client's counts), or a lower noise_multiplier", stacklevel=2)
             kept, weights = clipped > 0, clipped
         elif not kept.any():
-            warnings.warn("every score is zero or negative: the client covers no centroid; "
-                          "falling back to uniform allocation over clusters", stacklevel=2)
+            warnings.warn("every score is zero or negative: the client covers no centroid; falling back to "
+                          "uniform allocation over clusters (a random proxy); use num_clusters='auto' or fewer "
+                          "clusters, or a lower noise_multiplier", stacklevel=2)
             kept, weights = np.ones_like(kept), np.ones_like(clipped)
         allocation = allocate_budget(weights, self.cluster_sizes_, budget)
         short = budget - int(allocation.sum())
         if short > 0:
             warnings.warn(f"kept clusters hold only {int(allocation.sum())} samples: taking {short} more "
-                          "from the other clusters, highest score first", stacklevel=2)
+                          f"from the other clusters, highest score first; use a budget <= {int(allocation.sum())}, "
+                          "or num_clusters='auto' or fewer clusters so more of them clear the noise threshold",
+                          stacklevel=2)
             allocation += self._fill_from_dropped(kept, clipped, short)
 
-        picks = [select_near_centroid(self.features_, self.members(c), int(a), self.candidate_factor)
+        rng = np.random.default_rng(self.seed)  # used by within_cluster="random" only
+        picks = [select_near_centroid(self.features_, self.members(c), int(a), self.candidate_factor,
+                                      self.within_cluster, rng)
                  for c, a in enumerate(allocation) if a > 0]
         indices = np.concatenate(picks).astype(np.int64)
         log.info("selection: kept %d/%d clusters (threshold %.2f); budget %d over %d clusters; "

@@ -33,10 +33,11 @@ def gpu_available() -> bool:
 def kmeans(features: np.ndarray, k: int, *, niter: int, nredo: int, seed: int,
            max_points_per_centroid: int, spherical: bool, use_gpu: bool, verbose: bool = False) -> np.ndarray:
     """Centroids [k, d] float32 of faiss k-means on ``features`` [N, d] (N >= k); ``verbose``: faiss's
-    per-iteration progress lines."""
+    per-iteration progress lines. faiss's own small-pool warning is off: the caller warns with the remedy."""
     km = faiss.Kmeans(
         features.shape[1], k, niter=niter, nredo=nredo, seed=seed, verbose=verbose,
-        max_points_per_centroid=max_points_per_centroid, spherical=spherical, gpu=use_gpu,
+        max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1, spherical=spherical,
+        gpu=use_gpu,
     )
     km.train(features)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)

@@ -71,16 +71,31 @@ def kcenter_greedy(points: np.ndarray, k: int, initial=(0,)) -> np.ndarray:
     return np.asarray(picks, dtype=np.int64)
 
 
-def select_near_centroid(features: np.ndarray, members: np.ndarray, count: int,
-                         candidate_factor: float) -> np.ndarray:
-    """Pick ``count`` diverse members of one cluster.
+#: How a cluster's share is taken among its candidates (see :func:`select_near_centroid`).
+WITHIN_CLUSTER = ("kcenter", "nearest", "random")
+
+
+def select_near_centroid(features: np.ndarray, members: np.ndarray, count: int, candidate_factor: float,
+                         within: str = "kcenter", rng: np.random.Generator | None = None) -> np.ndarray:
+    """Pick ``count`` members of one cluster; int64 indices into the pool.
 
     ``members`` [m] are open-pool indices sorted by distance to the centroid. The
-    ``ceil(candidate_factor * count)`` nearest are candidates; k-center greedy from the
-    nearest one removes redundancy among them. Returns int64 indices into the pool.
+    ``ceil(candidate_factor * count)`` nearest are candidates (``candidate_factor=inf``: every member).
+    ``within`` = ``"kcenter"``: k-center greedy among the candidates from the nearest one (diverse);
+    ``"nearest"``: the ``count`` nearest members (the candidate factor plays no part);
+    ``"random"``: ``count`` candidates uniformly at random without replacement, drawn from ``rng``.
     """
     if count <= 0:
         return np.empty(0, dtype=np.int64)
-    pool = members[: min(len(members), max(count, math.ceil(candidate_factor * count)))]
+    if within == "nearest":
+        return members[:count]
+    size = len(members) if math.isinf(candidate_factor) else math.ceil(candidate_factor * count)
+    pool = members[: min(len(members), max(count, size))]
+    if within == "random":
+        if rng is None:
+            raise ValueError("within='random' needs an rng")
+        return np.sort(rng.choice(pool, size=min(count, len(pool)), replace=False))
+    if within != "kcenter":
+        raise ValueError(f"within must be one of {WITHIN_CLUSTER}, got {within!r}")
     picks = kcenter_greedy(features[pool], count, initial=(0,))
     return pool[picks]
