@@ -70,7 +70,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
             (None: the name's, else the source's default: ``handwritten`` and 0 for digits-lite).
         encoder, encoder_weights, encoder_input_size, encoder_pooling: the feature encoder both sides use.
         num_clusters, q, noise_multiplier, delta: the ECOS query (K centroids, q nearest, sigma, delta);
-            ``num_clusters="auto"`` chooses K from the pool size, the client size, sigma and q
+            ``num_clusters="auto"`` (the default) chooses K from the pool size, the client size, sigma and q
             (``ecos_lightning.protocol.num_clusters``).
         budget: proxy size B.
         sampler: a name in ``ecos_lightning.samplers.SAMPLERS`` (ecos | random | kcenter | full | upload |
@@ -111,7 +111,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
                  client_domain: str | None = None, data_seed: int | None = None,
                  encoder: str = "efficientnet_lite0", encoder_weights: str = "offline",
                  encoder_input_size: int = 64, encoder_pooling: str = "style",
-                 num_clusters: int | Literal["auto"] = 100,
+                 num_clusters: int | Literal["auto"] = "auto",
                  q: int = 1, noise_multiplier: float = 8.0, delta: float = 1e-5, budget: int = 1000,
                  sampler: str = "ecos", label_source: str = "manual", knn_k: int = 20,
                  knn_noise_multiplier: float = 2.0, knn_sampling_rate: float = 0.3,
