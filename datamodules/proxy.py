@@ -38,6 +38,7 @@ from ecos_lightning.feature_store import DEFAULT_CHUNK_ROWS
 from ecos_lightning.files import atomic_write_bytes, default_cache_dir, stable_hash
 from ecos_lightning.frameworks import bases, framework_of
 from ecos_lightning.label_sources import DEPRECATED, LABEL_SOURCES, get_label_source
+from ecos_lightning.protocol import faiss_ops
 from ecos_lightning.protocol.privacy import releases_epsilon
 from ecos_lightning.protocol.validation import positive_int
 from ecos_lightning.proxy import PROXY_VERSION, Proxy
@@ -99,6 +100,9 @@ class ProxyDataModule(*bases("LightningDataModule")):
         cache_dir: features and artifacts.
         seed: seeds the protocol, the noise, the validation split.
         dataset_id: names custom datasets in the artifact hash (default: a content fingerprint).
+        faiss_gpu: run the cloud's k-means and assignment on the GPUs faiss sees (None: when it sees one);
+            False is the switch for bit-reproducible proxies (a GPU rounds differently; a proxy chosen on
+            a GPU is keyed apart from the CPU's).
         feature_chunk_rows: rows per chunk of the on-disk feature stores (a multiple of 256): the unit an
             interrupted extraction resumes at, and that the ranks of a distributed run share out.
         proxy_file: train on a proxy chosen by ``ecos-cloud sample`` with a real client instead of
@@ -122,7 +126,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
                  eval_transform: Callable | None = None, unlabelled_batch_size: int = 0, batch_size: int = 64,
                  num_workers: int | Literal["auto"] = "auto", cache_dir: str | None = None, seed: int = 0,
                  dataset_id: str | None = None, proxy_file: str | None = None,
-                 feature_chunk_rows: int = DEFAULT_CHUNK_ROWS):
+                 feature_chunk_rows: int = DEFAULT_CHUNK_ROWS, faiss_gpu: bool | None = None):
         super().__init__()
         self.sampler, self.label_source = get_sampler(sampler), get_label_source(label_source)
         if self.sampler.source == "client" and not self.label_source.labels_client_data:
@@ -248,6 +252,8 @@ class ProxyDataModule(*bases("LightningDataModule")):
         open_ds, client_ds, _, data_id = self.sources()
         labels = [hashlib.sha256(self.labels(ds).astype("<i8").tobytes()).hexdigest() for ds in (open_ds, client_ds)]
         cfg.update(encoder=self.spec.to_dict(), data=data_id, labels=labels, version=PROXY_VERSION)
+        if faiss_ops.gpu_available() if h.faiss_gpu is None else h.faiss_gpu:
+            cfg["faiss"] = "gpu"  # GPU rounding may choose another proxy: never reuse a CPU artifact for it
         return cfg
 
     def proxy_hash(self) -> str:

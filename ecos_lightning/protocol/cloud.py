@@ -55,7 +55,10 @@ class CloudSampler:
             (k-center greedy from the nearest, diverse), ``"nearest"`` (the nearest members, the candidate
             factor plays no part) or ``"random"`` (uniformly at random, seeded by ``seed``). Plain
             score-proportional sampling is ``noise_z=0, within_cluster="random", candidate_factor=inf``.
-        use_gpu: run faiss on GPUs (default: when faiss sees one).
+        use_gpu: run k-means and the assignment on every GPU faiss sees (default: when it sees one). GPU
+            arithmetic rounds differently, so a GPU's proxy may differ from the CPU's; ``use_gpu=False`` is
+            the switch for bit-reproducible runs: faiss on the CPU gives the same result for the same seed
+            at any thread count.
         num_threads: faiss OpenMP threads (default: all cores).
         progress: show k-means iterations and a progress bar over the assignment of the pool.
     """
@@ -119,7 +122,7 @@ class CloudSampler:
                 features, k, niter=self.niter, nredo=self.nredo, seed=self.seed,
                 max_points_per_centroid=self.max_points_per_centroid, spherical=self.spherical,
                 use_gpu=self.use_gpu, verbose=self.progress)
-        sq_dist, labels = faiss_ops.nearest(features, centroids, k=1,
+        sq_dist, labels = faiss_ops.nearest(features, centroids, k=1, use_gpu=self.use_gpu,
                                             desc="assigning to centroids" if self.progress else None)
         if k == n:  # duplicate points may tie: pin each point to its own cluster
             labels[:, 0], sq_dist[:, 0] = np.arange(n), 0.0

@@ -43,13 +43,16 @@ def kmeans(features: np.ndarray, k: int, *, niter: int, nredo: int, seed: int,
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
-def nearest(queries: np.ndarray, base: np.ndarray, k: int = 1, batch_size: int = 65536, desc: str | None = None):
+def nearest(queries: np.ndarray, base: np.ndarray, k: int = 1, batch_size: int = 65536, desc: str | None = None,
+            use_gpu: bool = False):
     """Exact L2 nearest neighbours: (squared distances [M, k] float32, indices [M, k] int64).
 
     Queries are processed in batches so the distance work space stays bounded; ``desc`` shows a
-    progress bar over them.
+    progress bar over them. ``use_gpu``: search on every GPU faiss sees (the base is replicated).
     """
     index = faiss.IndexFlatL2(base.shape[1])
+    if use_gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
     index.add(base)
     k = min(k, base.shape[0])
     distances = np.empty((queries.shape[0], k), dtype=np.float32)

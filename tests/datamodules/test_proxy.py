@@ -348,3 +348,9 @@ def test_loader_workers_default_to_the_cpus_and_are_checked(tmp_path, datasets):
     assert _module(tmp_path, datasets, num_workers=0).num_workers() == 0
     with pytest.raises(ValueError, match="num_workers must be 'auto' or an integer >= 0"):
         _module(tmp_path, datasets, num_workers=-1)
+
+
+def test_a_proxy_chosen_on_a_gpu_is_keyed_apart_from_the_cpus(tmp_path, datasets):
+    cpu = _module(tmp_path, datasets, faiss_gpu=False).artifact_path()
+    assert _module(tmp_path, datasets).artifact_path() == cpu  # no GPU here: None means the CPU
+    assert _module(tmp_path, datasets, faiss_gpu=True).artifact_path() != cpu

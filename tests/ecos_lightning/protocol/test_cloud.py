@@ -240,3 +240,17 @@ def test_restore_refuses_a_member_order_with_repeats(mixture):
     for member_order in (repeated, shuffled):
         with pytest.raises(ValueError, match="every pool index once, grouped by cluster"):
             CloudSampler.restore(cloud.message_, open_features, cloud.assignment_, member_order)
+
+
+def test_the_cpu_path_gives_the_same_proxy_at_any_thread_count():
+    rng = np.random.default_rng(3)
+    pool = rng.normal(size=(5000, 32)).astype(np.float32)
+    scores = None
+    picks = []
+    for threads in (1, 2):
+        cloud = CloudSampler(num_clusters=40, seed=0, use_gpu=False, num_threads=threads)
+        message = cloud.fit(pool)
+        scores = scores or ClientResponder(noise_multiplier=1.0, seed=0).respond(message, pool[:300])
+        picks.append((message.to_bytes(), cloud.sample(scores, budget=200)))
+    assert picks[0][0] == picks[1][0]  # the same centroids, bit for bit
+    np.testing.assert_array_equal(picks[0][1], picks[1][1])
