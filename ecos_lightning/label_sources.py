@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from . import class_coverage
 from .knn_labels import PrivateKnnLabeler
 from .proxy import Proxy
 from .samplers import CLIENT_FEATURES, CLIENT_LABELS, OPEN_FEATURES, Inputs, resolve
@@ -86,6 +87,33 @@ class ClientKnn(LabelSource):
                              release_hash=chain_release(proxy.release_hash, labels))
 
 
+class ClassCoverage(LabelSource):
+    """Class-conditional coverage: the client releases one noisy (centroid, class) histogram per resolution
+    for centroids of the proxy; the cloud spreads it along the proxy's neighbourhood graph
+    (:mod:`ecos_lightning.class_coverage`). Its cost does not grow with the proxy size."""
+
+    name = "class_coverage"
+    needs = frozenset({OPEN_FEATURES, CLIENT_FEATURES, CLIENT_LABELS})
+    config_keys = ("coverage_clusters", "coverage_noise_multiplier", "coverage_label_fraction")
+    estimates = True
+
+    def releases(self, settings, proxy_size):
+        clusters = class_coverage.check_clusters(settings["coverage_clusters"])
+        return [class_coverage.release(settings["coverage_noise_multiplier"], len(clusters))]
+
+    def run(self, proxy, inputs, settings):
+        features = inputs.open_features[proxy.indices]
+        query = class_coverage.coverage_query(features, settings["coverage_clusters"], seed=settings["seed"])
+        counts = class_coverage.class_histogram(query, inputs.client_features, inputs.client_labels,
+                                                inputs.num_classes)
+        noisy = class_coverage.release_histogram(counts, settings["coverage_noise_multiplier"],
+                                                 np.random.default_rng(settings["seed"]))
+        labels = class_coverage.propagate_labels(query, features, noisy,
+                                                 label_fraction=settings["coverage_label_fraction"])
+        return proxy.replace(labels=labels, class_names=class_names(inputs.num_classes),
+                             release_hash=chain_release(proxy.release_hash, noisy.view(np.int32)))
+
+
 def labeler(settings: Mapping) -> PrivateKnnLabeler:
     return PrivateKnnLabeler(settings["knn_k"], settings["knn_noise_multiplier"], settings["knn_sampling_rate"],
                              seed=settings["seed"])
@@ -125,3 +153,4 @@ def get_label_source(name: str) -> LabelSource:
 register_label_source(Manual())
 register_label_source(Unlabelled())
 register_label_source(ClientKnn())
+register_label_source(ClassCoverage())

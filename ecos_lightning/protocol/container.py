@@ -33,7 +33,8 @@ _CHECKSUM_BYTES = 32
 MAX_HEADER_BYTES = 1 << 20
 #: Upper bounds of what each kind may legitimately need. centroids: K <= MAX_CLUSTERS rows of
 #: d <= MAX_FEATURE_DIM (float32; plus an optional projection); scores: 4 bytes per centroid;
-#: queries: the proxy's features; labels: 8 bytes per query and the class names.
+#: queries: the proxy's features; labels: 8 bytes per query and the class names; coverage_query: centroids and
+#: a projection, as centroids; class_histogram: 4 bytes per (centroid, class) cell and the class names.
 MAX_CLUSTERS = 1 << 16
 MAX_FEATURE_DIM = 1 << 14
 MAX_QUERIES = 1 << 20
@@ -42,6 +43,8 @@ MAX_MESSAGE_BYTES = {
     "scores": 4 * MAX_CLUSTERS + (64 << 10),
     "queries": 1 << 30,
     "labels": 8 * MAX_QUERIES + MAX_HEADER_BYTES + (64 << 10),
+    "coverage_query": 256 << 20,
+    "class_histogram": 4 * (1 << 22) + MAX_HEADER_BYTES + (64 << 10),  # coverage_messages.MAX_CELLS float32 cells
 }
 ALLOWED_DTYPES = ("float16", "float32", "int64")
 

@@ -1,0 +1,309 @@
+"""Auto-labels against their privacy cost on digits-lite: label accuracy and client accuracy vs total epsilon.
+
+Each cell (method, client domain, seed, total epsilon) selects the ECOS proxy (B images, K=100) and labels
+it with a label source of ``ecos_lightning.label_sources``; the whole run (ECOS query + labels) costs the
+cell's total epsilon at delta 1e-5 by dp-accounting's PLD accountant (its RDP epsilon is reported beside
+it). The ECOS query keeps sigma 8 unless the total is too small for it to take at most half of it (in
+Gaussian composition, where 1/sigma^2 adds up): then it gets sqrt(2) x the single-release sigma of the
+total. The label source's noise is then the smallest that keeps the composed releases within the total
+(a bisection over the records the source declares).
+
+Stages (cells are appended to the JSON results as they finish; an interrupted run resumes):
+
+    python bench/private_labels.py --stage labels      # label accuracy (+ a linear probe's client accuracy)
+    python bench/private_labels.py --stage finetune    # client accuracy by short fine-tuning (slow)
+    python bench/private_labels.py --report-only       # docs/private_labels.md and .png from finished cells
+
+``labels`` runs every method at every epsilon (minutes on 2 CPU cores). Its client accuracy is a linear
+probe (logistic regression on the frozen encoder's avg-pooled features of the proxy images with their
+auto-labels, tested on the client's held-out images): cheap enough for the whole grid. ``finetune``
+fine-tunes efficientnet_lite0 (64 px, FINETUNE epochs) on the auto-labelled proxy, as bench/tasks.py
+does but for fewer epochs, with manual labels of the same proxy as the reference; by default only at
+the epsilons of ``--finetune-epsilons``, as the full grid takes hours on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ecos_lightning.data import DOMAINS, paper_split
+from ecos_lightning.files import atomic_write_bytes
+from ecos_lightning.label_sources import get_label_source
+from ecos_lightning.protocol.privacy import gaussian_release, noise_multiplier_for_epsilon, releases_epsilon
+from ecos_lightning.samplers import Inputs, select_proxy
+
+from digits_features import add_arguments, digits_lite_features
+
+EPSILONS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+ECOS_SIGMA = 8.0
+#: method -> (label source, its settings, the setting that carries its noise, feature pooling for labelling)
+METHODS = {
+    "private_knn": ("client_knn", {"knn_k": 20, "knn_sampling_rate": 0.3}, "knn_noise_multiplier", "style"),
+    "class_coverage": ("class_coverage", {"coverage_clusters": [10, 20, 50], "coverage_label_fraction": 1.0},
+                       "coverage_noise_multiplier", "style"),
+    "class_coverage C=30": ("class_coverage", {"coverage_clusters": [30], "coverage_label_fraction": 1.0},
+                            "coverage_noise_multiplier", "style"),
+    "class_coverage 80% labelled": ("class_coverage", {"coverage_clusters": [10, 20, 50],
+                                                       "coverage_label_fraction": 0.8},
+                                    "coverage_noise_multiplier", "style"),
+    "class_coverage avg pooling": ("class_coverage", {"coverage_clusters": [10, 20, 50],
+                                                      "coverage_label_fraction": 1.0},
+                                   "coverage_noise_multiplier", "avg"),
+}
+FINETUNE_METHODS = ("manual", "private_knn", "class_coverage")
+FINETUNE = dict(model_name="efficientnet_lite0", weights="offline", input_size=64, lr=2e-3, backbone_lr_scale=0.5)
+FINETUNE_EPOCHS = 3
+
+
+def ecos_sigma(epsilon: float, delta: float) -> float:
+    """The ECOS query's noise multiplier for a run of total ``epsilon`` (see the module docstring)."""
+    return max(ECOS_SIGMA, math.sqrt(2.0) * noise_multiplier_for_epsilon(epsilon, delta))
+
+
+def label_sigma(method: str, epsilon: float, delta: float, budget: int) -> float:
+    """Smallest noise multiplier (to 1e-3 relative) of ``method``'s releases whose composition with the ECOS
+    query costs at most ``epsilon`` (PLD)."""
+    source_name, settings, noise_key, _ = METHODS[method]
+    source, fixed = get_label_source(source_name), [gaussian_release(ecos_sigma(epsilon, delta))]
+
+    def cost(sigma: float) -> float:
+        return releases_epsilon(fixed + source.releases({**settings, noise_key: sigma, "seed": 0}, budget), delta)
+
+    low, high = 0.1, 1.0
+    while cost(high) > epsilon:
+        low, high = high, high * 2
+        if high > 1e5:
+            raise ValueError(f"{method}: epsilon {epsilon} is out of reach")
+    while (high - low) / high > 1e-3:
+        mid = (low + high) / 2
+        low, high = (mid, high) if cost(mid) > epsilon else (low, mid)
+    return high
+
+
+_PROXIES: dict = {}
+
+
+def ecos_proxy(style: np.ndarray, domain: str, seed: int, sigma: float, args, split):
+    """The ECOS proxy of a split at noise multiplier ``sigma`` (computed once per process)."""
+    key = (domain, seed, sigma)
+    if key not in _PROXIES:
+        open_idx, client_idx = split.open_indices, split.client_train_indices
+        _PROXIES[key] = select_proxy("ecos", style[open_idx], args.budget, client_features=style[client_idx],
+                                     num_clusters=args.num_clusters, noise_multiplier=sigma, delta=args.delta,
+                                     seed=seed)
+    return _PROXIES[key]
+
+
+def make_cell(data, features: dict, domain: str, seed: int, epsilon: float, method: str, sigma: float,
+              args) -> tuple[dict, np.ndarray, dict]:
+    """Label one cell: (its record, the proxy's labels, the split)."""
+    split = paper_split(data.domains, data.labels, domain, seed=seed)
+    open_idx, client_idx = split.open_indices, split.client_train_indices
+    e_sigma = ecos_sigma(epsilon, args.delta)
+    proxy = ecos_proxy(features["style"], domain, seed, e_sigma, args, split)
+    truth = data.labels[open_idx][proxy.indices]
+    record = {"method": method, "domain": domain, "seed": seed, "epsilon": epsilon, "ecos_sigma": e_sigma}
+    if method == "manual":
+        labels, releases = truth, []
+        record.update(label_sigma=None)
+    else:
+        source_name, settings, noise_key, pooling = METHODS[method]
+        source = get_label_source(source_name)
+        settings = {**settings, noise_key: sigma, "seed": seed}
+        inputs = Inputs(open_features=features[pooling][open_idx], client_features=features[pooling][client_idx],
+                        client_labels=data.labels[client_idx], client_size=len(client_idx), num_classes=10)
+        start = time.perf_counter()
+        labels = np.asarray(source.run(proxy, inputs, settings).label_list())
+        releases = source.releases(settings, args.budget)
+        record.update(label_sigma=sigma, label_seconds=time.perf_counter() - start)
+    releases = [gaussian_release(e_sigma)] + releases
+    labelled = labels >= 0
+    in_domain = data.domains[open_idx][proxy.indices] == DOMAINS.index(domain)
+    record.update(epsilon_pld=releases_epsilon(releases, args.delta),
+                  epsilon_rdp=releases_epsilon(releases, args.delta, accountant="rdp"),
+                  label_accuracy=float((labels == truth).mean()), labelled=float(labelled.mean()),
+                  accuracy_of_labelled=float((labels[labelled] == truth[labelled]).mean()) if labelled.any() else None,
+                  in_domain=float(in_domain.mean()))
+    return record, (open_idx[proxy.indices], labels), split
+
+
+def probe_accuracy(features: np.ndarray, train_idx, labels, test_idx, test_labels) -> float:
+    """Test accuracy of a logistic regression on frozen features of the labelled proxy images."""
+    from sklearn.linear_model import LogisticRegression
+
+    keep = labels >= 0
+    if len(np.unique(labels[keep])) < 2:
+        return float((test_labels == labels[keep][0]).mean()) if keep.any() else 0.0
+    model = LogisticRegression(max_iter=500, C=1.0)
+    model.fit(features[train_idx[keep]], labels[keep])
+    return float((model.predict(features[test_idx]) == test_labels).mean())
+
+
+def finetune_accuracy(data, train_idx, labels, test_idx, seed: int, root: Path) -> float:
+    """Client test accuracy of efficientnet_lite0 fine-tuned on the labelled proxy images (as bench/tasks.py,
+    FINETUNE_EPOCHS epochs)."""
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ecos_lightning.modules import AutoLabelModule
+
+    def loader(idx, y, shuffle):
+        images = torch.from_numpy(data.images[idx]).permute(0, 3, 1, 2).float() / 255.0
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(TensorDataset(images, torch.from_numpy(np.asarray(y, np.int64))), batch_size=64,
+                          shuffle=shuffle, generator=generator if shuffle else None)
+
+    pl.seed_everything(seed, verbose=False)
+    keep = labels >= 0
+    module = AutoLabelModule(num_classes=10, **FINETUNE)
+    trainer = pl.Trainer(max_epochs=FINETUNE_EPOCHS, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+                         num_sanity_val_steps=0)
+    trainer.fit(module, train_dataloaders=loader(train_idx[keep], labels[keep], True))
+    return float(trainer.test(module, dataloaders=loader(test_idx, data.labels[test_idx], False),
+                              verbose=False)[0]["test_acc"])
+
+
+def report(cells: list[dict], args, out: Path) -> None:
+    lines = [f"digits-lite, budget {args.budget}, ECOS K={args.num_clusters}, client domains {args.domains}, seeds "
+             f"{args.seeds}; total epsilon at delta {args.delta:g} (PLD; RDP beside it) covers the ECOS query and the "
+             "labels. Mean ± std over domains x seeds. `probe`: client test accuracy of a logistic regression on "
+             f"frozen avg-pooled features; `fine-tune`: efficientnet_lite0 {FINETUNE['input_size']} px, "
+             f"{FINETUNE_EPOCHS} epochs.", ""]
+    for domain_set in (args.domains, *([[d] for d in args.domains] if len(args.domains) > 1 else [])):
+        title = "all client domains" if len(domain_set) > 1 else f"client domain `{domain_set[0]}`"
+        lines += [f"### {title}", "", "| method | total epsilon (PLD) | RDP epsilon | label sigma | label accuracy | "
+                  "labelled | probe accuracy | fine-tune accuracy | runs |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for method in ("manual", *METHODS):
+            for epsilon in EPSILONS:
+                rows = [c for c in cells if c["method"] == method and c["epsilon"] == epsilon
+                        and c["domain"] in domain_set and c["seed"] in args.seeds and c["stage"] == "labels"]
+                tuned = [c for c in cells if c["method"] == method and c["epsilon"] == epsilon
+                         and c["domain"] in domain_set and c["seed"] in args.seeds and c["stage"] == "finetune"]
+                if not rows and not tuned:
+                    continue
+                base = rows or tuned
+                acc = _mean_std([c["label_accuracy"] for c in base])
+                probe = _mean_std([c["probe_accuracy"] for c in rows]) if rows else "–"
+                tune = _mean_std([c["finetune_accuracy"] for c in tuned]) if tuned else "–"
+                sigma = base[0]["label_sigma"]
+                lines.append(f"| {method} | {np.mean([c['epsilon_pld'] for c in base]):.3g} | "
+                             f"{np.mean([c['epsilon_rdp'] for c in base]):.3g} | "
+                             f"{'–' if sigma is None else f'{sigma:.3g}'} | {acc} | "
+                             f"{np.mean([c['labelled'] for c in base]) * 100:.0f}% | {probe} | {tune} | "
+                             f"{len(base)}{f' + {len(tuned)}' if rows and tuned else ''} |")
+        lines.append("")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(cells, args, out.with_suffix(".png"))
+
+
+def plot(cells: list[dict], args, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 3.8), constrained_layout=True)
+    panels = (("label_accuracy", "labels", "auto-label accuracy"), ("probe_accuracy", "labels", "client accuracy (probe)"),
+              ("finetune_accuracy", "finetune", "client accuracy (fine-tune)"))
+    for i, (key, stage, title) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        for method in ("manual", *METHODS):
+            points = []
+            for epsilon in EPSILONS:
+                values = [c[key] for c in cells if c["stage"] == stage and c["method"] == method
+                          and c["epsilon"] == epsilon and c["domain"] in args.domains and c["seed"] in args.seeds]
+                if values:
+                    points.append((epsilon, np.mean(values) * 100, np.std(values) * 100))
+            if points:
+                x, y, e = zip(*points)
+                ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("total epsilon (delta 1e-5, PLD)")
+        ax.set_ylabel("%")
+        ax.set_title(title)
+        ax.set_ylim(0, 100)
+    handles, names = fig.axes[0].get_legend_handles_labels()
+    fig.axes[0].legend(handles, names, fontsize=7, loc="lower right")
+    fig.savefig(path, dpi=120)
+
+
+def _mean_std(values) -> str:
+    values = np.asarray(values, dtype=float) * 100
+    return f"{values.mean():.1f} ± {values.std():.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(domains=["handwritten", "printed", "street"])
+    parser.add_argument("--stage", choices=("labels", "finetune"), default="labels")
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every method of the stage")
+    parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS), help="total epsilons")
+    parser.add_argument("--finetune-epsilons", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--results", default="docs/private_labels_results.json")
+    parser.add_argument("--out", default="docs/private_labels")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    saved = json.loads(results.read_text()) if results.exists() else {"sigmas": {}, "cells": []}
+    cells = saved["cells"]
+    if not args.report_only:
+        run(args, saved, results)
+    report(cells, args, Path(args.out))
+
+
+def run(args, saved: dict, results: Path) -> None:
+    data, style = digits_lite_features(args)
+    args.pooling = "avg"
+    _, avg = digits_lite_features(args)
+    features = {"style": style, "avg": avg}
+    finetune = args.stage == "finetune"
+    methods = args.methods or (FINETUNE_METHODS if finetune else ("manual", *METHODS))
+    epsilons = args.finetune_epsilons if finetune else args.epsilons
+    done = {(c["stage"], c["method"], c["domain"], c["seed"], c["epsilon"]) for c in saved["cells"]}
+    root = Path(args.cache_dir or Path.home() / ".cache/ecos_lightning") / "bench_private_labels"
+    for epsilon in epsilons:
+        for method in methods:
+            key = f"{method}@{epsilon}"
+            if method != "manual" and key not in saved["sigmas"]:
+                saved["sigmas"][key] = label_sigma(method, epsilon, args.delta, args.budget)
+                atomic_write_bytes(results, json.dumps(saved, indent=1).encode())
+            for domain in args.domains:
+                for seed in args.seeds:
+                    if (args.stage, method, domain, seed, epsilon) in done:
+                        continue
+                    start = time.perf_counter()
+                    cell, (proxy_idx, labels), split = make_cell(data, features, domain, seed, epsilon, method,
+                                                                 saved["sigmas"].get(key), args)
+                    test_idx = split.client_test_indices
+                    if finetune:
+                        cell["finetune_accuracy"] = finetune_accuracy(data, proxy_idx, labels, test_idx, seed, root)
+                    else:
+                        cell["probe_accuracy"] = probe_accuracy(avg, proxy_idx, labels, test_idx,
+                                                                data.labels[test_idx])
+                    cell.update(stage=args.stage, wall_s=time.perf_counter() - start)
+                    saved["cells"].append(cell)
+                    atomic_write_bytes(results, json.dumps(saved, indent=1).encode())
+                    accuracy = cell.get("finetune_accuracy", cell.get("probe_accuracy"))
+                    print(f"{args.stage} {method:28s} eps {epsilon:<4g} {domain:11s} seed {seed}: labels "
+                          f"{cell['label_accuracy']:.3f} client {accuracy:.3f} (eps PLD {cell['epsilon_pld']:.3f}, "
+                          f"RDP {cell['epsilon_rdp']:.3f}; {cell['wall_s']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

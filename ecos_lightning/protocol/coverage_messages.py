@@ -1,0 +1,166 @@
+"""The class-coverage labelling messages: proxy centroids down (cloud -> client), noisy class histograms up.
+
+Both travel in the container of :mod:`.container`; ``from_bytes`` treats its input as untrusted and
+raises :class:`MessageError` naming the field. A query names its proxy set (``proxy``); a histogram
+names the query it answers (``query_digest``). The maths is :mod:`ecos_lightning.class_coverage`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .container import MAX_CLUSTERS, MAX_FEATURE_DIM, MessageError, pack, unpack
+from .encoder_spec import EncoderSpec
+from .label_messages import _check
+from .messages import _expect_keys
+from .privacy import epsilon_from_json, epsilon_to_json
+
+__all__ = ["ClassHistogramMessage", "CoverageQueryMessage"]
+
+#: Most resolutions (histograms) a query may ask for; most classes a histogram may hold.
+MAX_RESOLUTIONS, MAX_CLASSES = 8, 10_000
+#: Most cells (centroids x classes) a histogram may hold: bounds the client's work and the message.
+MAX_CELLS = 1 << 22
+
+
+@dataclass(frozen=True, eq=False)
+class CoverageQueryMessage:
+    """Centroids of the proxy set in a whitened feature space, for the client's class histograms.
+
+    projection: float32 [d, d'], bias: float32 [d']: the client maps its features to
+        ``normalise(x @ projection + bias)`` (d' <= d).
+    centroids: float32 [sum C_r, d'], resolution after resolution; clusters: int64 [R], the C_r.
+    encoder: the encoder spec (``EncoderSpec.to_dict()``) of the features x.
+    proxy: 16 hex characters, ``stable_hash`` of the proxy indices the centroids were fitted on.
+    """
+
+    projection: np.ndarray
+    bias: np.ndarray
+    centroids: np.ndarray
+    clusters: np.ndarray
+    encoder: dict
+    proxy: str
+    KIND = "coverage_query"
+
+    def __post_init__(self):
+        p, b, c, k = self.projection, self.bias, self.centroids, self.clusters
+        if (not isinstance(p, np.ndarray) or p.dtype != np.float32 or p.ndim != 2
+                or not 1 <= p.shape[1] <= p.shape[0] <= MAX_FEATURE_DIM):
+            raise MessageError(f"projection: must be a float32 array [d, d'] with 1 <= d' <= d <= {MAX_FEATURE_DIM}")
+        if not isinstance(b, np.ndarray) or b.dtype != np.float32 or b.shape != (p.shape[1],):
+            raise MessageError(f"bias: must be a float32 vector [{p.shape[1]}]")
+        if (not isinstance(k, np.ndarray) or k.dtype != np.int64 or k.ndim != 1
+                or not 1 <= k.size <= MAX_RESOLUTIONS or k.min() < 1 or k.max() > MAX_CLUSTERS):
+            raise MessageError(f"clusters: must be an int64 vector of 1 to {MAX_RESOLUTIONS} counts in "
+                               f"[1, {MAX_CLUSTERS}]")
+        if (not isinstance(c, np.ndarray) or c.dtype != np.float32 or c.ndim != 2
+                or c.shape != (int(k.sum()), p.shape[1])):
+            raise MessageError(f"centroids: must be a float32 array [{int(k.sum())}, {p.shape[1]}] (sum of clusters, "
+                               "d')")
+        if c.shape[0] > MAX_CLUSTERS:
+            raise MessageError(f"centroids: {c.shape[0]} rows exceed the limit of {MAX_CLUSTERS}")
+        for name, array in (("projection", p), ("bias", b), ("centroids", c)):
+            if not np.isfinite(array).all():
+                raise MessageError(f"{name}: contains NaN or Inf")
+        try:
+            EncoderSpec.from_dict(self.encoder)
+        except (ValueError, OverflowError) as exc:
+            raise MessageError(f"encoder: {exc}") from None
+        if not isinstance(self.proxy, str) or not re.fullmatch(r"[0-9a-f]{16}", self.proxy):
+            raise MessageError("proxy: must be 16 lowercase hex characters")
+
+    @property
+    def feature_dim(self) -> int:
+        """Dimension d of the encoder features the client must supply."""
+        return int(self.projection.shape[0])
+
+    def to_bytes(self) -> bytes:
+        tensors = {"projection": self.projection, "bias": self.bias, "centroids": self.centroids,
+                   "clusters": self.clusters}
+        return pack(self.KIND, tensors, {"encoder": self.encoder, "proxy": self.proxy})
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "CoverageQueryMessage":
+        tensors, meta = unpack(blob, cls.KIND, max_bytes)
+        _expect_keys(meta, {"encoder", "proxy"}, "meta")
+        expected = {"projection", "bias", "centroids", "clusters"}
+        if set(tensors) != expected:
+            raise MessageError(f"tensors: expected exactly {sorted(expected)}, got {sorted(tensors)}")
+        return cls(tensors["projection"], tensors["bias"], tensors["centroids"], tensors["clusters"],
+                   meta["encoder"], meta["proxy"])
+
+
+@dataclass(frozen=True, eq=False)
+class ClassHistogramMessage:
+    """The client's noisy class histograms over the query's centroids, and what they cost.
+
+    counts: float32 [sum C_r, L]: per centroid and class, the client samples whose nearest centroid of that
+        resolution it is, plus Gaussian noise of std ``noise_multiplier`` (sensitivity 1 per histogram).
+    class_names: the client's class names, in column order.
+    query_digest: SHA-256 (hex) of the query message these histograms answer.
+    resolutions: R, the number of histograms (each one Gaussian release).
+    epsilon: cost of this release at ``delta``; total_epsilon: the client's ledger total after it (both
+        ``inf`` when not private).
+    """
+
+    counts: np.ndarray
+    class_names: tuple[str, ...]
+    query_digest: str
+    noise_multiplier: float
+    resolutions: int
+    delta: float
+    epsilon: float
+    total_epsilon: float
+    KIND = "class_histogram"
+
+    def __post_init__(self):
+        names = self.class_names
+        if (not isinstance(names, (list, tuple)) or not 0 < len(names) <= MAX_CLASSES
+                or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names)):
+            raise MessageError(f"class_names: must be 1 to {MAX_CLASSES} unique non-empty strings")
+        object.__setattr__(self, "class_names", tuple(names))
+        c = self.counts
+        if (not isinstance(c, np.ndarray) or c.dtype != np.float32 or c.ndim != 2
+                or not 1 <= c.shape[0] <= MAX_CLUSTERS or c.shape[1] != len(names) or c.size > MAX_CELLS):
+            raise MessageError(f"counts: must be a float32 array [1 <= rows <= {MAX_CLUSTERS}, {len(names)} classes] "
+                               f"of at most {MAX_CELLS} cells")
+        if not np.isfinite(c).all():
+            raise MessageError("counts: contains NaN or Inf")
+        if not isinstance(self.query_digest, str) or not re.fullmatch(r"[0-9a-f]{64}", self.query_digest):
+            raise MessageError("query_digest: must be a 64-character lowercase hex SHA-256")
+        _check(self.noise_multiplier, "noise_multiplier", lambda v: 0 <= v < math.inf, "a finite number >= 0")
+        r = self.resolutions
+        if isinstance(r, bool) or not isinstance(r, numbers.Integral) or not 1 <= r <= MAX_RESOLUTIONS:
+            raise MessageError(f"resolutions: must be an integer in [1, {MAX_RESOLUTIONS}], got {r!r:.40}")
+        _check(self.delta, "delta", lambda v: 0 < v < 1, "a number in (0, 1)")
+        _check(self.epsilon, "epsilon", lambda v: v >= 0, "a number >= 0 or inf")
+        _check(self.total_epsilon, "total_epsilon", lambda v: v >= 0, "a number >= 0 or inf")
+
+    def to_bytes(self) -> bytes:
+        meta = {"class_names": list(self.class_names), "query_digest": self.query_digest,
+                "noise_multiplier": float(self.noise_multiplier), "resolutions": int(self.resolutions),
+                "delta": float(self.delta), "epsilon": epsilon_to_json(self.epsilon),
+                "total_epsilon": epsilon_to_json(self.total_epsilon)}
+        return pack(self.KIND, {"counts": self.counts}, meta)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "ClassHistogramMessage":
+        tensors, meta = unpack(blob, cls.KIND, max_bytes)
+        _expect_keys(meta, {"class_names", "query_digest", "noise_multiplier", "resolutions", "delta", "epsilon",
+                            "total_epsilon"}, "meta")
+        if set(tensors) != {"counts"}:
+            raise MessageError(f"tensors: expected exactly 'counts', got {sorted(tensors)}")
+        epsilons = [epsilon_from_json(meta[n]) for n in ("epsilon", "total_epsilon")]
+        return cls(tensors["counts"], meta["class_names"], meta["query_digest"], meta["noise_multiplier"],
+                   meta["resolutions"], meta["delta"], *epsilons)
+
+    def answers(self, query_blob: bytes, query: CoverageQueryMessage) -> bool:
+        """Whether these histograms answer ``query`` (serialised as ``query_blob``): digest, rows, resolutions."""
+        return (hashlib.sha256(query_blob).hexdigest() == self.query_digest
+                and self.counts.shape[0] == query.centroids.shape[0] and self.resolutions == query.clusters.size)
