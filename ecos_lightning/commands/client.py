@@ -3,9 +3,11 @@
     ecos-client budget --max-epsilon 3 --delta 1e-5
     ecos-client respond --centroids centroids.ecos --data <image folder> --out scores.ecos
     ecos-client label --queries queries.ecos --data <class sub-folders of images> --out labels.ecos
+    ecos-client class-coverage --query coverage_query.ecos --data <class sub-folders of images> --out histogram.ecos
 
 Images never leave the machine and features are never written: the output holds K noisy scores
-(``respond``) or one noisy-argmax label per query (``label``). Every release is recorded in one JSON
+(``respond``), one noisy-argmax label per query (``label``) or noisy (centroid, class) counts
+(``class-coverage``). Every release is recorded in one JSON
 privacy ledger per client (default ``~/.ecos_lightning/privacy_ledger.json``, see
 :mod:`ecos_lightning.ledger`) with one delta and one budget: a release that would pass it is refused
 before any image is read, and checked again and recorded under the ledger's lock before the output is
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import class_coverage
 from ..data.folders import PathImageDataset, scan_images, scan_labelled_images
 from ..encoder_policy import DEFAULT_MAX_INPUT_SIZE, EncoderPolicy
 from ..encoders import build_encoder, extract_features
@@ -29,6 +32,7 @@ from ..files import atomic_write_bytes
 from ..knn_labels import PrivateKnnLabeler
 from ..ledger import LedgerBook, ledger_path, ledger_snapshot, lock_path, open_ledger
 from ..protocol import CentroidsMessage, ClientResponder, ScoresMessage
+from ..protocol.coverage_messages import MAX_CELLS, ClassHistogramMessage, CoverageQueryMessage
 from ..protocol.label_messages import LabelsMessage, QueriesMessage
 from ..protocol.privacy import gaussian_release, releases_epsilon
 from . import Parser, epsilon_text, positive, read_message, run
@@ -102,6 +106,40 @@ def label(args) -> None:
     features = extract_features(build_encoder(spec), PathImageDataset(scan.paths), desc="client features")
     labels = labeler.label(queries.features, features, np.asarray(scan.labels), len(scan.class_names))
     before, after, blob = _release(args, [release], lambda total: message(labels, total))
+    _report(args, scan, blob, what, [release], book, before, after, start)
+
+
+def coverage(args) -> None:
+    start = time.perf_counter()
+    _check_out(args)
+    query, down = read_message(CoverageQueryMessage, args.query)
+    spec = _policy(args).accept(query.encoder, query.feature_dim, args.query)
+    digest, resolutions = hashlib.sha256(down).hexdigest(), int(query.clusters.size)
+    book = ledger_snapshot(args.ledger, args.delta, args.max_epsilon)
+    release = {**class_coverage.release(args.noise_multiplier, resolutions,
+                                        what=f"class coverage histograms, query {digest[:16]}"), "delta": book.delta}
+    before, after = book.epsilon, book.check([release])
+    scan = scan_labelled_images(args.data)
+    rows, classes = query.centroids.shape[0], len(scan.class_names)
+    if rows * classes > MAX_CELLS:
+        raise ValueError(f"{args.query} asks for {rows:,} centroids x {classes:,} classes > {MAX_CELLS:,} cells; "
+                         "refused before any feature is extracted")
+    epsilon = releases_epsilon([release], book.delta)
+
+    def message(counts: np.ndarray, total: float) -> bytes:
+        return ClassHistogramMessage(counts, scan.class_names, digest, args.noise_multiplier, resolutions, book.delta,
+                                     epsilon, total).to_bytes()
+
+    what = f"{rows} x {classes} float32 noisy counts ({resolutions} histograms)"
+    if args.dry_run:
+        blob = message(np.zeros((rows, classes), np.float32), after)
+        _report(args, scan, blob, what, [release], book, before, after, start, dry_run=True)
+        return
+    features = extract_features(build_encoder(spec), PathImageDataset(scan.paths), desc="client features")
+    counts = class_coverage.class_histogram(class_coverage.CoverageQuery.from_message(query), features,
+                                            np.asarray(scan.labels), classes)
+    noisy = class_coverage.release_histogram(counts, args.noise_multiplier, np.random.default_rng())
+    before, after, blob = _release(args, [release], lambda total: message(noisy, total))
     _report(args, scan, blob, what, [release], book, before, after, start)
 
 
@@ -191,6 +229,13 @@ def build_parser() -> Parser:
                    help=f"refuse a queries message asking for more labels (default {DEFAULT_MAX_QUERIES:,})")
     common(p, noise=2.0)
     p.set_defaults(func=label)
+
+    p = commands.add_parser("class-coverage", help="coverage query -> noisy class histograms (labels for a whole "
+                            "proxy at the price of one release per histogram)")
+    p.add_argument("--query", required=True, help="coverage query message from the cloud")
+    p.add_argument("--data", required=True, help="labelled private images: one sub-folder per class")
+    common(p, noise=7.3)
+    p.set_defaults(func=coverage)
     return parser
 
 

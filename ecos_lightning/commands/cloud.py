@@ -4,6 +4,8 @@
     ecos-cloud sample --scores scores.ecos --budget B --out proxy.json
     ecos-cloud queries --proxy proxy.json --out queries.ecos
     ecos-cloud attach-labels --proxy proxy.json --queries queries.ecos --labels labels.ecos --out proxy.json
+    ecos-cloud coverage-query --proxy proxy.json --out coverage_query.ecos
+    ecos-cloud attach-coverage --proxy proxy.json --query coverage_query.ecos --histogram histogram.ecos --out proxy.json
 
 ``probe`` keeps what the later steps need in a state folder (default ``cloud_state/`` next to
 ``--out``): the open-pool features (``features-<hash>.npy``, reused by a later probe of the same
@@ -30,11 +32,13 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_safetensors
 
+from .. import class_coverage
 from ..data.sources import open_source, parse_source
 from ..encoders import spec_for_model
 from ..features import cached_features
 from ..files import atomic_write_bytes, stable_hash
 from ..protocol import CentroidsMessage, CloudSampler, ScoresMessage
+from ..protocol.coverage_messages import ClassHistogramMessage, CoverageQueryMessage
 from ..protocol.label_messages import LabelsMessage, QueriesMessage
 from ..proxy import Proxy, is_pool_path, is_pool_root
 from . import Parser, epsilon_text, positive, read_message, run
@@ -169,18 +173,60 @@ def queries(args) -> None:
     out = Path(args.out)
     proxy = Proxy.read(args.proxy)
     state = CloudState.load(_state_dir(args, out))
-    if (proxy.open, proxy.root) != (state.info["open"], state.info["root"]):
-        raise ValueError(f"{args.proxy} was sampled from {proxy.open!r}, the cloud state holds "
-                         f"{state.info['open']!r}: pass the matching --state")
-    if max(proxy.indices) >= len(state.features):
-        raise ValueError(f"{args.proxy}: indices beyond the open pool of {len(state.features)} images")
-    if proxy.paths is not None and proxy.paths != [state.info["paths"][i] for i in proxy.indices]:
-        raise ValueError(f"{args.proxy}: its paths are not the images its indices name in the cloud state: run "
-                         "`ecos-cloud sample` again")
-    features = np.ascontiguousarray(state.features[proxy.indices], dtype=np.float32)
+    features = _proxy_features(proxy, state, args.proxy)
     blob = QueriesMessage(features, state.sampler.message_.encoder, stable_hash(proxy.indices)).to_bytes()
     atomic_write_bytes(out, blob)
     print(f"wrote {out}: {features.shape[0]} query features, d={features.shape[1]}, {len(blob):,} bytes down")
+
+
+def _proxy_features(proxy: Proxy, state: CloudState, proxy_path) -> np.ndarray:
+    """The open-pool features float32 [B, d] of ``proxy``'s images, checked to be the images of the cloud state."""
+    if (proxy.open, proxy.root) != (state.info["open"], state.info["root"]):
+        raise ValueError(f"{proxy_path} was sampled from {proxy.open!r}, the cloud state holds "
+                         f"{state.info['open']!r}: pass the matching --state")
+    if max(proxy.indices) >= len(state.features):
+        raise ValueError(f"{proxy_path}: indices beyond the open pool of {len(state.features)} images")
+    if proxy.paths is not None and proxy.paths != [state.info["paths"][i] for i in proxy.indices]:
+        raise ValueError(f"{proxy_path}: its paths are not the images its indices name in the cloud state: run "
+                         "`ecos-cloud sample` again")
+    return np.ascontiguousarray(state.features[proxy.indices], dtype=np.float32)
+
+
+def coverage_query(args) -> None:
+    out = Path(args.out)
+    proxy = Proxy.read(args.proxy)
+    state = CloudState.load(_state_dir(args, out))
+    features = _proxy_features(proxy, state, args.proxy)
+    query = class_coverage.coverage_query(features, args.clusters, args.whiten_dim, args.seed)
+    blob = query.to_message(state.sampler.message_.encoder, stable_hash(proxy.indices)).to_bytes()
+    atomic_write_bytes(out, blob)
+    print(f"wrote {out}: {len(query.centroids)} centroids of the proxy's {len(features)} images at resolutions "
+          f"{list(query.clusters)}, d'={query.projection.shape[1]}, {len(blob):,} bytes down")
+
+
+def attach_coverage(args) -> None:
+    out = Path(args.out)
+    proxy = Proxy.read(args.proxy)
+    message, query_blob = read_message(CoverageQueryMessage, args.query)
+    histogram, histogram_blob = read_message(ClassHistogramMessage, args.histogram)
+    if proxy.labels is not None:
+        raise ValueError(f"{args.proxy} already carries labels")
+    if message.proxy != stable_hash(proxy.indices):
+        raise ValueError(f"{args.query} was made for another proxy set than {args.proxy}")
+    if not histogram.answers(query_blob, message):
+        raise ValueError(f"{args.histogram} does not answer {args.query}")
+    features = _proxy_features(proxy, CloudState.load(_state_dir(args, out)), args.proxy)
+    labels = class_coverage.propagate_labels(class_coverage.CoverageQuery.from_message(message), features,
+                                             histogram.counts, label_fraction=args.label_fraction)
+    proxy = proxy.replace(labels=labels, class_names=list(histogram.class_names), epsilon=histogram.total_epsilon,
+                          delta=histogram.delta, bytes_down=proxy.bytes_down + len(query_blob),
+                          bytes_up=proxy.bytes_up + len(histogram_blob))
+    proxy.write(out)
+    counts = np.bincount(labels[labels >= 0], minlength=len(histogram.class_names))
+    print(f"wrote {out}: {int((labels >= 0).sum())} of {len(labels)} images labelled over "
+          f"{len(histogram.class_names)} classes (per class {counts.tolist()})")
+    print(f"client epsilon (ledger total): {epsilon_text(histogram.total_epsilon)} at delta {histogram.delta:g}; "
+          f"bytes down/up: {proxy.bytes_down:,} / {proxy.bytes_up:,}")
 
 
 def attach_labels(args) -> None:
@@ -256,6 +302,28 @@ def build_parser() -> Parser:
     p.add_argument("--labels", required=True, help="labels message from the client")
     p.add_argument("--out", required=True, help="labelled proxy file (may be --proxy itself)")
     p.set_defaults(func=attach_labels)
+
+    p = commands.add_parser("coverage-query", help="proxy file -> coverage query (proxy centroids for the client's "
+                            "noisy class histograms)")
+    p.add_argument("--proxy", required=True, help="proxy file written by sample")
+    p.add_argument("--out", required=True, help="coverage query message to send to the client")
+    p.add_argument("--clusters", type=positive(int), nargs="+", default=[10, 20, 50],
+                   help="centroids of each resolution; the client releases one histogram per resolution "
+                   "(default 10 20 50)")
+    p.add_argument("--whiten-dim", type=positive(int), default=48, help="whitened dimensions (default 48)")
+    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--state", help=state_help)
+    p.set_defaults(func=coverage_query)
+
+    p = commands.add_parser("attach-coverage", help="class histograms message -> labelled proxy file")
+    p.add_argument("--proxy", required=True, help="proxy file written by sample")
+    p.add_argument("--query", required=True, help="the coverage query the histograms answer")
+    p.add_argument("--histogram", required=True, help="class histograms message from the client")
+    p.add_argument("--out", required=True, help="labelled proxy file (may be --proxy itself)")
+    p.add_argument("--label-fraction", type=float, default=1.0, help="label only this share of the proxy, clearest "
+                   "first; the rest stays unlabelled (-1) for semi-supervised training (default 1)")
+    p.add_argument("--state", help=state_help)
+    p.set_defaults(func=attach_coverage)
     return parser
 
 
