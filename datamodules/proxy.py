@@ -119,7 +119,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
                  q: int = 1, noise_multiplier: float = 8.0, delta: float = 1e-5, budget: int = 1000,
                  sampler: str = "ecos", label_source: str = "manual", knn_k: int = 20,
                  knn_noise_multiplier: float = 2.0, knn_sampling_rate: float = 0.3,
-                 coverage_clusters: int | Sequence[int] = (10, 20, 50), coverage_noise_multiplier: float = 7.3,
+                 coverage_clusters: int | Sequence[int] = (10, 20, 50), coverage_noise_multiplier: float = 7.31,
                  coverage_label_fraction: float = 1.0,
                  max_epsilon: float | None = None, val_fraction: float = 0.1, image_size: int = 32,
                  augment: bool = True, train_transform: Callable | None = None,

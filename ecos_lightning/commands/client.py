@@ -234,7 +234,7 @@ def build_parser() -> Parser:
                             "proxy at the price of one release per histogram)")
     p.add_argument("--query", required=True, help="coverage query message from the cloud")
     p.add_argument("--data", required=True, help="labelled private images: one sub-folder per class")
-    common(p, noise=7.3)
+    common(p, noise=7.31)
     p.set_defaults(func=coverage)
     return parser
 
