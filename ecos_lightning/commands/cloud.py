@@ -35,11 +35,13 @@ from safetensors.numpy import save as save_safetensors
 from .. import class_coverage
 from ..data.sources import open_source, parse_source
 from ..encoders import spec_for_model
-from ..features import cached_features
+from ..feature_store import row_blocks
+from ..features import cached_features, feature_path
 from ..files import atomic_write_bytes, stable_hash
 from ..protocol import CentroidsMessage, CloudSampler, ScoresMessage
 from ..protocol.coverage_messages import ClassHistogramMessage, CoverageQueryMessage
 from ..protocol.label_messages import LabelsMessage, QueriesMessage
+from ..protocol.num_clusters import resolve_num_clusters
 from ..proxy import Proxy, is_pool_path, is_pool_root
 from . import Parser, epsilon_text, positive, read_message, run
 
@@ -114,13 +116,18 @@ class CloudState:
 
 
 def features_digest(features: np.ndarray) -> str:
-    """SHA-256 of an array's dtype, shape and bytes."""
+    """SHA-256 of an array's dtype, shape and bytes, read one block of rows at a time (a memory-mapped
+    store is never loaded whole)."""
     digest = hashlib.sha256(f"{features.dtype.str}{features.shape}".encode())
-    digest.update(np.ascontiguousarray(features).tobytes())
+    for block in row_blocks(features):
+        digest.update(np.ascontiguousarray(block).tobytes())
     return digest.hexdigest()
 
 
 def probe(args) -> None:
+    if args.num_clusters == "auto" and args.client_size is None:
+        raise ValueError("--num-clusters auto needs --client-size: the number of images the client will score "
+                         "(and --noise-multiplier if it answers with another sigma than 8)")
     out = Path(args.out)
     state_dir = _state_dir(args, out)
     spec = spec_for_model(args.encoder, weights=args.encoder_weights, input_size=args.input_size,
@@ -128,13 +135,14 @@ def probe(args) -> None:
     start = time.perf_counter()
     data, data_id, root, paths = _open_pool(args.open)
     features = cached_features(spec, data, data_id, state_dir, desc="open-pool features")
-    sampler = CloudSampler(num_clusters=args.num_clusters, seed=args.seed, fp16=args.fp16, pca_dim=args.pca_dim,
-                           encoder=spec.to_dict(), progress=True)
+    k = resolve_num_clusters(args.num_clusters, len(features), args.client_size or 1, args.noise_multiplier, args.q)
+    sampler = CloudSampler(num_clusters=k, seed=args.seed, fp16=args.fp16, pca_dim=args.pca_dim,
+                           encoder=spec.to_dict(), use_gpu=False if args.faiss_cpu else None, progress=True)
     message = sampler.fit(features)
     blob = message.to_bytes()
     info = {"version": STATE_VERSION, "open": args.open, "root": root, "paths": paths,
             # the file cached_features wrote for this pool and encoder
-            "features": f"features-{stable_hash([spec.to_dict(), data_id])}.npy",
+            "features": feature_path(spec, data_id, state_dir).name,
             "features_sha256": features_digest(features)}
     state = {"assignment": sampler.assignment_.astype(np.int64), "members": sampler.member_order_.astype(np.int64),
              "centroids": np.frombuffer(blob, dtype=np.uint8)}
@@ -258,6 +266,11 @@ def _open_pool(source: str):
     return data.open, data.data_id, data.root, data.paths
 
 
+def _num_clusters(text: str):
+    """argparse type of --num-clusters: ``auto`` or an integer > 0."""
+    return text if text == "auto" else positive(int)(text)
+
+
 def _state_dir(args, out: Path) -> Path:
     return Path(args.state) if args.state else out.parent / "cloud_state"
 
@@ -269,10 +282,18 @@ def build_parser() -> Parser:
     state_help = "state folder written by probe (default: cloud_state/ next to --out)"
 
     p = commands.add_parser("probe", help="features and k-means of the open pool -> centroids message")
-    p.add_argument("--open", required=True, help="image folder (nested folders fine) or digits-lite:<client domain>"
-                   "[:<split seed>]")
+    p.add_argument("--open", required=True, help="the open pool: an image folder (nested folders fine) or a data "
+                   "source name (digits-lite:<client domain>[:<split seed>], domainnet:<root>, digits5:<root>, "
+                   "folders:<root>, ...; its split's pool)")
     p.add_argument("--out", required=True, help="centroids message to send to the client")
-    p.add_argument("--num-clusters", type=positive(int), default=100, help="K (default 100)")
+    p.add_argument("--num-clusters", type=_num_clusters, default=100, help="K, or auto: K from the pool size, "
+                   "--client-size, --noise-multiplier and --q so covered clusters clear the noise (default 100)")
+    p.add_argument("--faiss-cpu", action="store_true", help="k-means and assignment on the CPU even where faiss "
+                   "sees a GPU: bit-reproducible for the same --seed at any thread count")
+    p.add_argument("--client-size", type=positive(int), help="with --num-clusters auto: images the client scores")
+    p.add_argument("--noise-multiplier", type=float, default=8.0, help="with --num-clusters auto: the sigma the "
+                   "client answers with (default 8, ecos-client respond's default)")
+    p.add_argument("--q", type=positive(int), default=1, help="with --num-clusters auto: the client's q (default 1)")
     p.add_argument("--encoder", default="efficientnet_lite0", help="timm model name (default efficientnet_lite0)")
     p.add_argument("--encoder-weights", default="offline", help="offline | hub | none | path to a state dict")
     p.add_argument("--input-size", type=positive(int), help="encoder input side in pixels (default: the model's)")
