@@ -19,16 +19,17 @@ k-means wants at least 39 training points per centroid (it warns below); this bo
 so a pool of under ``39 * K_MIN`` images gets fewer, larger clusters. ``K_MIN = 8``: fewer clusters mix
 the pool's domains. ``K_MAX = 1000``: bytes down and k-means time grow linearly in K.
 
-Where the constants come from (measured with the ECOS defaults; ``docs/ablation.md``): on digits-lite the
-client's domain covers a share 0.10 of the clusters (participation ratio of the noise-free counts,
-K >= 32); over M in {300, 600} and sigma in {4, 8, 16} (budget 1000, 5 client domains x 2 seeds) the
-best K of {4, 8, ..., 128, 227} is M / (1.2 sigma) every time (rho * kappa * z = 1.2); with q = 2 the
-best K doubles rather than shrinks (M = 600, sigma 8: 64..128, the rule 88). For M = 100 client images
-at sigma 8 (threshold 24, where K = 100 keeps no cluster and precision drops to 0.40) precision is flat
-over K = 8..20 (0.87..0.89, mean of digits-lite and a 5-domain image folder) and falls below K = 8
-(digits-lite: 0.74 at K = 6, 0.42 at K = 4); the rule gives K = 10, whose covered clusters expect
-100 / 1.0 = 100 counts, 4 times the threshold. A pool where the client is much rarer than a tenth
-(rho << 0.1) can afford a larger K: pass it.
+Where the constants come from (``python bench/ablation.py --k-sweep``, tables in ``docs/ablation.md``): on
+digits-lite the client's domain covers a share 0.10 of the clusters (participation ratio of the noise-free
+counts, K >= 32), and over M in {100, 300, 600} and sigma in {4, 8, 16} (budget 1000, 5 client domains x
+3 seeds) the rule's in-domain precision is within 0.015 of the best K of {6, 8, ..., 128, 227} in every
+row (the best K is about M / (1.2 sigma): rho * kappa * z = 1.2). On a 5-domain image folder, whose client
+domain is a fifth of the pool, it is 0.033 below the best K on average and 0.09 at most. With q = 2 the
+best K grows rather than shrinks (M = 600, sigma 8: 64..128; the rule 88). Fewer clusters mix the domains
+(digits-lite, M = 600, sigma 8: 0.71 at K = 6, 0.87 at K = 16, 0.94 at K = 64). For M = 100 client images
+at sigma 8 (threshold 24, where K = 100 keeps no cluster and precision falls to 0.40) the rule gives
+K = 10: a covered cluster expects 100 counts, four times the threshold. A pool where the client is much
+rarer than a tenth (rho << 0.1) can afford a larger K: pass it.
 """
 
 from __future__ import annotations
