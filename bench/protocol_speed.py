@@ -134,25 +134,21 @@ def main() -> None:
     if args.store:
         print(f"feature store in {args.store}, d={args.dim}, client samples={args.client_size}, budget={args.budget}; "
               "anonymous = peak RssAnon of fit + respond + sample; target 2 GB + K x d floats\n")
-        print("| N | K | store write s | fit s | respond s | sample s | peak anonymous MB | target MB |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for n in args.sizes:
-            for k in args.clusters:
-                r = _subprocess_run(n, k, args)
-                print(f"| {r['N']:,} | {r['K']} | {r['store_write_s']:.0f} | {r['fit_s']:.1f} | {r['respond_s']:.2f} | "
-                      f"{r['sample_s']:.2f} | {r['peak_anonymous'] / 2**20:,.0f} | {r['target'] / 2**20:,.0f} |",
-                      flush=True)
-        return
-    print(f"d={args.dim}, client samples={args.client_size}, budget={args.budget}; "
-          "peak = resident memory of the features plus everything the three steps allocate\n")
-    print("| N | K | fit s | respond s | sample s | total s | peak / features | bytes down | bytes up (scores) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        header = "| N | K | store write s | fit s | respond s | sample s | peak anonymous MB | target MB |"
+        row = ("| {N:,} | {K} | {store_write_s:.0f} | {fit_s:.1f} | {respond_s:.2f} | {sample_s:.2f} | "
+               "{anonymous_mb:,.0f} | {target_mb:,.0f} |")
+    else:
+        print(f"d={args.dim}, client samples={args.client_size}, budget={args.budget}; "
+              "peak = resident memory of the features plus everything the three steps allocate\n")
+        header = "| N | K | fit s | respond s | sample s | total s | peak / features | bytes down | bytes up (scores) |"
+        row = ("| {N:,} | {K} | {fit_s:.2f} | {respond_s:.3f} | {sample_s:.3f} | {total_s:.2f} | "
+               "{peak_over_features:.2f}x | {bytes_down:,} | {bytes_up:,} ({scores_bytes:,}) |")
+    print(header)
+    print("|" + "---:|" * (header.count("|") - 1))
     for n in args.sizes:
         for k in args.clusters:
             r = _subprocess_run(n, k, args)
-            print(f"| {r['N']:,} | {r['K']} | {r['fit_s']:.2f} | {r['respond_s']:.3f} | {r['sample_s']:.3f} | "
-                  f"{r['total_s']:.2f} | {r['peak_over_features']:.2f}x | {r['bytes_down']:,} | "
-                  f"{r['bytes_up']:,} ({r['scores_bytes']:,}) |", flush=True)
+            print(row.format(**r, anonymous_mb=r["peak_anonymous"] / 2**20, target_mb=r["target"] / 2**20), flush=True)
 
 
 def _subprocess_run(n: int, k: int, args) -> dict:
