@@ -58,7 +58,7 @@ METHODS = {
                                                       "coverage_label_fraction": 1.0},
                                    "coverage_noise_multiplier", "avg"),
 }
-FINETUNE_METHODS = ("manual", "private_knn", "class_coverage")
+FINETUNE_METHODS = ("manual", "class_coverage", "private_knn")
 FINETUNE = dict(model_name="efficientnet_lite0", weights="offline", input_size=64, lr=2e-3, backbone_lr_scale=0.5)
 FINETUNE_EPOCHS = 3
 
@@ -173,16 +173,39 @@ def finetune_accuracy(data, train_idx, labels, test_idx, seed: int, root: Path) 
                               verbose=False)[0]["test_acc"])
 
 
+INTRO = """# Auto-labels at a privacy cost worth paying
+
+`class_coverage` (label source, `ecos_lightning/class_coverage.py`): the cloud whitens the proxy's own features
+(PCA to 48 dimensions, unit variance, fitted on the public proxy) and clusters the proxy three times (10, 20 and
+50 centroids); the client releases one noisy histogram over (centroid, class) cells per clustering. One client
+sample adds 1 to one cell of each histogram, so each histogram is one Gaussian mechanism of sensitivity 1 whatever
+the proxy size, and the three compose (dp-accounting) like one at sigma / sqrt(3). The cloud gives each proxy image
+the noisy counts of its nearest centroid at every resolution, spreads them along the proxy's 5-nearest-neighbour
+graph (normalised-graph diffusion, alpha 0.9) and takes the class of highest evidence; with
+`coverage_label_fraction < 1` it labels only the clearest share and leaves the rest unlabelled (-1).
+Private kNN (`client_knn`) answers each of the B queries: its cost grows with B.
+
+    python bench/private_labels.py --stage labels      # every method and epsilon (probe accuracy)
+    python bench/private_labels.py --stage finetune    # fine-tuned client accuracy (slow: epsilon 1 by default)
+    python bench/private_labels.py --report-only
+
+Device: 2-core CPU (shared). Train with it: `python train.py fit --config configs/autolabel_class_coverage_digits.yaml`;
+across two machines: `ecos-cloud coverage-query`, `ecos-client class-coverage`, `ecos-cloud attach-coverage`.
+"""
+
+
 def report(cells: list[dict], args, out: Path) -> None:
-    lines = [f"digits-lite, budget {args.budget}, ECOS K={args.num_clusters}, client domains {args.domains}, seeds "
-             f"{args.seeds}; total epsilon at delta {args.delta:g} (PLD; RDP beside it) covers the ECOS query and the "
-             "labels. Mean ± std over domains x seeds. `probe`: client test accuracy of a logistic regression on "
+    lines = [INTRO, f"digits-lite, budget {args.budget}, ECOS K={args.num_clusters}, client domains {args.domains}, seeds "
+             f"{args.seeds}; epsilon at delta {args.delta:g} (PLD; RDP beside it) covers the ECOS query and the "
+             "labels (`manual`: labels from an outsourced labeller, so the client spends the query's epsilon only). "
+             "Mean ± std over domains x seeds. `probe`: client test accuracy of a logistic regression on "
              f"frozen avg-pooled features; `fine-tune`: efficientnet_lite0 {FINETUNE['input_size']} px, "
              f"{FINETUNE_EPOCHS} epochs.", ""]
     for domain_set in (args.domains, *([[d] for d in args.domains] if len(args.domains) > 1 else [])):
         title = "all client domains" if len(domain_set) > 1 else f"client domain `{domain_set[0]}`"
-        lines += [f"### {title}", "", "| method | total epsilon (PLD) | RDP epsilon | label sigma | label accuracy | "
-                  "labelled | probe accuracy | fine-tune accuracy | runs |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"### {title}", "", "| method | run's epsilon | client's spent epsilon: PLD (RDP) | ECOS sigma | "
+                  "label sigma | label accuracy | labelled | probe accuracy | fine-tune accuracy | runs |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for method in ("manual", *METHODS):
             for epsilon in EPSILONS:
                 rows = [c for c in cells if c["method"] == method and c["epsilon"] == epsilon
@@ -196,8 +219,8 @@ def report(cells: list[dict], args, out: Path) -> None:
                 probe = _mean_std([c["probe_accuracy"] for c in rows]) if rows else "–"
                 tune = _mean_std([c["finetune_accuracy"] for c in tuned]) if tuned else "–"
                 sigma = base[0]["label_sigma"]
-                lines.append(f"| {method} | {np.mean([c['epsilon_pld'] for c in base]):.3g} | "
-                             f"{np.mean([c['epsilon_rdp'] for c in base]):.3g} | "
+                lines.append(f"| {method} | {epsilon:g} | {np.mean([c['epsilon_pld'] for c in base]):.3g} "
+                             f"({np.mean([c['epsilon_rdp'] for c in base]):.3g}) | {base[0]['ecos_sigma']:.3g} | "
                              f"{'–' if sigma is None else f'{sigma:.3g}'} | {acc} | "
                              f"{np.mean([c['labelled'] for c in base]) * 100:.0f}% | {probe} | {tune} | "
                              f"{len(base)}{f' + {len(tuned)}' if rows and tuned else ''} |")
@@ -208,34 +231,46 @@ def report(cells: list[dict], args, out: Path) -> None:
 
 
 def plot(cells: list[dict], args, path: Path) -> None:
+    """One row per client domain: auto-label accuracy, and client accuracy (probe: lines; fine-tune: stars)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 3.8), constrained_layout=True)
-    panels = (("label_accuracy", "labels", "auto-label accuracy"), ("probe_accuracy", "labels", "client accuracy (probe)"),
-              ("finetune_accuracy", "finetune", "client accuracy (fine-tune)"))
-    for i, (key, stage, title) in enumerate(panels):
-        ax = fig.add_subplot(1, 3, i + 1)
-        for method in ("manual", *METHODS):
-            points = []
-            for epsilon in EPSILONS:
-                values = [c[key] for c in cells if c["stage"] == stage and c["method"] == method
-                          and c["epsilon"] == epsilon and c["domain"] in args.domains and c["seed"] in args.seeds]
-                if values:
-                    points.append((epsilon, np.mean(values) * 100, np.std(values) * 100))
-            if points:
-                x, y, e = zip(*points)
-                ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=method)
-        ax.set_xscale("log")
-        ax.set_xlabel("total epsilon (delta 1e-5, PLD)")
-        ax.set_ylabel("%")
-        ax.set_title(title)
-        ax.set_ylim(0, 100)
-    handles, names = fig.axes[0].get_legend_handles_labels()
-    fig.axes[0].legend(handles, names, fontsize=7, loc="lower right")
-    fig.savefig(path, dpi=120)
+    fig = Figure(figsize=(10, 3.2 * len(args.domains)), constrained_layout=True)
+    colours = {m: f"C{i}" for i, m in enumerate(("manual", *METHODS))}
+
+    def series(domain, method, key, stage):
+        points = []
+        for epsilon in EPSILONS:
+            values = [c[key] for c in cells if c["stage"] == stage and c["method"] == method and c["domain"] == domain
+                      and c["epsilon"] == epsilon and c["seed"] in args.seeds]
+            if values:
+                points.append((epsilon, np.mean(values) * 100, np.std(values) * 100))
+        return points
+
+    for row, domain in enumerate(args.domains):
+        for col, (key, title) in enumerate((("label_accuracy", "auto-label accuracy"),
+                                            ("probe_accuracy", "client accuracy"))):
+            ax = fig.add_subplot(len(args.domains), 2, 2 * row + col + 1)
+            for method in ("manual", *METHODS):
+                points = series(domain, method, key, "labels")
+                if points:
+                    x, y, e = zip(*points)
+                    ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, color=colours[method], label=method)
+                if col == 1 and (tuned := series(domain, method, "finetune_accuracy", "finetune")):
+                    x, y, e = zip(*tuned)
+                    ax.errorbar(x, y, yerr=e, marker="*", ms=11, ls="none", capsize=2, color=colours[method])
+            ax.set_xscale("log")
+            ax.set_xticks(EPSILONS, [f"{e:g}" for e in EPSILONS])
+            ax.minorticks_off()
+            ax.set_ylim(0, 100)
+            ax.set_xlabel("total epsilon (delta 1e-5, PLD)")
+            ax.set_ylabel("%")
+            ax.set_title(f"{domain}: {title}" + (" (probe: lines, fine-tune: stars)" if col else ""), fontsize=9)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7, loc="lower right")
+    fig.savefig(path, dpi=110)
 
 
 def _mean_std(values) -> str:
@@ -251,20 +286,22 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="default: every method of the stage")
     parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS), help="total epsilons")
     parser.add_argument("--finetune-epsilons", type=float, nargs="+", default=[1.0])
-    parser.add_argument("--results", default="docs/private_labels_results.json")
+    parser.add_argument("--results", default="docs/private_labels", help="results of stage S go to <this>_S.json")
     parser.add_argument("--out", default="docs/private_labels")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    saved = json.loads(results.read_text()) if results.exists() else {"sigmas": {}, "cells": []}
-    cells = saved["cells"]
+    saved = {}
+    for stage in ("labels", "finetune"):  # one file per stage: the two stages can run at once
+        path = Path(f"{args.results}_{stage}.json")
+        saved[stage] = json.loads(path.read_text()) if path.exists() else {"sigmas": {}, "cells": []}
     if not args.report_only:
-        run(args, saved, results)
-    report(cells, args, Path(args.out))
+        results = Path(f"{args.results}_{args.stage}.json")
+        results.parent.mkdir(parents=True, exist_ok=True)
+        run(args, saved[args.stage], results)
+    report(saved["labels"]["cells"] + saved["finetune"]["cells"], args, Path(args.out))
 
 
 def run(args, saved: dict, results: Path) -> None:
