@@ -201,6 +201,7 @@ def report(cells: list[dict], args, out: Path) -> None:
              "Mean ± std over domains x seeds. `probe`: client test accuracy of a logistic regression on "
              f"frozen avg-pooled features; `fine-tune`: efficientnet_lite0 {FINETUNE['input_size']} px, "
              f"{FINETUNE_EPOCHS} epochs.", ""]
+    lines += summary(cells, args)
     for domain_set in (args.domains, *([[d] for d in args.domains] if len(args.domains) > 1 else [])):
         title = "all client domains" if len(domain_set) > 1 else f"client domain `{domain_set[0]}`"
         lines += [f"### {title}", "", "| method | run's epsilon | client's spent epsilon: PLD (RDP) | ECOS sigma | "
@@ -216,6 +217,8 @@ def report(cells: list[dict], args, out: Path) -> None:
                     continue
                 base = rows or tuned
                 acc = _mean_std([c["label_accuracy"] for c in base])
+                if any(c["labelled"] < 1 for c in base):
+                    acc += f" ({np.mean([c['accuracy_of_labelled'] for c in base]) * 100:.1f} of those labelled)"
                 probe = _mean_std([c["probe_accuracy"] for c in rows]) if rows else "–"
                 tune = _mean_std([c["finetune_accuracy"] for c in tuned]) if tuned else "–"
                 sigma = base[0]["label_sigma"]
@@ -228,6 +231,25 @@ def report(cells: list[dict], args, out: Path) -> None:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(cells, args, out.with_suffix(".png"))
+
+
+def summary(cells: list[dict], args, epsilon: float = 1.0) -> list[str]:
+    """Per client domain at total ``epsilon``: label and client accuracy of class_coverage and Private kNN beside
+    manual labels of the same proxy."""
+    def value(method, domain, key, stage):
+        values = [c[key] for c in cells if c["stage"] == stage and c["method"] == method and c["domain"] == domain
+                  and c["epsilon"] == epsilon and c["seed"] in args.seeds]
+        return f"{_mean_std(values)} ({len(values)})" if values else "–"
+
+    lines = [f"### Summary at total epsilon {epsilon:g} (runs in brackets)", "",
+             "| client domain | class_coverage label acc. | Private kNN label acc. | fine-tuned client acc.: "
+             "class_coverage | Private kNN | manual labels |", "|---|---:|---:|---:|---:|---:|"]
+    for domain in args.domains:
+        lines.append(f"| {domain} | {value('class_coverage', domain, 'label_accuracy', 'labels')} | "
+                     f"{value('private_knn', domain, 'label_accuracy', 'labels')} | "
+                     + " | ".join(value(m, domain, "finetune_accuracy", "finetune")
+                                  for m in ("class_coverage", "private_knn", "manual")) + " |")
+    return lines + [""]
 
 
 def plot(cells: list[dict], args, path: Path) -> None:
