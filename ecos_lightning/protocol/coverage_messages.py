@@ -8,17 +8,13 @@ names the query it answers (``query_digest``). The maths is :mod:`ecos_lightning
 from __future__ import annotations
 
 import hashlib
-import math
-import numbers
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from .container import MAX_CLUSTERS, MAX_FEATURE_DIM, MessageError, pack, unpack
-from .encoder_spec import EncoderSpec
-from .label_messages import _check
-from .messages import _expect_keys
+from .message_fields import (check_class_names, check_encoder, check_epsilon, check_hex, check_int,
+                             check_noise_and_delta, expect_keys, expect_tensors)
 from .privacy import epsilon_from_json, epsilon_to_json
 
 __all__ = ["ClassHistogramMessage", "CoverageQueryMessage"]
@@ -68,12 +64,8 @@ class CoverageQueryMessage:
         for name, array in (("projection", p), ("bias", b), ("centroids", c)):
             if not np.isfinite(array).all():
                 raise MessageError(f"{name}: contains NaN or Inf")
-        try:
-            EncoderSpec.from_dict(self.encoder)
-        except (ValueError, OverflowError) as exc:
-            raise MessageError(f"encoder: {exc}") from None
-        if not isinstance(self.proxy, str) or not re.fullmatch(r"[0-9a-f]{16}", self.proxy):
-            raise MessageError("proxy: must be 16 lowercase hex characters")
+        check_encoder(self.encoder)
+        check_hex(self.proxy, "proxy", 16, "the stable hash of the proxy indices")
 
     @property
     def feature_dim(self) -> int:
@@ -88,10 +80,8 @@ class CoverageQueryMessage:
     @classmethod
     def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "CoverageQueryMessage":
         tensors, meta = unpack(blob, cls.KIND, max_bytes)
-        _expect_keys(meta, {"encoder", "proxy"}, "meta")
-        expected = {"projection", "bias", "centroids", "clusters"}
-        if set(tensors) != expected:
-            raise MessageError(f"tensors: expected exactly {sorted(expected)}, got {sorted(tensors)}")
+        expect_keys(meta, {"encoder", "proxy"}, "meta")
+        expect_tensors(tensors, {"projection", "bias", "centroids", "clusters"})
         return cls(tensors["projection"], tensors["bias"], tensors["centroids"], tensors["clusters"],
                    meta["encoder"], meta["proxy"])
 
@@ -120,11 +110,8 @@ class ClassHistogramMessage:
     KIND = "class_histogram"
 
     def __post_init__(self):
-        names = self.class_names
-        if (not isinstance(names, (list, tuple)) or not 0 < len(names) <= MAX_CLASSES
-                or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names)):
-            raise MessageError(f"class_names: must be 1 to {MAX_CLASSES} unique non-empty strings")
-        object.__setattr__(self, "class_names", tuple(names))
+        names = check_class_names(self.class_names, MAX_CLASSES)
+        object.__setattr__(self, "class_names", names)
         c = self.counts
         if (not isinstance(c, np.ndarray) or c.dtype != np.float32 or c.ndim != 2
                 or not 1 <= c.shape[0] <= MAX_CLUSTERS or c.shape[1] != len(names) or c.size > MAX_CELLS):
@@ -132,15 +119,11 @@ class ClassHistogramMessage:
                                f"of at most {MAX_CELLS} cells")
         if not np.isfinite(c).all():
             raise MessageError("counts: contains NaN or Inf")
-        if not isinstance(self.query_digest, str) or not re.fullmatch(r"[0-9a-f]{64}", self.query_digest):
-            raise MessageError("query_digest: must be a 64-character lowercase hex SHA-256")
-        _check(self.noise_multiplier, "noise_multiplier", lambda v: 0 <= v < math.inf, "a finite number >= 0")
-        r = self.resolutions
-        if isinstance(r, bool) or not isinstance(r, numbers.Integral) or not 1 <= r <= MAX_RESOLUTIONS:
-            raise MessageError(f"resolutions: must be an integer in [1, {MAX_RESOLUTIONS}], got {r!r:.40}")
-        _check(self.delta, "delta", lambda v: 0 < v < 1, "a number in (0, 1)")
-        _check(self.epsilon, "epsilon", lambda v: v >= 0, "a number >= 0 or inf")
-        _check(self.total_epsilon, "total_epsilon", lambda v: v >= 0, "a number >= 0 or inf")
+        check_hex(self.query_digest, "query_digest", 64, "the SHA-256 of the query message these histograms answer")
+        check_int(self.resolutions, "resolutions", 1, MAX_RESOLUTIONS)
+        check_noise_and_delta(self.noise_multiplier, self.delta)
+        check_epsilon(self.epsilon, "epsilon")
+        check_epsilon(self.total_epsilon, "total_epsilon")
 
     def to_bytes(self) -> bytes:
         meta = {"class_names": list(self.class_names), "query_digest": self.query_digest,
@@ -152,10 +135,9 @@ class ClassHistogramMessage:
     @classmethod
     def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "ClassHistogramMessage":
         tensors, meta = unpack(blob, cls.KIND, max_bytes)
-        _expect_keys(meta, {"class_names", "query_digest", "noise_multiplier", "resolutions", "delta", "epsilon",
-                            "total_epsilon"}, "meta")
-        if set(tensors) != {"counts"}:
-            raise MessageError(f"tensors: expected exactly 'counts', got {sorted(tensors)}")
+        expect_keys(meta, {"class_names", "query_digest", "noise_multiplier", "resolutions", "delta", "epsilon",
+                           "total_epsilon"}, "meta")
+        expect_tensors(tensors, {"counts"})
         epsilons = [epsilon_from_json(meta[n]) for n in ("epsilon", "total_epsilon")]
         return cls(tensors["counts"], meta["class_names"], meta["query_digest"], meta["noise_multiplier"],
                    meta["resolutions"], meta["delta"], *epsilons)

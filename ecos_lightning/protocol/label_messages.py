@@ -8,16 +8,13 @@ its proxy set (``proxy``), a labels message names the queries it answers (``quer
 from __future__ import annotations
 
 import hashlib
-import math
-import numbers
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from .container import MAX_FEATURE_DIM, MAX_QUERIES, MessageError, pack, unpack
-from .encoder_spec import EncoderSpec
-from .messages import _expect_keys
+from .message_fields import (check_class_names, check_encoder, check_epsilon, check_hex, check_int, check_real,
+                             check_noise_and_delta, expect_keys, expect_tensors)
 from .privacy import epsilon_from_json, epsilon_to_json
 
 __all__ = ["LabelsMessage", "QueriesMessage"]
@@ -47,12 +44,8 @@ class QueriesMessage:
                                f"1 <= d <= {MAX_FEATURE_DIM}]")
         if not np.isfinite(f).all():
             raise MessageError("features: contains NaN or Inf")
-        try:
-            EncoderSpec.from_dict(self.encoder)
-        except (ValueError, OverflowError) as exc:
-            raise MessageError(f"encoder: {exc}") from None
-        if not isinstance(self.proxy, str) or not re.fullmatch(r"[0-9a-f]{16}", self.proxy):
-            raise MessageError("proxy: must be 16 lowercase hex characters")
+        check_encoder(self.encoder)
+        check_hex(self.proxy, "proxy", 16, "the stable hash of the proxy indices")
 
     def to_bytes(self) -> bytes:
         return pack(self.KIND, {"features": self.features}, {"encoder": self.encoder, "proxy": self.proxy})
@@ -60,9 +53,8 @@ class QueriesMessage:
     @classmethod
     def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "QueriesMessage":
         tensors, meta = unpack(blob, cls.KIND, max_bytes)
-        _expect_keys(meta, {"encoder", "proxy"}, "meta")
-        if set(tensors) != {"features"}:
-            raise MessageError(f"tensors: expected exactly 'features', got {sorted(tensors)}")
+        expect_keys(meta, {"encoder", "proxy"}, "meta")
+        expect_tensors(tensors, {"features"})
         return cls(tensors["features"], meta["encoder"], meta["proxy"])
 
 
@@ -90,25 +82,19 @@ class LabelsMessage:
     KIND = "labels"
 
     def __post_init__(self):
-        names = self.class_names
-        if (not isinstance(names, (list, tuple)) or not 0 < len(names) <= _MAX_CLASSES
-                or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names)):
-            raise MessageError(f"class_names: must be 1 to {_MAX_CLASSES} unique non-empty strings")
-        object.__setattr__(self, "class_names", tuple(names))
+        names = check_class_names(self.class_names, _MAX_CLASSES)
+        object.__setattr__(self, "class_names", names)
         y = self.labels
         if not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.ndim != 1 or not 1 <= y.size <= MAX_QUERIES:
             raise MessageError(f"labels: must be an int64 vector [1 <= Q <= {MAX_QUERIES}]")
         if y.min() < 0 or y.max() >= len(names):
             raise MessageError(f"labels: must lie in [0, {len(names) - 1}]")
-        if not isinstance(self.queries_digest, str) or not re.fullmatch(r"[0-9a-f]{64}", self.queries_digest):
-            raise MessageError("queries_digest: must be a 64-character lowercase hex SHA-256")
-        _check(self.noise_multiplier, "noise_multiplier", lambda v: 0 <= v < math.inf, "a finite number >= 0")
-        if isinstance(self.k, bool) or not isinstance(self.k, numbers.Integral) or self.k < 1:
-            raise MessageError(f"k: must be an integer >= 1, got {self.k!r:.40}")
-        _check(self.sampling_rate, "sampling_rate", lambda v: 0 < v <= 1, "a number in (0, 1]")
-        _check(self.delta, "delta", lambda v: 0 < v < 1, "a number in (0, 1)")
-        _check(self.epsilon, "epsilon", lambda v: v >= 0, "a number >= 0 or inf")
-        _check(self.total_epsilon, "total_epsilon", lambda v: v >= 0, "a number >= 0 or inf")
+        check_hex(self.queries_digest, "queries_digest", 64, "the SHA-256 of the queries message these labels answer")
+        check_int(self.k, "k", 1)
+        check_real(self.sampling_rate, "sampling_rate", lambda v: 0 < v <= 1, "a number in (0, 1]")
+        check_noise_and_delta(self.noise_multiplier, self.delta)
+        check_epsilon(self.epsilon, "epsilon")
+        check_epsilon(self.total_epsilon, "total_epsilon")
 
     def to_bytes(self) -> bytes:
         meta = {"class_names": list(self.class_names), "queries_digest": self.queries_digest,
@@ -120,10 +106,9 @@ class LabelsMessage:
     @classmethod
     def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "LabelsMessage":
         tensors, meta = unpack(blob, cls.KIND, max_bytes)
-        _expect_keys(meta, {"class_names", "queries_digest", "noise_multiplier", "k", "sampling_rate", "delta",
-                            "epsilon", "total_epsilon"}, "meta")
-        if set(tensors) != {"labels"}:
-            raise MessageError(f"tensors: expected exactly 'labels', got {sorted(tensors)}")
+        expect_keys(meta, {"class_names", "queries_digest", "noise_multiplier", "k", "sampling_rate", "delta",
+                           "epsilon", "total_epsilon"}, "meta")
+        expect_tensors(tensors, {"labels"})
         epsilons = [epsilon_from_json(meta[n]) for n in ("epsilon", "total_epsilon")]
         return cls(tensors["labels"], meta["class_names"], meta["queries_digest"], meta["noise_multiplier"],
                    meta["k"], meta["sampling_rate"], meta["delta"], *epsilons)
@@ -132,12 +117,3 @@ class LabelsMessage:
         """Whether these labels answer the queries message serialised as ``queries_blob``."""
         return hashlib.sha256(queries_blob).hexdigest() == self.queries_digest
 
-
-def _check(value, name: str, ok, what: str) -> None:
-    """``MessageError`` unless ``value`` is a real number (not bool) with ``ok(float(value))``."""
-    try:
-        good = isinstance(value, numbers.Real) and not isinstance(value, bool) and ok(float(value))
-    except OverflowError:  # a JSON integer beyond the float range
-        good = False
-    if not good:
-        raise MessageError(f"{name}: must be {what}, got {value!r:.40}")

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from .container import MAX_CLUSTERS, MAX_FEATURE_DIM, MessageError, pack, unpack
-from .encoder_spec import EncoderSpec
+from .message_fields import (check_encoder, check_epsilon, check_hex, check_int, check_noise_and_delta, check_real,
+                             expect_keys, expect_tensors)
 from .privacy import epsilon_from_json, epsilon_to_json
 from .validation import as_features
 
@@ -44,10 +43,7 @@ class CentroidsMessage:
     def __post_init__(self):
         _check_centroids(self.centroids, self.projection, self.bias)
         if self.encoder is not None:
-            try:
-                EncoderSpec.from_dict(self.encoder)
-            except ValueError as exc:
-                raise MessageError(f"encoder: {exc}") from None
+            check_encoder(self.encoder)
 
     @property
     def num_clusters(self) -> int:
@@ -82,7 +78,7 @@ class CentroidsMessage:
     @classmethod
     def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "CentroidsMessage":
         tensors, meta = unpack(blob, cls.KIND, max_bytes)
-        _expect_keys(meta, {"encoder"}, "meta")
+        expect_keys(meta, {"encoder"}, "meta")
         if set(tensors) not in ({"centroids"}, {"centroids", "projection", "bias"}):
             raise MessageError(f"tensors: expected centroids [+ projection, bias], got {sorted(tensors)}")
         encoder = meta["encoder"]
@@ -120,18 +116,13 @@ class ScoresMessage:
             raise MessageError(f"scores: must hold 1 to {MAX_CLUSTERS} scores, got {self.scores.size}")
         if not np.isfinite(self.scores).all():
             raise MessageError("scores: contains NaN or Inf")
-        _check_number(self.noise_multiplier, "noise_multiplier", low=0.0)
-        if isinstance(self.q, bool) or not isinstance(self.q, numbers.Integral) or self.q < 1:
-            raise MessageError(f"q: must be an integer >= 1, got {self.q!r}")
-        _check_number(self.delta, "delta", low=0.0, high=1.0, open_interval=True)
-        if not (isinstance(self.epsilon, numbers.Real) and not isinstance(self.epsilon, bool)
-                and (self.epsilon >= 0 or math.isinf(self.epsilon)) and not math.isnan(self.epsilon)):
-            raise MessageError(f"epsilon: must be a number >= 0 or inf, got {self.epsilon!r}")
-        if not isinstance(self.centroids_digest, str) or not re.fullmatch(r"[0-9a-f]{64}", self.centroids_digest):
-            raise MessageError("centroids_digest: must be the 64-character lowercase hex SHA-256 of the centroids "
-                               "message these scores answer")
+        check_noise_and_delta(self.noise_multiplier, self.delta)
+        check_int(self.q, "q", 1)
+        check_epsilon(self.epsilon, "epsilon")
+        check_hex(self.centroids_digest, "centroids_digest", 64,
+                  "the SHA-256 of the centroids message these scores answer")
         if self.radius is not None:
-            _check_number(self.radius, "radius", low=0.0)
+            check_real(self.radius, "radius", lambda v: 0 <= v < math.inf, "a finite number >= 0")
 
     @property
     def num_clusters(self) -> int:
@@ -156,9 +147,8 @@ class ScoresMessage:
     @classmethod
     def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "ScoresMessage":
         tensors, meta = unpack(blob, cls.KIND, max_bytes)
-        _expect_keys(meta, _SCORES_META_KEYS, "meta")
-        if set(tensors) != {"scores"}:
-            raise MessageError(f"tensors: expected exactly 'scores', got {sorted(tensors)}")
+        expect_keys(meta, _SCORES_META_KEYS, "meta")
+        expect_tensors(tensors, {"scores"})
         epsilon = epsilon_from_json(meta["epsilon"])
         return cls(tensors["scores"], meta["noise_multiplier"], meta["q"], meta["delta"], epsilon,
                    meta["centroids_digest"], meta["radius"])
@@ -199,18 +189,3 @@ def _check_centroids(centroids, projection, bias) -> None:
                            "a PCA projection never adds dimensions")
     if bias.shape != (centroids.shape[1],):
         raise MessageError(f"bias: shape {list(bias.shape)} must be [{centroids.shape[1]}]")
-
-
-def _expect_keys(meta: dict, keys: set, where: str) -> None:
-    if set(meta) != keys:
-        missing, extra = sorted(keys - set(meta)), sorted(set(meta) - keys)
-        raise MessageError(f"{where}: missing fields {missing}, unexpected fields {extra}")
-
-
-def _check_number(value, name: str, low: float, high: float = math.inf, open_interval: bool = False) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (low < value < high) if open_interval else (low <= value <= high)
-    if not ok:
-        bounds = f"in ({low}, {high})" if open_interval else f">= {low}"
-        raise MessageError(f"{name}: must be a finite number {bounds}, got {value!r}")
