@@ -49,8 +49,6 @@ METHODS = {
     "private_knn": ("client_knn", {"knn_k": 20, "knn_sampling_rate": 0.3}, "knn_noise_multiplier", "style"),
     "class_coverage": ("class_coverage", {"coverage_clusters": [10, 20, 50], "coverage_label_fraction": 1.0},
                        "coverage_noise_multiplier", "style"),
-    "class_coverage C=30": ("class_coverage", {"coverage_clusters": [30], "coverage_label_fraction": 1.0},
-                            "coverage_noise_multiplier", "style"),
     "class_coverage 80% labelled": ("class_coverage", {"coverage_clusters": [10, 20, 50],
                                                        "coverage_label_fraction": 0.8},
                                     "coverage_noise_multiplier", "style"),
@@ -180,8 +178,9 @@ INTRO = """# Auto-labels at a privacy cost worth paying
 50 centroids); the client releases one noisy histogram over (centroid, class) cells per clustering. One client
 sample adds 1 to one cell of each histogram, so each histogram is one Gaussian mechanism of sensitivity 1 whatever
 the proxy size, and the three compose (dp-accounting) like one at sigma / sqrt(3). The cloud gives each proxy image
-the noisy counts of its nearest centroid at every resolution, spreads them along the proxy's 5-nearest-neighbour
-graph (normalised-graph diffusion, alpha 0.9) and takes the class of highest evidence; with
+the class distribution of its nearest centroid at every resolution (noisy counts clipped at 0, normalised: one
+vote per resolution), spreads them along the proxy's 5-nearest-neighbour graph (normalised-graph diffusion,
+alpha 0.9) and takes the class of highest evidence; with
 `coverage_label_fraction < 1` it labels only the clearest share and leaves the rest unlabelled (-1).
 Private kNN (`client_knn`) answers each of the B queries: its cost grows with B.
 

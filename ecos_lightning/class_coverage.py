@@ -21,8 +21,9 @@ Cloud (post-processing, no further privacy cost)::
 
     labels = propagate_labels(query, proxy_features, noisy, neighbours=5, alpha=0.9)   # int64 [B], -1: no label
 
-Each proxy image takes the noisy class counts of its nearest centroid at every resolution, summed, as
-evidence; the evidence spreads along the proxy's own k-nearest-neighbour graph (normalised-graph
+Each proxy image takes the class distribution of its nearest centroid at every resolution (the noisy
+counts clipped at 0 and normalised, so each resolution has one vote whatever its clusters' sizes), summed,
+as evidence; the evidence spreads along the proxy's own k-nearest-neighbour graph (normalised-graph
 diffusion, ``F = alpha S F + (1 - alpha) E``) and each image takes the class of highest diffused
 evidence. ``label_fraction < 1`` labels only that share of the proxy, the images whose evidence is
 the clearest (the rest -1: unlabelled).
@@ -181,7 +182,7 @@ def propagate_labels(query: CoverageQuery, proxy_features, noisy_counts, neighbo
         raise ValueError(f"noisy_counts must be finite [{len(query.centroids)}, L], got {list(counts.shape)}")
     _fraction(alpha, "alpha", low_open=False, high_open=True)
     _fraction(label_fraction, "label_fraction", low_open=True, high_open=False)
-    evidence = counts[query.assign(proxy_features)].sum(axis=1)
+    evidence = class_distributions(counts)[query.assign(proxy_features)].sum(axis=1)
     scores = _diffuse(_knn_graph(mapped, positive_int(neighbours, "neighbours")), evidence, float(alpha))
     labels = scores.argmax(axis=1).astype(np.int64)
     if label_fraction < 1.0:
@@ -190,6 +191,13 @@ def propagate_labels(query: CoverageQuery, proxy_features, noisy_counts, neighbo
         keep = int(round(label_fraction * len(labels)))
         labels[np.argsort(-margin, kind="stable")[keep:]] = -1
     return labels
+
+
+def class_distributions(counts: np.ndarray) -> np.ndarray:
+    """Noisy counts [rows, L] -> each row's class distribution [rows, L]: negative counts (noise) clipped at 0,
+    rows normalised to sum 1 (a row with no positive count stays 0)."""
+    positive = np.clip(counts, 0.0, None)
+    return positive / np.maximum(positive.sum(axis=1, keepdims=True), 1e-12)
 
 
 def _knn_graph(points: np.ndarray, k: int) -> sparse.csr_matrix:

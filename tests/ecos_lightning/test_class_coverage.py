@@ -112,6 +112,19 @@ def test_labels_spread_from_a_clear_histogram_and_abstain_where_unclear():
         cc.propagate_labels(query, points, counts[:3])
 
 
+def test_each_resolution_votes_once_whatever_its_cluster_sizes():
+    """An image whose coarse centroid leans to class 0 by raw counts (60 vs 40) but whose fine centroid holds
+    only class 1 takes class 1: each resolution contributes one class distribution; negative noise counts
+    nothing."""
+    points = np.array([[0.0, 1.0], [0.0, 1.1], [1.0, 0.0]], np.float32)
+    query = cc.CoverageQuery(np.eye(2, dtype=np.float32), np.zeros(2, np.float32),
+                             np.array([[0, 1], [0, 1], [1, 0]], np.float32), (1, 2))
+    counts = np.array([[60, 40], [0, 10], [-5, 3]], np.float32)
+    np.testing.assert_allclose(cc.class_distributions(counts), [[0.6, 0.4], [0.0, 1.0], [0.0, 1.0]], rtol=1e-6)
+    assert cc.propagate_labels(query, points[:2], counts, alpha=0.0).tolist() == [1, 1]
+    assert cc.class_distributions(np.array([[-1.0, -2.0]])).tolist() == [[0.0, 0.0]]
+
+
 def test_class_histogram_refuses_bad_labels():
     rng = np.random.default_rng(3)
     query = cc.coverage_query(rng.normal(size=(10, 4)).astype(np.float32), clusters=3, whiten_dim=3)
