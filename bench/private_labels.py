@@ -188,7 +188,7 @@ Private kNN (`client_knn`) answers each of the B queries: its cost grows with B.
     python bench/private_labels.py --stage finetune    # fine-tuned client accuracy (slow: epsilon 1 by default)
     python bench/private_labels.py --report-only
 
-Device: 2-core CPU (shared). Train with it: `python train.py fit --config configs/autolabel_class_coverage_digits.yaml`;
+Device: 2-core CPU (shared). Train with it: `python train.py fit --config configs/autolabel_digits.yaml`;
 across two machines: `ecos-cloud coverage-query`, `ecos-client class-coverage`, `ecos-cloud attach-coverage`.
 """
 

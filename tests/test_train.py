@@ -40,7 +40,7 @@ def config(name):
     return ["--config", str(ROOT / "configs" / f"{name}.yaml")]
 
 
-@pytest.mark.parametrize("task", ["finetune_digits", "autolabel_digits", "autolabel_class_coverage_digits"])
+@pytest.mark.parametrize("task", ["finetune_digits", "autolabel_digits", "autolabel_knn_digits"])
 def test_fast_dev_run_of_task_configs(task, tmp_path, cache_dir):
     proc = run_train(["fit", *config(task), *SMALL, "--trainer.fast_dev_run", "true",
                       "--data.cache_dir", cache_dir], tmp_path, cache_dir)
