@@ -25,6 +25,7 @@ the epsilons of ``--finetune-epsilons``, as the full grid takes hours on 2 cores
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -61,6 +62,7 @@ FINETUNE = dict(model_name="efficientnet_lite0", weights="offline", input_size=6
 FINETUNE_EPOCHS = 3
 
 
+@functools.lru_cache(maxsize=None)
 def ecos_sigma(epsilon: float, delta: float) -> float:
     """The ECOS query's noise multiplier for a run of total ``epsilon`` (see the module docstring)."""
     return max(ECOS_SIGMA, math.sqrt(2.0) * noise_multiplier_for_epsilon(epsilon, delta))
@@ -208,10 +210,8 @@ def report(cells: list[dict], args, out: Path) -> None:
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for method in ("manual", *METHODS):
             for epsilon in EPSILONS:
-                rows = [c for c in cells if c["method"] == method and c["epsilon"] == epsilon
-                        and c["domain"] in domain_set and c["seed"] in args.seeds and c["stage"] == "labels"]
-                tuned = [c for c in cells if c["method"] == method and c["epsilon"] == epsilon
-                         and c["domain"] in domain_set and c["seed"] in args.seeds and c["stage"] == "finetune"]
+                rows = runs_at(cells, "labels", method, epsilon, domain_set, args)
+                tuned = runs_at(cells, "finetune", method, epsilon, domain_set, args)
                 if not rows and not tuned:
                     continue
                 base = rows or tuned
@@ -232,12 +232,24 @@ def report(cells: list[dict], args, out: Path) -> None:
     plot(cells, args, out.with_suffix(".png"))
 
 
+def runs_at(cells: list[dict], stage: str, method: str, epsilon: float, domains, args) -> list[dict]:
+    """The finished cells of ``stage`` for ``method`` at total ``epsilon``, client ``domains`` and the run's seeds.
+    Manual labels spend nothing beyond the ECOS query: a manual run at another total epsilon with the same query
+    (the same ECOS sigma) is the same run."""
+    query_sigma = ecos_sigma(epsilon, args.delta)
+
+    def at(cell):
+        return cell["ecos_sigma"] == query_sigma if method == "manual" else cell["epsilon"] == epsilon
+
+    return [c for c in cells if c["stage"] == stage and c["method"] == method and c["domain"] in domains
+            and c["seed"] in args.seeds and at(c)]
+
+
 def summary(cells: list[dict], args, epsilon: float = 1.0) -> list[str]:
     """Per client domain at total ``epsilon``: label and client accuracy of class_coverage and Private kNN beside
     manual labels of the same proxy."""
     def value(method, domain, key, stage):
-        values = [c[key] for c in cells if c["stage"] == stage and c["method"] == method and c["domain"] == domain
-                  and c["epsilon"] == epsilon and c["seed"] in args.seeds]
+        values = [c[key] for c in runs_at(cells, stage, method, epsilon, [domain], args)]
         return f"{_mean_std(values)} ({len(values)})" if values else "–"
 
     lines = [f"### Summary at total epsilon {epsilon:g} (runs in brackets)", "",
@@ -264,8 +276,7 @@ def plot(cells: list[dict], args, path: Path) -> None:
     def series(domain, method, key, stage):
         points = []
         for epsilon in EPSILONS:
-            values = [c[key] for c in cells if c["stage"] == stage and c["method"] == method and c["domain"] == domain
-                      and c["epsilon"] == epsilon and c["seed"] in args.seeds]
+            values = [c[key] for c in runs_at(cells, stage, method, epsilon, [domain], args)]
             if values:
                 points.append((epsilon, np.mean(values) * 100, np.std(values) * 100))
         return points
