@@ -247,19 +247,29 @@ def runs_at(cells: list[dict], stage: str, method: str, epsilon: float, domains,
 
 def summary(cells: list[dict], args, epsilon: float = 1.0) -> list[str]:
     """Per client domain at total ``epsilon``: label and client accuracy of class_coverage and Private kNN beside
-    manual labels of the same proxy."""
+    manual labels of the same proxy, and class_coverage's fine-tuned gap to manual labels (paired by seed)."""
+    def runs(method, domain, stage):
+        return runs_at(cells, stage, method, epsilon, [domain], args)
+
     def value(method, domain, key, stage):
-        values = [c[key] for c in runs_at(cells, stage, method, epsilon, [domain], args)]
+        values = [c[key] for c in runs(method, domain, stage)]
         return f"{_mean_std(values)} ({len(values)})" if values else "–"
+
+    def gap(domain):
+        manual = {c["seed"]: c["finetune_accuracy"] for c in runs("manual", domain, "finetune")}
+        pairs = [manual[c["seed"]] - c["finetune_accuracy"] for c in runs("class_coverage", domain, "finetune")
+                 if c["seed"] in manual]
+        return f"{_mean_std(pairs)} ({len(pairs)})" if pairs else "–"
 
     lines = [f"### Summary at total epsilon {epsilon:g} (runs in brackets)", "",
              "| client domain | class_coverage label acc. | Private kNN label acc. | fine-tuned client acc.: "
-             "class_coverage | Private kNN | manual labels |", "|---|---:|---:|---:|---:|---:|"]
+             "class_coverage | Private kNN | manual labels | manual − class_coverage |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for domain in args.domains:
         lines.append(f"| {domain} | {value('class_coverage', domain, 'label_accuracy', 'labels')} | "
                      f"{value('private_knn', domain, 'label_accuracy', 'labels')} | "
                      + " | ".join(value(m, domain, "finetune_accuracy", "finetune")
-                                  for m in ("class_coverage", "private_knn", "manual")) + " |")
+                                  for m in ("class_coverage", "private_knn", "manual")) + f" | {gap(domain)} |")
     return lines + [""]
 
 
