@@ -212,6 +212,8 @@ def report(cells: list[dict], args, out: Path) -> None:
             for epsilon in EPSILONS:
                 rows = runs_at(cells, "labels", method, epsilon, domain_set, args)
                 tuned = runs_at(cells, "finetune", method, epsilon, domain_set, args)
+                if {c["domain"] for c in tuned} != set(domain_set):  # a mean over some of the domains misleads
+                    tuned = []
                 if not rows and not tuned:
                     continue
                 base = rows or tuned
@@ -234,12 +236,14 @@ def report(cells: list[dict], args, out: Path) -> None:
 
 def runs_at(cells: list[dict], stage: str, method: str, epsilon: float, domains, args) -> list[dict]:
     """The finished cells of ``stage`` for ``method`` at total ``epsilon``, client ``domains`` and the run's seeds.
-    Manual labels spend nothing beyond the ECOS query: a manual run at another total epsilon with the same query
-    (the same ECOS sigma) is the same run."""
+    Manual labels spend nothing beyond the ECOS query: a manual fine-tuning run at another total epsilon with the
+    same query (the same ECOS sigma) is the same run."""
     query_sigma = ecos_sigma(epsilon, args.delta)
 
     def at(cell):
-        return cell["ecos_sigma"] == query_sigma if method == "manual" else cell["epsilon"] == epsilon
+        if method == "manual" and stage == "finetune":
+            return cell["ecos_sigma"] == query_sigma
+        return cell["epsilon"] == epsilon
 
     return [c for c in cells if c["stage"] == stage and c["method"] == method and c["domain"] in domains
             and c["seed"] in args.seeds and at(c)]
