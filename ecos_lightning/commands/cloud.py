@@ -1,5 +1,6 @@
 """``ecos-cloud``: the cloud's side of ECOS, one sub-command per step.
 
+    ecos-cloud extract --open <pool> --state cloud_state --rank r --world-size n   # optional: n processes
     ecos-cloud probe --open <image folder | digits-lite:<domain>[:<split seed>]> --out centroids.ecos
     ecos-cloud sample --scores scores.ecos --budget B --out proxy.json
     ecos-cloud queries --proxy proxy.json --out queries.ecos
@@ -17,6 +18,10 @@ message sent), and metadata ``info``: JSON ``{"version": 2, "open", "root", "pat
 to it, or nulls for digits-lite; the features file's name and the SHA-256 of its array). ``sample``
 and ``queries`` refuse a state whose parts do not agree, or whose features file changed, with one
 line. Nothing is pickled.
+
+``extract`` fills the same features file from ``n`` processes (one per GPU or machine on a shared file
+system): rank ``r`` extracts chunks ``i % n == r`` and the last rank to finish puts the file in place; a
+``probe`` of the same pool, encoder and state folder then reads it instead of extracting.
 """
 
 from __future__ import annotations
@@ -130,8 +135,7 @@ def probe(args) -> None:
                          "(and --noise-multiplier if it answers with another sigma than 8)")
     out = Path(args.out)
     state_dir = _state_dir(args, out)
-    spec = spec_for_model(args.encoder, weights=args.encoder_weights, input_size=args.input_size,
-                          pooling=args.pooling)
+    spec = _encoder_spec(args)
     start = time.perf_counter()
     data, data_id, root, paths = _open_pool(args.open)
     features = cached_features(spec, data, data_id, state_dir, desc="open-pool features")
@@ -154,6 +158,28 @@ def probe(args) -> None:
     print(f"wrote {out}: K={message.num_clusters} centroids, d={dim} {message.centroids.dtype}"
           f"{' (PCA)' if args.pca_dim else ''}, {len(blob):,} bytes down")
     print(f"state: {state_dir}  time: {time.perf_counter() - start:.1f} s")
+
+
+def extract(args) -> None:
+    if not 0 <= args.rank < args.world_size:
+        raise ValueError(f"--rank {args.rank} must be in [0, --world-size {args.world_size})")
+    if args.chunk_rows % args.batch_size:
+        raise ValueError(f"--chunk-rows {args.chunk_rows} must be a multiple of --batch-size {args.batch_size}")
+    spec = _encoder_spec(args)
+    data, data_id, _, _ = _open_pool(args.open)
+    state_dir = Path(args.state)
+    start = time.perf_counter()
+    features = cached_features(spec, data, data_id, state_dir, desc="open-pool features",
+                               batch_size=args.batch_size, rank=args.rank, world_size=args.world_size,
+                               chunk_rows=args.chunk_rows)
+    path = feature_path(spec, data_id, state_dir)
+    if features is None:
+        print(f"rank {args.rank} of {args.world_size}: its chunks of {path} are done; the file is complete when "
+              f"every rank has finished ({time.perf_counter() - start:.1f} s)")
+    else:
+        print(f"{path}: features of all {len(features)} images, d={features.shape[1]}, complete: run "
+              f"`ecos-cloud probe --state {state_dir}` with the same --open and encoder options "
+              f"({time.perf_counter() - start:.1f} s)")
 
 
 def sample(args) -> None:
@@ -266,6 +292,22 @@ def _open_pool(source: str):
     return data.open, data.data_id, data.root, data.paths
 
 
+def _encoder_spec(args):
+    return spec_for_model(args.encoder, weights=args.encoder_weights, input_size=args.input_size,
+                          pooling=args.pooling)
+
+
+def _add_pool_arguments(p) -> None:
+    """--open and the encoder options, which probe and extract share."""
+    p.add_argument("--open", required=True, help="the open pool: an image folder (nested folders fine) or a data "
+                   "source name (digits-lite:<client domain>[:<split seed>], domainnet:<root>, digits5:<root>, "
+                   "folders:<root>, ...; its split's pool)")
+    p.add_argument("--encoder", default="efficientnet_lite0", help="timm model name (default efficientnet_lite0)")
+    p.add_argument("--encoder-weights", default="offline", help="offline | hub | none | path to a state dict")
+    p.add_argument("--input-size", type=positive(int), help="encoder input side in pixels (default: the model's)")
+    p.add_argument("--pooling", choices=("style", "avg"), default="style", help="feature pooling (default style)")
+
+
 def _num_clusters(text: str):
     """argparse type of --num-clusters: ``auto`` or an integer > 0."""
     return text if text == "auto" else positive(int)(text)
@@ -281,10 +323,18 @@ def build_parser() -> Parser:
     commands = parser.add_subparsers(required=True, metavar="command", parser_class=Parser)
     state_help = "state folder written by probe (default: cloud_state/ next to --out)"
 
+    p = commands.add_parser("extract", help="one process's share of the open-pool features (run n of them)")
+    _add_pool_arguments(p)
+    p.add_argument("--state", required=True, help="state folder of the later probe (shared by every rank)")
+    p.add_argument("--rank", type=int, required=True, help="this process, 0 to --world-size - 1")
+    p.add_argument("--world-size", type=positive(int), required=True, help="number of processes")
+    p.add_argument("--batch-size", type=positive(int), default=256, help="images per encoder batch (default 256)")
+    p.add_argument("--chunk-rows", type=positive(int), default=32768, help="rows per chunk of the features file, "
+                   "a multiple of --batch-size; the unit of resumption and of sharding (default 32768)")
+    p.set_defaults(func=extract)
+
     p = commands.add_parser("probe", help="features and k-means of the open pool -> centroids message")
-    p.add_argument("--open", required=True, help="the open pool: an image folder (nested folders fine) or a data "
-                   "source name (digits-lite:<client domain>[:<split seed>], domainnet:<root>, digits5:<root>, "
-                   "folders:<root>, ...; its split's pool)")
+    _add_pool_arguments(p)
     p.add_argument("--out", required=True, help="centroids message to send to the client")
     p.add_argument("--num-clusters", type=_num_clusters, default=100, help="K, or auto: K from the pool size, "
                    "--client-size, --noise-multiplier and --q so covered clusters clear the noise (default 100)")
@@ -294,10 +344,6 @@ def build_parser() -> Parser:
     p.add_argument("--noise-multiplier", type=float, default=8.0, help="with --num-clusters auto: the sigma the "
                    "client answers with (default 8, ecos-client respond's default)")
     p.add_argument("--q", type=positive(int), default=1, help="with --num-clusters auto: the client's q (default 1)")
-    p.add_argument("--encoder", default="efficientnet_lite0", help="timm model name (default efficientnet_lite0)")
-    p.add_argument("--encoder-weights", default="offline", help="offline | hub | none | path to a state dict")
-    p.add_argument("--input-size", type=positive(int), help="encoder input side in pixels (default: the model's)")
-    p.add_argument("--pooling", choices=("style", "avg"), default="style", help="feature pooling (default style)")
     p.add_argument("--fp16", action="store_true", help="send centroids as float16")
     p.add_argument("--pca-dim", type=positive(int), help="send centroids projected to this many PCA dimensions")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
