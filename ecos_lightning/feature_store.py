@@ -2,11 +2,11 @@
 
 A store is the file ``<name>.npy`` once complete. While it is being written it is
 ``<name>.npy.partial`` (the matrix, created sparse at its full size) beside ``<name>.npy.done/``, which
-holds one empty marker file per finished chunk, created only after the chunk's rows are flushed to
-disk. So:
+holds one empty marker file per finished chunk, named by its rows (``<start>-<stop>``) and created only
+after those rows are flushed to disk. So:
 
 * an interrupted extraction resumes at the chunks without a marker (a kill mid-chunk loses only that
-  chunk);
+  chunk), and a resume or a rank with another chunk size trusts only the markers of its own row ranges;
 * several processes (the ranks of a distributed job, on one file system) write disjoint chunks of one
   store at once: chunk ``i`` belongs to rank ``i % world_size``; the process that finds every marker
   present (under a file lock) renames the matrix into place;
@@ -64,7 +64,12 @@ class FeatureStore:
         """The unfinished chunks of rank ``rank`` of ``world_size`` (chunk i belongs to rank i % world_size)."""
         if self.complete():
             return []
-        return [i for i in range(rank, self.num_chunks, world_size) if not (self.done_dir / f"{i}").exists()]
+        return [i for i in range(rank, self.num_chunks, world_size) if not self._marker(i).exists()]
+
+    def _marker(self, chunk: int) -> Path:
+        """The marker of chunk ``chunk``, named by its row range."""
+        rows = self.rows(chunk)
+        return self.done_dir / f"{rows.start}-{rows.stop}"
 
     def _start(self) -> None:
         """Create the sparse matrix file and the marker folder unless they exist (under the lock)."""
@@ -100,14 +105,14 @@ class FeatureStore:
         del matrix
         with open(self.partial, "rb+") as handle:
             os.fsync(handle.fileno())
-        atomic_write_bytes(self.done_dir / f"{chunk}", b"")
+        atomic_write_bytes(self._marker(chunk), b"")
 
     def finish(self) -> bool:
         """Rename the matrix into place when every chunk is done (under the lock); whether it is complete."""
         with self.lock:
             if self.complete():
                 return True
-            if not self.partial.exists() or any(not (self.done_dir / f"{i}").exists() for i in range(self.num_chunks)):
+            if not self.partial.exists() or any(not self._marker(i).exists() for i in range(self.num_chunks)):
                 return False
             os.replace(self.partial, self.path)
             shutil.rmtree(self.done_dir, ignore_errors=True)
