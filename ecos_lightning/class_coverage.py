@@ -174,7 +174,8 @@ def propagate_labels(query: CoverageQuery, proxy_features, noisy_counts, neighbo
 
     neighbours: k of the proxy's kNN graph. alpha: in [0, 1), how far evidence spreads (0: each image
     keeps its centroid's argmax). label_fraction: in (0, 1], the share of the proxy labelled, clearest
-    evidence first (margin of the best class's diffused evidence over the second's); -1 elsewhere.
+    evidence first (margin of the best class's diffused evidence over the second's); -1 elsewhere, and
+    for any image that no positive count reaches.
     """
     mapped = query.map(proxy_features)
     counts = np.asarray(noisy_counts, dtype=np.float64)
@@ -185,6 +186,7 @@ def propagate_labels(query: CoverageQuery, proxy_features, noisy_counts, neighbo
     evidence = class_distributions(counts)[query.assign(proxy_features)].sum(axis=1)
     scores = _diffuse(_knn_graph(mapped, positive_int(neighbours, "neighbours")), evidence, float(alpha))
     labels = scores.argmax(axis=1).astype(np.int64)
+    labels[scores.max(axis=1) <= 0] = -1  # no positive count reached the image: no label
     if label_fraction < 1.0:
         top2 = np.sort(scores, axis=1)[:, -2:]
         margin = top2[:, 1] - top2[:, 0]

@@ -127,7 +127,10 @@ class FeatureStore:
         finish the store if every chunk is done; whether it is complete."""
         self._start()
         for chunk in self.missing_chunks(rank, world_size):
-            self.write_chunk(chunk, compute(self.rows(chunk)))
+            features = compute(self.rows(chunk))
+            if self.complete():  # another process (e.g. a probe) finished the store meanwhile
+                break
+            self.write_chunk(chunk, features)
             if on_chunk is not None:
                 on_chunk(chunk)
         return self.finish()

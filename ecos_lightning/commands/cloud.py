@@ -20,8 +20,10 @@ and ``queries`` refuse a state whose parts do not agree, or whose features file 
 line. Nothing is pickled.
 
 ``extract`` fills the same features file from ``n`` processes (one per GPU or machine on a shared file
-system): rank ``r`` extracts chunks ``i % n == r`` and the last rank to finish puts the file in place; a
-``probe`` of the same pool, encoder and state folder then reads it instead of extracting.
+system): rank ``r`` extracts chunks ``i % n == r`` and the last rank to finish puts the file in place. The
+first rank records the split (``<features file>.extract.json``: world size, chunk rows, batch size) and a
+rank with another split is refused. A ``probe`` of the same pool, encoder and state folder reads the
+finished file, or extracts the chunks still missing in the recorded split.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_safetensors
 
@@ -138,7 +141,11 @@ def probe(args) -> None:
     spec = _encoder_spec(args)
     start = time.perf_counter()
     data, data_id, root, paths = _open_pool(args.open)
-    features = cached_features(spec, data, data_id, state_dir, desc="open-pool features")
+    path = feature_path(spec, data_id, state_dir)
+    split = {} if path.exists() else _recorded_layout(path)  # finish an unfinished extract in its own chunks
+    features = cached_features(spec, data, data_id, state_dir, desc="open-pool features",
+                               **{key: split[key] for key in ("batch_size", "chunk_rows") if key in split})
+    _release_layout(path)
     k = resolve_num_clusters(args.num_clusters, len(features), args.client_size or 1, args.noise_multiplier, args.q)
     sampler = CloudSampler(num_clusters=k, seed=args.seed, fp16=args.fp16, pca_dim=args.pca_dim,
                            encoder=spec.to_dict(), use_gpu=False if args.faiss_cpu else None, progress=True)
@@ -146,7 +153,7 @@ def probe(args) -> None:
     blob = message.to_bytes()
     info = {"version": STATE_VERSION, "open": args.open, "root": root, "paths": paths,
             # the file cached_features wrote for this pool and encoder
-            "features": feature_path(spec, data_id, state_dir).name,
+            "features": path.name,
             "features_sha256": features_digest(features)}
     state = {"assignment": sampler.assignment_.astype(np.int64), "members": sampler.member_order_.astype(np.int64),
              "centroids": np.frombuffer(blob, dtype=np.uint8)}
@@ -168,18 +175,63 @@ def extract(args) -> None:
     spec = _encoder_spec(args)
     data, data_id, _, _ = _open_pool(args.open)
     state_dir = Path(args.state)
+    path = feature_path(spec, data_id, state_dir)
+    if not path.exists():
+        _claim_layout(path, {"world_size": args.world_size, "chunk_rows": args.chunk_rows,
+                             "batch_size": args.batch_size})
     start = time.perf_counter()
     features = cached_features(spec, data, data_id, state_dir, desc="open-pool features",
                                batch_size=args.batch_size, rank=args.rank, world_size=args.world_size,
                                chunk_rows=args.chunk_rows)
-    path = feature_path(spec, data_id, state_dir)
     if features is None:
         print(f"rank {args.rank} of {args.world_size}: its chunks of {path} are done; the file is complete when "
               f"every rank has finished ({time.perf_counter() - start:.1f} s)")
     else:
+        _release_layout(path)
         print(f"{path}: features of all {len(features)} images, d={features.shape[1]}, complete: run "
               f"`ecos-cloud probe --state {state_dir}` with the same --open and encoder options "
               f"({time.perf_counter() - start:.1f} s)")
+
+
+def _layout_files(path: Path) -> tuple[Path, Path]:
+    """The layout record of an unfinished ``extract`` of the features file ``path``, and its lock."""
+    return path.with_name(path.name + ".extract.json"), path.with_name(path.name + ".extract.lock")
+
+
+def _claim_layout(path: Path, layout: dict) -> None:
+    """Record how the ranks split the features file ``path`` (world size, chunk rows, batch size), or refuse a
+    rank whose split differs from the recorded one: its chunks would never complete the file."""
+    record, lock = _layout_files(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock)):
+        if not record.exists():
+            atomic_write_bytes(record, json.dumps(layout).encode())
+            return
+        recorded = _recorded_layout(path)
+    if recorded != layout:
+        flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in recorded.items())
+        raise ValueError(f"{path} is being extracted with {flags} (recorded in {record}): run every rank with "
+                         f"these, or delete {record} to start a new split")
+
+
+def _recorded_layout(path: Path) -> dict:
+    """The layout an unfinished ``extract`` recorded for ``path`` ({} if none)."""
+    record, _ = _layout_files(path)
+    try:
+        layout = json.loads(record.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{record}: unreadable ({exc}); delete it to start a new split") from None
+    if (not isinstance(layout, dict) or set(layout) != {"world_size", "chunk_rows", "batch_size"}
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in layout.values())):
+        raise ValueError(f"{record}: not an extract layout; delete it to start a new split")
+    return layout
+
+
+def _release_layout(path: Path) -> None:
+    for file in _layout_files(path):
+        file.unlink(missing_ok=True)
 
 
 def sample(args) -> None:

@@ -123,6 +123,7 @@ def test_each_resolution_votes_once_whatever_its_cluster_sizes():
     np.testing.assert_allclose(cc.class_distributions(counts), [[0.6, 0.4], [0.0, 1.0], [0.0, 1.0]], rtol=1e-6)
     assert cc.propagate_labels(query, points[:2], counts, alpha=0.0).tolist() == [1, 1]
     assert cc.class_distributions(np.array([[-1.0, -2.0]])).tolist() == [[0.0, 0.0]]
+    assert cc.propagate_labels(query, points[:2], -np.abs(counts)).tolist() == [-1, -1]  # no evidence: no label
 
 
 def test_class_histogram_refuses_bad_labels():

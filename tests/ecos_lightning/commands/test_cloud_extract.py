@@ -46,3 +46,36 @@ def test_bad_ranks_and_chunks_are_one_error_line_and_write_nothing(cli, folders,
                            *ENCODER_ARGS)
         assert code == 2 and err.count("\n") == 1 and problem in err
     assert tree(tmp_path) == {}
+
+
+def test_probe_finishes_an_unfinished_extract_in_its_chunks(cli, folders, tmp_path, tree):
+    """Only rank 0 of 2 ran: probe extracts the missing rows itself (never taking unwritten rows for done) and
+    the features equal a single process's."""
+    state = tmp_path / "state"
+    code, _, err = cli(cloud.main, "extract", "--open", folders["open"], "--state", state, "--rank", 0,
+                       "--world-size", 2, *SHARDS, *ENCODER_ARGS)
+    assert code == 0, err
+    code, _, err = cli(cloud.main, "probe", "--open", folders["open"], "--out", tmp_path / "c.ecos", "--state",
+                       state, "--num-clusters", 3, *ENCODER_ARGS)
+    assert code == 0, err
+    [path] = features_files(state)
+    assert not any(name.endswith((".partial", ".extract.json", ".extract.lock")) for name in tree(state))
+    code, _, err = cli(cloud.main, "probe", "--open", folders["open"], "--out", tmp_path / "s.ecos", "--state",
+                       tmp_path / "single", "--num-clusters", 3, *ENCODER_ARGS)
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(path), np.load(features_files(tmp_path / "single")[0]), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_a_rank_with_another_split_is_refused_naming_the_recorded_one(cli, folders, tmp_path):
+    state = tmp_path / "state"
+    code, _, err = cli(cloud.main, "extract", "--open", folders["open"], "--state", state, "--rank", 0,
+                       "--world-size", 2, *SHARDS, *ENCODER_ARGS)
+    assert code == 0, err
+    code, _, err = cli(cloud.main, "extract", "--open", folders["open"], "--state", state, "--rank", 1,
+                       "--world-size", 3, *SHARDS, *ENCODER_ARGS)
+    assert code == 2 and err.count("error:") == 1  # one error line, after the pool's progress bar
+    assert "is being extracted with --world-size 2 --chunk-rows 32 --batch-size 16" in err.splitlines()[-1]
+    code, out, err = cli(cloud.main, "extract", "--open", folders["open"], "--state", state, "--rank", 1,
+                         "--world-size", 2, *SHARDS, *ENCODER_ARGS)
+    assert code == 0 and "complete" in out, err
