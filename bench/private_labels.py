@@ -187,7 +187,7 @@ alpha 0.9) and takes the class of highest evidence; with
 Private kNN (`client_knn`) answers each of the B queries: its cost grows with B.
 
     python bench/private_labels.py --stage labels      # every method and epsilon (probe accuracy)
-    python bench/private_labels.py --stage finetune    # fine-tuned client accuracy (slow: epsilon 1 by default)
+    python bench/private_labels.py --stage finetune --finetune-epsilons 0.25 0.5 1 2 4 8   # fine-tuned (slow)
     python bench/private_labels.py --report-only
 
 Device: 2-core CPU (shared). Train with it: `python train.py fit --config configs/autolabel_digits.yaml`;
