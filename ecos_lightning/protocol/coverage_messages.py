@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .container import MAX_CLUSTERS, MAX_FEATURE_DIM, MessageError, pack, unpack
-from .message_fields import (check_class_names, check_encoder, check_epsilon, check_hex, check_int,
+from .message_fields import (check_class_names, check_encoder, check_epsilon, check_finite, check_hex, check_int,
                              check_noise_and_delta, expect_keys, expect_tensors)
 from .privacy import epsilon_from_json, epsilon_to_json
 
@@ -62,8 +62,7 @@ class CoverageQueryMessage:
         if c.shape[0] > MAX_CLUSTERS:
             raise MessageError(f"centroids: {c.shape[0]} rows exceed the limit of {MAX_CLUSTERS}")
         for name, array in (("projection", p), ("bias", b), ("centroids", c)):
-            if not np.isfinite(array).all():
-                raise MessageError(f"{name}: contains NaN or Inf")
+            check_finite(array, name)
         check_encoder(self.encoder)
         check_hex(self.proxy, "proxy", 16, "the stable hash of the proxy indices")
 
@@ -117,8 +116,7 @@ class ClassHistogramMessage:
                 or not 1 <= c.shape[0] <= MAX_CLUSTERS or c.shape[1] != len(names) or c.size > MAX_CELLS):
             raise MessageError(f"counts: must be a float32 array [1 <= rows <= {MAX_CLUSTERS}, {len(names)} classes] "
                                f"of at most {MAX_CELLS} cells")
-        if not np.isfinite(c).all():
-            raise MessageError("counts: contains NaN or Inf")
+        check_finite(c, "counts")
         check_hex(self.query_digest, "query_digest", 64, "the SHA-256 of the query message these histograms answer")
         check_int(self.resolutions, "resolutions", 1, MAX_RESOLUTIONS)
         check_noise_and_delta(self.noise_multiplier, self.delta)

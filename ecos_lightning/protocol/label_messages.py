@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .container import MAX_FEATURE_DIM, MAX_QUERIES, MessageError, pack, unpack
-from .message_fields import (check_class_names, check_encoder, check_epsilon, check_hex, check_int, check_real,
-                             check_noise_and_delta, expect_keys, expect_tensors)
+from .message_fields import (check_class_names, check_encoder, check_epsilon, check_finite, check_hex, check_int,
+                             check_noise_and_delta, check_real, expect_keys, expect_tensors)
 from .privacy import epsilon_from_json, epsilon_to_json
 
 __all__ = ["LabelsMessage", "QueriesMessage"]
@@ -42,8 +42,7 @@ class QueriesMessage:
                 or not 1 <= f.shape[0] <= MAX_QUERIES or not 1 <= f.shape[1] <= MAX_FEATURE_DIM):
             raise MessageError(f"features: must be a float32 array [1 <= Q <= {MAX_QUERIES}, "
                                f"1 <= d <= {MAX_FEATURE_DIM}]")
-        if not np.isfinite(f).all():
-            raise MessageError("features: contains NaN or Inf")
+        check_finite(f, "features")
         check_encoder(self.encoder)
         check_hex(self.proxy, "proxy", 16, "the stable hash of the proxy indices")
 
@@ -116,4 +115,3 @@ class LabelsMessage:
     def answers(self, queries_blob: bytes) -> bool:
         """Whether these labels answer the queries message serialised as ``queries_blob``."""
         return hashlib.sha256(queries_blob).hexdigest() == self.queries_digest
-

@@ -6,6 +6,8 @@ import math
 import numbers
 import re
 
+import numpy as np
+
 from .container import MessageError
 from .encoder_spec import EncoderSpec
 
@@ -31,6 +33,12 @@ def check_real(value, name: str, ok, what: str) -> None:
         good = False
     if not good:
         raise MessageError(f"{name}: must be {what}, got {value!r:.40}")
+
+
+def check_finite(array, name: str) -> None:
+    """A float array without NaN or Inf."""
+    if not np.isfinite(array).all():
+        raise MessageError(f"{name}: contains NaN or Inf")
 
 
 def check_int(value, name: str, low: int, high: int | None = None) -> None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .container import MAX_CLUSTERS, MAX_FEATURE_DIM, MessageError, pack, unpack
-from .message_fields import (check_encoder, check_epsilon, check_hex, check_int, check_noise_and_delta, check_real,
-                             expect_keys, expect_tensors)
+from .message_fields import (check_encoder, check_epsilon, check_finite, check_hex, check_int, check_noise_and_delta,
+                             check_real, expect_keys, expect_tensors)
 from .privacy import epsilon_from_json, epsilon_to_json
 from .validation import as_features
 
@@ -114,8 +114,7 @@ class ScoresMessage:
             raise MessageError("scores: must be a float32 vector [K]")
         if not 1 <= self.scores.size <= MAX_CLUSTERS:
             raise MessageError(f"scores: must hold 1 to {MAX_CLUSTERS} scores, got {self.scores.size}")
-        if not np.isfinite(self.scores).all():
-            raise MessageError("scores: contains NaN or Inf")
+        check_finite(self.scores, "scores")
         check_noise_and_delta(self.noise_multiplier, self.delta)
         check_int(self.q, "q", 1)
         check_epsilon(self.epsilon, "epsilon")
@@ -170,8 +169,7 @@ def _check_centroids(centroids, projection, bias) -> None:
             or not 1 <= centroids.shape[1] <= MAX_FEATURE_DIM):
         raise MessageError(f"centroids: must have shape [1 <= K <= {MAX_CLUSTERS}, 1 <= d <= {MAX_FEATURE_DIM}], "
                            f"got {list(centroids.shape)}")
-    if not np.isfinite(centroids).all():
-        raise MessageError("centroids: contains NaN or Inf")
+    check_finite(centroids, "centroids")
     if (projection is None) != (bias is None):
         raise MessageError("projection/bias: both or neither must be given")
     if projection is None:
@@ -179,8 +177,7 @@ def _check_centroids(centroids, projection, bias) -> None:
     for name, array, ndim in (("projection", projection, 2), ("bias", bias, 1)):
         if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.ndim != ndim:
             raise MessageError(f"{name}: must be a float32 array with {ndim} dimension(s)")
-        if not np.isfinite(array).all():
-            raise MessageError(f"{name}: contains NaN or Inf")
+        check_finite(array, name)
     if projection.shape[1] != centroids.shape[1] or not 1 <= projection.shape[0] <= MAX_FEATURE_DIM:
         raise MessageError(f"projection: shape {list(projection.shape)} must be [d <= {MAX_FEATURE_DIM}, "
                            f"{centroids.shape[1]}] to match the centroids")
