@@ -182,8 +182,8 @@ sample adds 1 to one cell of each histogram, so each histogram is one Gaussian m
 the proxy size, and the three compose (dp-accounting) like one at sigma / sqrt(3). The cloud gives each proxy image
 the class distribution of its nearest centroid at every resolution (noisy counts clipped at 0, normalised: one
 vote per resolution), spreads them along the proxy's 5-nearest-neighbour graph (normalised-graph diffusion,
-alpha 0.9) and takes the class of highest evidence; with
-`coverage_label_fraction < 1` it labels only the clearest share and leaves the rest unlabelled (-1).
+alpha 0.9) and takes the class of highest evidence; with `coverage_label_fraction < 1` it labels only the
+clearest share and leaves the rest unlabelled (-1).
 Private kNN (`client_knn`) answers each of the B queries: its cost grows with B.
 
     python bench/private_labels.py --stage labels      # every method and epsilon (probe accuracy)

@@ -88,7 +88,6 @@ def test_a_chunk_written_but_not_marked_is_computed_again(tmp_path):
         FeatureStore(tmp_path / "g.npy", 10, 3, 4).fill(lambda rows: np.ones((2, 3), np.float32))
 
 
-
 def test_a_resume_with_another_chunk_size_trusts_only_its_own_row_ranges(tmp_path):
     """Rank 0 of 2 marks rows 0-4 and 8-10 done with 4-row chunks; a resume with 8-row chunks must not take
     its chunk 0 (rows 0-8) for done, as rows 4-8 were never written; its chunk 1 (rows 8-10) is done."""
@@ -100,6 +99,7 @@ def test_a_resume_with_another_chunk_size_trusts_only_its_own_row_ranges(tmp_pat
     assert resumed.fill(lambda rows: computed.append(rows) or rows_value(rows))
     assert computed == [range(0, 8)]
     np.testing.assert_array_equal(resumed.read()[:, 0], np.arange(10, dtype=np.float32))
+
 
 def test_the_protocol_on_a_memory_mapped_store_gives_the_in_memory_proxy(tmp_path):
     rng = np.random.default_rng(1)
