@@ -109,6 +109,9 @@ def coverage_query(proxy_features, clusters=(10, 20, 50), whiten_dim: int = 48, 
         raise ValueError(f"proxy_features: need at least 2 proxy images to fit the whitening map, got {size}")
     mean = features.mean(axis=0)
     _, singular, vt = np.linalg.svd(features - mean, full_matrices=False)
+    if not singular[0] > 1e-9 * np.sqrt(size) * float(np.abs(features).max()):  # all rows equal, up to rounding
+        raise ValueError(f"proxy_features: all {size} proxy images have the same features, so there is nothing "
+                         "to cluster; sample a proxy of distinct images")
     # a whitened direction needs about ten images to estimate its variance
     keep = max(1, min(whiten_dim, dim, (size - 1) // MIN_IMAGES_PER_DIM, int((singular > singular[0] * 1e-6).sum())))
     projection = np.ascontiguousarray(vt[:keep].T / singular[:keep] * np.sqrt(size - 1), dtype=np.float32)

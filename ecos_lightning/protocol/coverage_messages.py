@@ -23,6 +23,9 @@ __all__ = ["ClassHistogramMessage", "CoverageQueryMessage"]
 MAX_RESOLUTIONS, MAX_CLASSES = 8, 10_000
 #: Most cells (centroids x classes) a histogram may hold: bounds the client's work and the message.
 MAX_CELLS = 1 << 22
+#: Largest L2 norm of a centroid: the clustering space holds unit vectors, so k-means centroids lie in the
+#: unit ball (faiss's split of an empty cluster may scale one by 1 + 1/1024).
+MAX_CENTROID_NORM = 2.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,6 +66,9 @@ class CoverageQueryMessage:
             raise MessageError(f"centroids: {c.shape[0]} rows exceed the limit of {MAX_CLUSTERS}")
         for name, array in (("projection", p), ("bias", b), ("centroids", c)):
             check_finite(array, name)
+        if float(np.linalg.norm(c.astype(np.float64), axis=1).max()) > MAX_CENTROID_NORM:
+            raise MessageError(f"centroids: a row has L2 norm above {MAX_CENTROID_NORM}; centroids of the unit "
+                               "vectors the client maps its features to lie in the unit ball")
         check_encoder(self.encoder)
         check_hex(self.proxy, "proxy", 16, "the stable hash of the proxy indices")
 

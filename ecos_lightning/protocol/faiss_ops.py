@@ -49,6 +49,8 @@ def nearest(queries: np.ndarray, base: np.ndarray, k: int = 1, batch_size: int =
 
     Queries are processed in batches so the distance work space stays bounded; ``desc`` shows a
     progress bar over them. ``use_gpu``: search on every GPU faiss sees (the base is replicated).
+    Raises ValueError where a distance is not finite in float32 (faiss then returns index -1, which
+    would count a sample in the wrong row).
     """
     index = faiss.IndexFlatL2(base.shape[1])
     if use_gpu:
@@ -61,6 +63,9 @@ def nearest(queries: np.ndarray, base: np.ndarray, k: int = 1, batch_size: int =
     for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None):
         stop = start + batch_size
         distances[start:stop], labels[start:stop] = index.search(queries[start:stop], k)
+    if labels.size and labels.min() < 0:
+        raise ValueError("nearest neighbours: some squared distances overflow float32 (vectors of magnitude "
+                         "above ~1e19); the vectors are not features of the declared encoder")
     return distances, labels
 
 

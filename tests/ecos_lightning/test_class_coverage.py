@@ -174,6 +174,7 @@ def _query_fields(message):
     (lambda f: {"bias": f["bias"][:2]}, "bias"),
     (lambda f: {"centroids": f["centroids"][:7]}, "centroids"),
     (lambda f: {"centroids": np.full_like(f["centroids"], np.nan)}, "centroids"),
+    (lambda f: {"centroids": f["centroids"] * np.float32(1e20)}, "centroids"),  # finite, but overflows distances
     (lambda f: {"clusters": np.array([3, 5, 0], np.int64)}, "clusters"),
     (lambda f: {"clusters": np.ones(MAX_RESOLUTIONS + 1, np.int64)}, "clusters"),
     (lambda f: {"encoder": {"name": "x"}}, "encoder"),
@@ -183,6 +184,23 @@ def test_hostile_queries_are_refused_naming_the_field(change, field):
     fields = _query_fields(query_message())
     with pytest.raises(MessageError, match=f"^{field}"):
         CoverageQueryMessage(**{**fields, **change(fields)})
+
+
+def test_a_query_whose_distances_overflow_counts_no_sample_twice():
+    """Centroids finite in float32 but too large for their squared distances (faiss answers index -1, which
+    would land in another resolution's row) are refused before anything is counted."""
+    rng = np.random.default_rng(2)
+    query = cc.coverage_query(rng.normal(size=(80, 12)).astype(np.float32), clusters=(3, 5), whiten_dim=6)
+    poisoned = query.centroids.copy()
+    poisoned[:3] = 1e20
+    hostile = cc.CoverageQuery(query.projection, query.bias, poisoned, query.clusters)
+    with pytest.raises(ValueError, match="overflow"):
+        cc.class_histogram(hostile, rng.normal(size=(20, 12)).astype(np.float32), np.zeros(20, np.int64), 2)
+
+
+def test_a_proxy_of_identical_images_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="^proxy_features: all 30 proxy images have the same features"):
+        cc.coverage_query(np.ones((30, 8), np.float32), clusters=(2, 3), whiten_dim=4)
 
 
 def test_hostile_query_bytes_are_refused():

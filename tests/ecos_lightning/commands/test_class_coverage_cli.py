@@ -11,6 +11,7 @@ from ecos_lightning import class_coverage
 from ecos_lightning.commands import client, cloud
 from ecos_lightning.files import stable_hash
 from ecos_lightning.ledger import ledger_epsilon, read_ledger
+from ecos_lightning.protocol.container import pack
 from ecos_lightning.protocol.coverage_messages import ClassHistogramMessage, CoverageQueryMessage
 from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
 from ecos_lightning.proxy import Proxy
@@ -156,6 +157,17 @@ def test_hostile_or_mismatched_messages_are_one_line_errors(cli, probed, folders
     code, _, err = cli(client.main, "class-coverage", "--query", foreign, "--data", folders["labelled"], "--out",
                        client_dir / "h.ecos", "--ledger", client_dir / "ledger.json")
     assert code == 2 and one_error_line(err) and "resnet18" in err
+
+    # centroids finite in float32 whose squared distances overflow (faiss would answer index -1)
+    ledger_bytes = (client_dir / "ledger.json").read_bytes()
+    huge = tmp_path / "huge.ecos"
+    huge.write_bytes(pack(CoverageQueryMessage.KIND, {
+        "projection": message.projection, "bias": message.bias, "centroids": message.centroids * np.float32(1e20),
+        "clusters": message.clusters}, {"encoder": message.encoder, "proxy": message.proxy}))
+    code, _, err = cli(client.main, "class-coverage", "--query", huge, "--data", folders["labelled"], "--out",
+                       client_dir / "h.ecos", "--ledger", client_dir / "ledger.json")
+    assert code == 2 and one_error_line(err) and "centroids: a row has L2 norm above" in err
+    assert (client_dir / "ledger.json").read_bytes() == ledger_bytes and not (client_dir / "h.ecos").exists()
 
     # histograms that answer another query, or with rows the query does not have
     stranger = ClassHistogramMessage(np.zeros((6, 2), np.float32), ("circle", "square"), "0" * 64, 1.0, 2, 1e-5,

@@ -32,6 +32,15 @@ def test_respond_without_noise_releases_exact_counts_at_infinite_epsilon():
     assert len(up.to_bytes()) < 4 * down.num_clusters + 1024
 
 
+@pytest.mark.parametrize(("centroids", "q"), [([[1e20, 0], [0, 1e20]], 1), ([[0, 0], [1e20, 0], [0, 1e20]], 3)])
+def test_centroids_whose_distances_overflow_are_refused_not_miscounted(centroids, q):
+    """Centroids finite in float32 but too large for their squared distances make faiss answer index -1 where
+    fewer than q are finite; the client refuses rather than count a sample in another centroid's score."""
+    hostile = CentroidsMessage(np.array(centroids, dtype=np.float32))
+    with pytest.raises(ValueError, match="overflow"):
+        ClientResponder(q=q).coverage(hostile, np.ones((4, 2), np.float32))
+
+
 @pytest.mark.parametrize("q", [1, 2, 4])
 def test_noise_std_scales_with_sqrt_q_and_epsilon_does_not(q):
     rng = np.random.default_rng(0)
