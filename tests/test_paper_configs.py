@@ -1,7 +1,5 @@
 """The paper's configs end to end through train.py, on tiny trees in the published formats."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 from webdataset.autodecode import IMAGE_EXTENSIONS, basichandlers
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import base_plus_ext, group_by_keys, meta_prefix, meta_suffix
+from webdataset.tariterators import group_by_keys, meta_prefix, meta_suffix
 
 from ..files import atomic_write_bytes, default_cache_dir, stable_hash
 from .folders import _load

@@ -3,7 +3,6 @@
 import math
 import warnings
 
-import numpy as np
 import pytest
 
 from ecos_lightning.protocol import ClientResponder, CloudSampler
