@@ -213,7 +213,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
     def _file_sources(self, test_ds):
         """Sources of a proxy file: its images (each checked to lie inside the pool root and to open as an
         image), or the pool of the source it was drawn from (digits-lite, Digits-5, ...)."""
-        proxy = Proxy.read(self.hparams.proxy_file)
+        proxy = self._read_proxy_file(test_ds)
         if proxy.paths is not None:
             files = proxy_image_files(proxy, f"proxy file {self.hparams.proxy_file}")
             return (PathImageDataset(files, proxy.label_list()), None, test_ds, f"file:{proxy.open}")
@@ -368,7 +368,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
 
         Its images are its paths when no open_dataset is given (its indices become positions in that
         list), else its indices into open_dataset; ``ValueError`` when an index is beyond the pool."""
-        proxy = Proxy.read(self.hparams.proxy_file)
+        proxy = self._read_proxy_file(self.sources()[2])
         by_path = proxy.paths is not None and self._datasets[0] is None
         indices = list(range(len(proxy))) if by_path else proxy.indices
         pool = len(self.sources()[0])
@@ -377,6 +377,22 @@ class ProxyDataModule(*bases("LightningDataModule")):
                              f"{pool} images: pass the pool it was sampled from ({proxy.open})")
         images = "paths" if by_path else self.sources()[3]  # how its images are found is part of the proxy
         return proxy.replace(indices=indices, hash=stable_hash([proxy.to_dict(), images]))
+
+    def _read_proxy_file(self, test_ds) -> Proxy:
+        """``proxy_file`` with its labels renumbered by class name to the classes of the client test set
+        ``test_ds`` where it names them (a client without some class numbers its class folders differently)."""
+        proxy = Proxy.read(self.hparams.proxy_file)
+        names = tuple(getattr(test_ds, "class_names", ()) or ())
+        if proxy.labels is None or not proxy.class_names or not names or tuple(proxy.class_names) == names:
+            return proxy
+        position = {name: i for i, name in enumerate(names)}
+        unknown = [name for name in proxy.class_names if name not in position]
+        if unknown:
+            raise ValueError(f"proxy file {self.hparams.proxy_file}: class {unknown[0]!r} is not a class of the client "
+                             f"test set ({', '.join(names[:10])}): label the proxy with the test set's class names")
+        renumber = [position[name] for name in proxy.class_names]
+        labels = [renumber[y] if y >= 0 else -1 for y in proxy.label_list()]
+        return proxy.replace(labels=labels, class_names=list(names))
 
     def _resumed_proxy(self) -> dict | None:
         """The proxy in the checkpoint the trainer resumes from (``trainer.ckpt_path``), checked to be
@@ -525,9 +541,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
         """Restore the proxy from a checkpoint (the artifact and the protocol are not needed); a proxy
         that is not the one these settings give is refused."""
         if "proxy_json" in state_dict:
-            restored = self._restored_proxy(state_dict, "the checkpoint")
-            if self.proxy is None or self.proxy.hash != restored.hash:
-                self.proxy = restored
+            self.proxy = self._restored_proxy(state_dict, "the checkpoint")
 
     def summary(self) -> dict:
         """Proxy size, class histogram, domain composition, epsilon (PLD, and RDP beside it), bytes: for reports."""

@@ -28,11 +28,11 @@ class PrivateKnnLabeler:
         k: neighbours voting per query.
         noise_multiplier: noise std / sensitivity for each vote histogram (0 = no noise, eps = inf).
         sampling_rate: Poisson sampling rate of the client set per query (1.0 = no subsampling).
-        seed: seeds the sampling and the noise (None: fresh OS entropy).
+        seed: seeds the sampling and the noise (an int or a SeedSequence; None: fresh OS entropy).
     """
 
     def __init__(self, k: int = 20, noise_multiplier: float = 2.0, sampling_rate: float = 0.3,
-                 seed: int | None = None):
+                 seed: int | np.random.SeedSequence | None = None):
         self.k = positive_int(k, "k")
         self.noise_multiplier = check_noise_multiplier(noise_multiplier)
         if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, numbers.Real) or not 0 < sampling_rate <= 1:

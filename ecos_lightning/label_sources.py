@@ -38,9 +38,17 @@ class LabelSource:
     labels_client_data = False
     estimates = False
 
+    #: Child stream of the run's seed the simulated client draws this source's noise from (0: none drawn).
+    noise_stream = 0
+
     def releases(self, settings: Mapping, proxy_size: int) -> list[dict]:
         """The privacy records of what the client releases for a proxy of ``proxy_size`` images."""
         return []
+
+    def noise_seed(self, settings: Mapping) -> np.random.SeedSequence:
+        """The simulated client's seed for this source's noise: child ``noise_stream`` of the run's seed, so it
+        shares no draw with the ECOS query's noise (``default_rng(seed)``) or another label source's."""
+        return np.random.SeedSequence(settings["seed"], spawn_key=(self.noise_stream,))
 
     def run(self, proxy: Proxy, inputs: Inputs, settings: Mapping) -> Proxy:
         """``proxy`` with its labels and class names (and, when the client released labels, their bytes
@@ -76,15 +84,22 @@ class ClientKnn(LabelSource):
     needs = frozenset({OPEN_FEATURES, CLIENT_FEATURES, CLIENT_LABELS})
     config_keys = ("knn_k", "knn_noise_multiplier", "knn_sampling_rate")
     estimates = True
+    noise_stream = 1
 
     def releases(self, settings, proxy_size):
-        return [labeler(settings).release(proxy_size)]
+        return [self.labeler(settings).release(proxy_size)]
+
+    def labeler(self, settings: Mapping) -> PrivateKnnLabeler:
+        return PrivateKnnLabeler(settings["knn_k"], settings["knn_noise_multiplier"], settings["knn_sampling_rate"],
+                                 seed=self.noise_seed(settings))
 
     def run(self, proxy, inputs, settings):
-        labels = labeler(settings).label(inputs.open_features[proxy.indices], inputs.client_features,
-                                         inputs.client_labels, inputs.num_classes)
+        queries = inputs.open_features[proxy.indices]
+        labels = self.labeler(settings).label(queries, inputs.client_features, inputs.client_labels,
+                                              inputs.num_classes)
         return proxy.replace(labels=labels, class_names=class_names(inputs.num_classes),
-                             release_hash=chain_release(proxy.release_hash, labels))
+                             release_hash=chain_release(proxy.release_hash, labels),
+                             bytes_down=proxy.bytes_down + queries.nbytes, bytes_up=proxy.bytes_up + labels.nbytes)
 
 
 class ClassCoverage(LabelSource):
@@ -96,6 +111,7 @@ class ClassCoverage(LabelSource):
     needs = frozenset({OPEN_FEATURES, CLIENT_FEATURES, CLIENT_LABELS})
     config_keys = ("coverage_clusters", "coverage_noise_multiplier", "coverage_label_fraction")
     estimates = True
+    noise_stream = 2
 
     def releases(self, settings, proxy_size):
         clusters = class_coverage.check_clusters(settings["coverage_clusters"])
@@ -107,16 +123,13 @@ class ClassCoverage(LabelSource):
         counts = class_coverage.class_histogram(query, inputs.client_features, inputs.client_labels,
                                                 inputs.num_classes)
         noisy = class_coverage.release_histogram(counts, settings["coverage_noise_multiplier"],
-                                                 np.random.default_rng(settings["seed"]))
+                                                 np.random.default_rng(self.noise_seed(settings)))
         labels = class_coverage.propagate_labels(query, features, noisy,
                                                  label_fraction=settings["coverage_label_fraction"])
+        down = query.projection.nbytes + query.bias.nbytes + query.centroids.nbytes
         return proxy.replace(labels=labels, class_names=class_names(inputs.num_classes),
-                             release_hash=chain_release(proxy.release_hash, noisy.view(np.int32)))
-
-
-def labeler(settings: Mapping) -> PrivateKnnLabeler:
-    return PrivateKnnLabeler(settings["knn_k"], settings["knn_noise_multiplier"], settings["knn_sampling_rate"],
-                             seed=settings["seed"])
+                             release_hash=chain_release(proxy.release_hash, noisy.view(np.int32)),
+                             bytes_down=proxy.bytes_down + down, bytes_up=proxy.bytes_up + noisy.nbytes)
 
 
 def class_names(num_classes: int) -> list[str]:

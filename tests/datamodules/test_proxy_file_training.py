@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
+from ecos_lightning.data import PathImageDataset
 from ecos_lightning.datamodules import ProxyDataModule
 from train_helpers import CountingModel
 from ecos_lightning.proxy import Proxy
@@ -61,6 +62,37 @@ def test_trains_on_the_images_of_a_proxy_file(tmp_path, pool):
     assert not (tmp_path / "cache").exists()  # no protocol, no features, no artifact
     with pytest.raises(ValueError, match="max_epsilon"):
         ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), max_epsilon=0.1).prepare_data()
+
+
+def test_labels_are_renumbered_by_class_name_to_the_client_test_set(tmp_path, pool):
+    """A client without class "a" numbers "b" and "c" 0 and 1; training on a test set of "a", "b", "c" reads
+    them as 1 and 2. A class the test set lacks is one error line."""
+    test_set = PathImageDataset([pool / NAMES[0], pool / NAMES[1]], [0, 2], class_names=("a", "b", "c"))
+    Proxy.from_dict(proxy(pool, class_names=["b", "c"])).write(tmp_path / "proxy.json")
+    dm = ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), client_test_dataset=test_set, image_size=16,
+                         batch_size=4, cache_dir=str(tmp_path / "cache"))
+    dm.setup("fit")
+    assert dm.proxy.label_list() == [1 + i % 2 for i in range(10)] and dm.proxy.class_names == ["a", "b", "c"]
+    assert [dm.sources()[0][i][1] for i in range(3)] == [1, 2, 1]  # the images' labels, too
+
+    Proxy.from_dict(proxy(pool, class_names=["b", "z"])).write(tmp_path / "other.json")
+    dm = ProxyDataModule(proxy_file=str(tmp_path / "other.json"), client_test_dataset=test_set, image_size=16,
+                         batch_size=4, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="class 'z' is not a class of the client test set"):
+        dm.setup("fit")
+
+
+def test_a_checkpoints_proxy_replaces_the_one_prepared_before_the_restore(tmp_path, pool):
+    """``trainer.fit(ckpt_path=...)`` prepares the data before it restores: the checkpoint's images and labels
+    win over whatever was prepared, even under the same settings."""
+    Proxy.from_dict(proxy(pool)).write(tmp_path / "proxy.json")
+    dm = ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), client_test_dataset=client_test_set(),
+                         image_size=16, batch_size=4, cache_dir=str(tmp_path / "cache"))
+    dm.setup("fit")
+    state = dm.state_dict()
+    dm.proxy = dm.proxy.replace(labels=[0] * 10)  # same settings and hash, other labels
+    dm.load_state_dict(state)
+    assert dm.proxy.label_list() == [i % 2 for i in range(10)]
 
 
 def hand_edit(tmp_path, pool, edit: str) -> tuple[Path, str]:
