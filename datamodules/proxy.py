@@ -83,6 +83,8 @@ class ProxyDataModule(*bases("LightningDataModule")):
         coverage_clusters, coverage_noise_multiplier, coverage_label_fraction: class_coverage labelling
             (see ``ecos_lightning.class_coverage``): numbers of proxy centroids (one histogram each), the
             noise multiplier of each histogram, the share of the proxy labelled (clearest first; the rest -1).
+            Unlabelled images reach the train and val batches with label -1: the project's modules leave them
+            out of the supervised loss; in your own module use ``cross_entropy(..., ignore_index=-1)``.
         max_epsilon: refuse, before any query, a run whose composed epsilon would exceed this.
         val_fraction: share of the proxy held out for validation.
         image_size: images are resized to this square side (built-in transforms only).

@@ -185,7 +185,7 @@ def propagate_labels(query: CoverageQuery, proxy_features, noisy_counts, neighbo
     if counts.ndim != 2 or counts.shape[0] != len(query.centroids) or not np.isfinite(counts).all():
         raise ValueError(f"noisy_counts must be finite [{len(query.centroids)}, L], got {list(counts.shape)}")
     _fraction(alpha, "alpha", low_open=False, high_open=True)
-    _fraction(label_fraction, "label_fraction", low_open=True, high_open=False)
+    check_label_fraction(label_fraction)
     evidence = class_distributions(counts)[query.assign(proxy_features)].sum(axis=1)
     scores = _diffuse(_knn_graph(mapped, positive_int(neighbours, "neighbours")), evidence, float(alpha))
     labels = scores.argmax(axis=1).astype(np.int64)
@@ -227,6 +227,11 @@ def _diffuse(graph: sparse.csr_matrix, evidence: np.ndarray, alpha: float) -> np
     for _ in range(DIFFUSION_STEPS if alpha > 0 else 0):
         scores = alpha * (graph @ scores) + (1.0 - alpha) * evidence
     return scores
+
+
+def check_label_fraction(value, name: str = "label_fraction") -> float:
+    """``value``, the share of the proxy to label, as a float in (0, 1]."""
+    return _fraction(value, name, low_open=True, high_open=False)
 
 
 def _fraction(value, name: str, low_open: bool, high_open: bool) -> float:

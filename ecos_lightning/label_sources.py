@@ -115,6 +115,7 @@ class ClassCoverage(LabelSource):
 
     def releases(self, settings, proxy_size):
         clusters = class_coverage.check_clusters(settings["coverage_clusters"])
+        class_coverage.check_label_fraction(settings["coverage_label_fraction"], "coverage_label_fraction")
         return [class_coverage.release(settings["coverage_noise_multiplier"], len(clusters))]
 
     def run(self, proxy, inputs, settings):

@@ -63,3 +63,10 @@ def test_answer_only_what_is_clear_leaves_the_rest_unlabelled(tmp_path):
     dm.setup("fit")
     labels = dm.proxy.labels
     assert labels.count(-1) == 16 and dm.summary()["class_histogram"] == [labels.count(0), labels.count(1)]
+
+
+@pytest.mark.parametrize("fraction", [0, -0.5, 1.5, True, "0.5", float("nan")])
+def test_a_bad_label_fraction_is_refused_before_any_release(tmp_path, fraction):
+    with pytest.raises(ValueError, match=r"^coverage_label_fraction must be a number in \(0, 1\]"):
+        _module(tmp_path, coverage_label_fraction=fraction).planned_releases()
+    assert not any(tmp_path.iterdir())
