@@ -18,6 +18,7 @@ from types import ModuleType
 import pytorch_lightning
 import yaml
 
+from ecos_lightning.callbacks.proxy_report import labelled_text
 from ecos_lightning.datamodules import ProxyDataModule
 from ecos_lightning.frameworks import bases, framework_of, unified
 
@@ -128,7 +129,7 @@ def format_summary(datamodule: ProxyDataModule, metrics: dict, checkpoint: str |
     if "domains" in info:
         lines.append("proxy domains        : " + ", ".join(f"{k} {v}" for k, v in info["domains"].items() if v))
     if info.get("label_accuracy") is not None:
-        lines.append(f"auto-label accuracy  : {info['label_accuracy']:.4f}")
+        lines.append(f"auto-label accuracy  : {info['label_accuracy']:.4f}{labelled_text(info)}")
     lines += [f"checkpoint           : {checkpoint}", f"logs                 : {log_dir}"]
     return "\n".join(lines)
 

@@ -53,7 +53,7 @@ def report_metrics(summary: dict) -> dict[str, float]:
     for key in ("epsilon", "epsilon_rdp"):
         if _finite_or_none(summary.get(key)) is not None:
             metrics[f"proxy/{key}"] = float(summary[key])
-    for key in ("bytes_down", "bytes_up", "label_accuracy"):
+    for key in ("bytes_down", "bytes_up", "label_accuracy", "labelled"):
         if summary.get(key) is not None:
             metrics[f"proxy/{key}"] = float(summary[key])
     domains = summary.get("domains") or {}
@@ -78,12 +78,18 @@ def describe(summary: dict) -> str:
     parts = [f"proxy ({summary.get('sampler')}): {summary['size']} images", privacy,
              f"{summary.get('bytes_down', 0) / 1024:.1f} KiB down / {summary.get('bytes_up', 0) / 1024:.1f} KiB up"]
     if summary.get("label_accuracy") is not None:
-        parts.append(f"label accuracy {summary['label_accuracy']:.1%}")
+        parts.append(f"label accuracy {summary['label_accuracy']:.1%}" + labelled_text(summary))
     domains = summary.get("domains") or {}
     total = sum(domains.values())
     if total:
         parts.append("domains " + ", ".join(f"{name} {count / total:.0%}" for name, count in domains.items()))
     return "; ".join(parts)
+
+
+def labelled_text(summary: dict) -> str:
+    """`` (80% of images labelled)`` where some of the proxy is unlabelled, else empty."""
+    labelled = summary.get("labelled")
+    return f" ({labelled:.0%} of images labelled)" if labelled is not None and labelled < 1 else ""
 
 
 def plot_proxy_report(summary: dict, cluster_scores: list | None, path, selected_clusters=None) -> Path:

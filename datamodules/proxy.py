@@ -434,12 +434,18 @@ class ProxyDataModule(*bases("LightningDataModule")):
 
     @property
     def proxy_label_accuracy(self) -> float | None:
-        """Share of the proxy's labels that match the truth, for a label source whose labels are estimates."""
+        """Share of the proxy's images whose label matches the truth, for a label source whose labels are
+        estimates (an unlabelled image, -1, counts as a miss: at most :attr:`proxy_labelled_fraction`)."""
         if not self.label_source.estimates:
             return None
         proxy = self._proxy()
         truth = self.labels(self._base(proxy))[proxy.indices]
         return float((np.asarray(proxy.label_list()) == truth).mean())
+
+    @property
+    def proxy_labelled_fraction(self) -> float:
+        """Share of the proxy's images with a label (not -1)."""
+        return float((np.asarray(self._proxy().label_list()) >= 0).mean())
 
     def _proxy(self) -> Proxy:
         if self.proxy is None:
@@ -546,7 +552,8 @@ class ProxyDataModule(*bases("LightningDataModule")):
             self.proxy = self._restored_proxy(state_dict, "the checkpoint")
 
     def summary(self) -> dict:
-        """Proxy size, class histogram, domain composition, epsilon (PLD, and RDP beside it), bytes: for reports."""
+        """Proxy size, class histogram, domain composition, epsilon (PLD, and RDP beside it), bytes, label accuracy
+        and labelled share: for reports."""
         proxy = self._proxy()
         labels = np.asarray(proxy.label_list())
         out = {
@@ -554,7 +561,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
             "epsilon_rdp": proxy.epsilon_rdp, "delta": proxy.delta,
             "bytes_down": proxy.bytes_down, "bytes_up": proxy.bytes_up,
             "class_histogram": np.bincount(labels[labels >= 0], minlength=self.num_classes).tolist(),
-            "label_accuracy": self.proxy_label_accuracy,
+            "label_accuracy": self.proxy_label_accuracy, "labelled": self.proxy_labelled_fraction,
         }
         domains, names = dataset_domains(self._base(proxy)), list(getattr(self.sources()[0], "domain_names", ()))
         if domains is not None and names:

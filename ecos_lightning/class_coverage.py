@@ -186,7 +186,8 @@ def propagate_labels(query: CoverageQuery, proxy_features, noisy_counts, neighbo
         raise ValueError(f"noisy_counts must be finite [{len(query.centroids)}, L], got {list(counts.shape)}")
     _fraction(alpha, "alpha", low_open=False, high_open=True)
     check_label_fraction(label_fraction)
-    evidence = class_distributions(counts)[query.assign(proxy_features)].sum(axis=1)
+    distributions = class_distributions(counts)
+    evidence = sum(distributions[rows] for rows in query.assign(proxy_features).T)  # [B, L], one resolution at a time
     scores = _diffuse(_knn_graph(mapped, positive_int(neighbours, "neighbours")), evidence, float(alpha))
     labels = scores.argmax(axis=1).astype(np.int64)
     labels[scores.max(axis=1) <= 0] = -1  # no positive count reached the image: no label

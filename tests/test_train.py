@@ -294,3 +294,21 @@ def test_the_model_class_chooses_the_lightning_package(tmp_path):
     assert train.model_framework(["fit", "--config", str(unified_config), "--model", "train_helpers.CountingModel"]) \
         is pytorch_lightning
     assert train.model_framework(default + ["--model", "no_such.Module"]) is pytorch_lightning
+
+
+def test_the_run_summary_shows_the_auto_label_accuracy_and_the_labelled_share():
+    from types import SimpleNamespace
+
+    class FiveImageProxy:
+        epsilon, epsilon_rdp, delta, bytes_down, bytes_up = 0.999, 1.092, 1e-5, 10, 2
+
+        def __len__(self):
+            return 5
+
+    summary = {"label_accuracy": 0.6, "labelled": 0.8}
+    datamodule = SimpleNamespace(proxy=FiveImageProxy(), summary=lambda: summary,
+                                 hparams=SimpleNamespace(sampler="ecos"))
+    format_summary = load_train().format_summary
+    assert "auto-label accuracy  : 0.6000 (80% of images labelled)" in format_summary(datamodule, {}, None, None)
+    summary["labelled"] = 1.0
+    assert "auto-label accuracy  : 0.6000\n" in format_summary(datamodule, {}, None, None)

@@ -99,8 +99,8 @@ def label(args) -> None:
                              args.k, labeler.sampling_rate, book.delta, epsilon, total).to_bytes()
 
     what = f"{num_queries} int64 labels over {len(scan.class_names)} classes"
+    blob = message(np.zeros(num_queries, np.int64), after)  # a message that cannot be written fails here, unpaid
     if args.dry_run:
-        blob = message(np.zeros(num_queries, np.int64), after)
         _report(args, scan, blob, what, [release], book, before, after, start, dry_run=True)
         return
     features = extract_features(build_encoder(spec), PathImageDataset(scan.paths), desc="client features")
@@ -131,8 +131,8 @@ def coverage(args) -> None:
                                      epsilon, total).to_bytes()
 
     what = f"{rows} x {classes} float32 noisy counts ({resolutions} histograms)"
+    blob = message(np.zeros((rows, classes), np.float32), after)  # a message that cannot be written fails here
     if args.dry_run:
-        blob = message(np.zeros((rows, classes), np.float32), after)
         _report(args, scan, blob, what, [release], book, before, after, start, dry_run=True)
         return
     features = extract_features(build_encoder(spec), PathImageDataset(scan.paths), desc="client features")
@@ -144,8 +144,10 @@ def coverage(args) -> None:
 
 
 def _check_out(args) -> None:
-    """Refuse an ``--out`` that would overwrite the ledger or its lock."""
+    """Refuse an ``--out`` that is a folder or would overwrite the ledger or its lock."""
     out = Path(os.path.realpath(args.out))
+    if out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder: name the message file to write")
     if out in (ledger_path(args.ledger), lock_path(args.ledger)):
         raise ValueError(f"--out {args.out} is the privacy ledger or its lock: write the message elsewhere")
 
@@ -156,8 +158,9 @@ def _policy(args) -> EncoderPolicy:
 
 def _release(args, releases: list[dict], make_blob: Callable[[float], bytes]) -> tuple[float, float, bytes]:
     """Under the ledger's lock: check the budget, build the output (given the new total), record it; then
-    write the output. A crash after recording keeps the charge. Returns (epsilon before, after, output)."""
-    with open_ledger(args.ledger, args.delta, args.max_epsilon) as book:
+    write the output. A crash after recording keeps the charge. The ledger's delta must still be the one the
+    releases (and the output) were built with. Returns (epsilon before, after, output)."""
+    with open_ledger(args.ledger, releases[0]["delta"], args.max_epsilon) as book:
         before, after = book.epsilon, book.check(releases)
         blob = make_blob(after)
         book.record(hashlib.sha256(blob).hexdigest(), releases)

@@ -63,6 +63,9 @@ def pack(kind: str, tensors: dict[str, np.ndarray], meta: dict) -> bytes:
     header = json.dumps(
         {"kind": kind, "tensors": declared, "meta": meta}, sort_keys=True, allow_nan=False
     ).encode("utf-8")
+    if len(header) > MAX_HEADER_BYTES:
+        raise MessageError(f"header: {len(header)} bytes exceeds the limit of {MAX_HEADER_BYTES} that readers accept "
+                           "(fewer or shorter names)")
     payload = save_safetensors({k: np.ascontiguousarray(v) for k, v in tensors.items()})
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(header), len(payload)) + header + payload
     return body + hashlib.sha256(body).digest()

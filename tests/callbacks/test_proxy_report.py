@@ -18,7 +18,7 @@ from ecos_lightning.proxy import Proxy
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's num_workers / logging hints
 
 SUMMARY = {"sampler": "ecos", "size": 12, "epsilon": 2.5, "epsilon_rdp": 2.9, "delta": 1e-5, "bytes_down": 4096, "bytes_up": 512,
-           "class_histogram": [3, 5, 0, 4], "label_accuracy": 0.75, "domains": {"handwritten": 9, "printed": 3}}
+           "class_histogram": [3, 5, 0, 4], "label_accuracy": 0.75, "labelled": 0.8, "domains": {"handwritten": 9, "printed": 3}}
 
 
 class FakeProxyData(pl.LightningDataModule):
@@ -51,8 +51,9 @@ def test_report_writes_json_png_and_logs_metrics(tmp_path, fit_tiny):
     logged = {k: float(v) for row in rows for k, v in row.items() if k.startswith("proxy/") and v}
     assert report["epsilon"] == 2.5 and report["epsilon_rdp"] == 2.9
     assert "epsilon=2.5 at delta=1e-05 (PLD; RDP 2.9)" in describe(SUMMARY)
+    assert "label accuracy 75.0% (80% of images labelled)" in describe(SUMMARY)
     assert logged == pytest.approx({"proxy/size": 12, "proxy/epsilon": 2.5, "proxy/epsilon_rdp": 2.9, "proxy/bytes_down": 4096,
-                                    "proxy/bytes_up": 512, "proxy/label_accuracy": 0.75,
+                                    "proxy/bytes_up": 512, "proxy/label_accuracy": 0.75, "proxy/labelled": 0.8,
                                     "proxy/domain/handwritten": 0.75, "proxy/domain/printed": 0.25})
     assert not list(folder.glob("*.tmp"))  # atomic writes leave no temporary files
 

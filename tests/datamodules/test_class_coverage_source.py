@@ -63,6 +63,8 @@ def test_answer_only_what_is_clear_leaves_the_rest_unlabelled(tmp_path):
     dm.setup("fit")
     labels = dm.proxy.labels
     assert labels.count(-1) == 16 and dm.summary()["class_histogram"] == [labels.count(0), labels.count(1)]
+    assert dm.summary()["labelled"] == dm.proxy_labelled_fraction == 1 - 16 / len(labels)
+    assert dm.proxy_label_accuracy <= dm.proxy_labelled_fraction
 
 
 @pytest.mark.parametrize("fraction", [0, -0.5, 1.5, True, "0.5", float("nan")])

@@ -1,6 +1,7 @@
 """Class-coverage labels across two machines: ecos-cloud coverage-query, ecos-client class-coverage,
 ecos-cloud attach-coverage; the ledger, what the client writes, hostile messages."""
 
+import dataclasses
 import hashlib
 import shutil
 
@@ -136,7 +137,16 @@ def test_dry_run_and_refusals_read_no_image(cli, probed, folders, sampled, monke
     monkeypatch.setattr(client, "MAX_CELLS", 11)  # 6 centroids x 2 classes = 12 cells
     code, _, err = answer(cli, folders, cloud_dir, client_dir)
     assert code == 2 and one_error_line(err) and "6 centroids x 2 classes > 11 cells" in err
+    monkeypatch.undo()
+    monkeypatch.setattr(client, "extract_features", forbidden)
+    scan = client.scan_labelled_images
+    long_names = ["\u6f22" * 85 + f"{i:04d}" for i in range(2300)]  # legal folder names; a 1.1 MB header
+    monkeypatch.setattr(client, "scan_labelled_images", lambda root: dataclasses.replace(
+        scan(root), class_names=long_names))
+    code, _, err = answer(cli, folders, cloud_dir, client_dir)
+    assert code == 2 and one_error_line(err) and "header" in err and "exceeds the limit" in err
     assert (client_dir / "ledger.json").read_bytes() == ledger_bytes
+    assert sorted(p.name for p in client_dir.iterdir()) == ["ledger.json", "scores.ecos"]
 
 
 def test_hostile_or_mismatched_messages_are_one_line_errors(cli, probed, folders, sampled, tmp_path):

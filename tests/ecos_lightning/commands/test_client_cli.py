@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from dp_accounting.pld import PLDAccountant
 
-from ecos_lightning.ledger import ledger_epsilon, read_ledger
+from ecos_lightning.ledger import ledger_epsilon, open_ledger, read_ledger
 from ecos_lightning.commands import client
 from ecos_lightning.protocol import CentroidsMessage, ScoresMessage
 from ecos_lightning.protocol.label_messages import LabelsMessage, QueriesMessage
@@ -168,3 +168,27 @@ def test_unreadable_folder_is_an_error(cli, probed, tmp_path):
     finally:
         (data / "locked").chmod(0o755)
     assert code == 2 and "cannot read folder" in err and not (tmp_path / "s.ecos").exists()
+
+
+def test_an_out_that_is_a_folder_is_refused_before_any_charge(cli, probed, folders, tmp_path):
+    (tmp_path / "scores.ecos").mkdir()
+    code, _, err = respond(cli, probed, folders, tmp_path)
+    assert code == 2 and one_error_line(err) and "is a folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.ecos"]
+
+
+def test_a_ledger_whose_delta_changes_mid_run_is_not_charged_at_the_old_delta(cli, probed, folders, tmp_path,
+                                                                                monkeypatch):
+    extract = client.extract_features
+
+    def extract_while_another_client_creates_the_ledger(*args, **kwargs):
+        with open_ledger(tmp_path / "ledger.json", delta=1e-6) as book:
+            book.record("ab" * 32, [gaussian_release(20.0)])
+        return extract(*args, **kwargs)
+
+    monkeypatch.setattr(client, "extract_features", extract_while_another_client_creates_the_ledger)
+    code, _, err = respond(cli, probed, folders, tmp_path)
+    assert code == 2 and one_error_line(err) and "delta 1e-06, not 1e-05" in err
+    ledger = read_ledger(tmp_path / "ledger.json")
+    assert ledger["delta"] == 1e-6 and [e["hash"] for e in ledger["entries"]] == ["ab" * 32]
+    assert not (tmp_path / "scores.ecos").exists()

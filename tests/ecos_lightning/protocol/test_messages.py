@@ -200,3 +200,9 @@ def test_message_modules_do_not_import_pickle_or_torch_load():
         text = path.read_text()
         for needle in ("import pickle", "pickle.load", "torch.load", "allow_pickle=True"):
             assert needle not in text, f"{path.name} uses {needle}"
+
+
+def test_a_header_readers_would_refuse_is_never_written():
+    from ecos_lightning.protocol.container import MAX_HEADER_BYTES
+    with pytest.raises(MessageError, match="header: .* exceeds the limit"):
+        pack("scores", {"scores": np.zeros(3, np.float32)}, {"names": ["x" * 1024] * (MAX_HEADER_BYTES // 1024)})
