@@ -33,18 +33,17 @@ def cached_features(spec: EncoderSpec, data, data_id: str, cache_dir: str | os.P
     calls again); the encoder is built only when a chunk is missing.
     """
     path = feature_path(spec, data_id, cache_dir)
-    if path.exists():
+    store = FeatureStore(path, len(data), encoder_feature_dim(spec), chunk_rows)
+    if store.complete():
         try:
-            features = np.load(path, mmap_mode="r", allow_pickle=False)
-            if features.ndim == 2 and len(features) == len(data) and features.dtype == np.float32:
-                return features
+            return store.read()
         except (OSError, ValueError):
             pass
-        path.unlink(missing_ok=True)
+    if path.exists():
+        store.drop_untrusted()  # a matrix without its record, or unreadable: extracted again
     if chunk_rows % batch_size:
         raise ValueError(f"chunk_rows ({chunk_rows}) must be a multiple of batch_size ({batch_size}), so chunks "
                          "run the batches one pass would")
-    store = FeatureStore(path, len(data), encoder_feature_dim(spec), chunk_rows)
     encoder = None
 
     def compute(rows: range) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 
 import ecos_lightning.features as features
 from ecos_lightning.encoders import spec_for_model
-from ecos_lightning.feature_store import FeatureStore
+from ecos_lightning.feature_store import FeatureStore, matrix_digest
 from ecos_lightning.protocol import ClientResponder, CloudSampler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,8 @@ def test_two_processes_extract_their_shards_into_the_single_process_features(tmp
     shared = extract_in_processes(tmp_path / "two", world_size=2)
     assert isinstance(shared, np.memmap) and not shared.flags.writeable
     np.testing.assert_array_equal(shared, extract_in_processes(tmp_path / "one", world_size=1))
-    assert sorted(p.name.rsplit(".", 1)[-1] for p in (tmp_path / "two").iterdir()) == ["npy"]  # nothing left over
+    # nothing left over but the matrix and its record
+    assert sorted(p.name.rsplit(".", 1)[-1] for p in (tmp_path / "two").iterdir()) == ["json", "npy"]
 
 
 def test_an_interrupted_extraction_resumes_at_the_first_unfinished_chunk(tmp_path, monkeypatch):
@@ -114,3 +115,65 @@ def test_the_protocol_on_a_memory_mapped_store_gives_the_in_memory_proxy(tmp_pat
         scores = client.respond(message, pool[:50] + 0.01)
         picks.append(cloud.sample(scores, budget=60))
     np.testing.assert_array_equal(*picks)
+
+
+def rows_value(rows):
+    """Features whose every row names itself (row i holds i + 1, never 0)."""
+    return np.repeat(np.arange(rows.start, rows.stop, dtype=np.float32)[:, None] + 1, 3, 1)
+
+
+def test_markers_of_a_deleted_partial_are_ignored(tmp_path):
+    """Deleting an unfinished matrix (to free disk, to start over) leaves its chunk markers behind: a new
+    matrix gets a new id, so none of them counts and no chunk of zeros is ever finished."""
+    first = FeatureStore(tmp_path / "f.npy", 10, 3, chunk_rows=4)
+    assert not first.fill(rows_value, rank=0, world_size=2)  # chunks 0 and 2 marked
+    first.partial.unlink()
+    computed = []
+    again = FeatureStore(tmp_path / "f.npy", 10, 3, chunk_rows=4)
+    assert again.fill(lambda rows: computed.append(rows.start) or rows_value(rows))
+    assert computed == [0, 4, 8]
+    np.testing.assert_array_equal(again.read(), rows_value(range(10)))
+
+
+def test_stale_markers_beside_a_removed_finished_matrix_are_ignored(tmp_path):
+    store = FeatureStore(tmp_path / "f.npy", 10, 3, chunk_rows=4)
+    assert not store.fill(rows_value, rank=0, world_size=2)
+    stale = {p.name: p.read_bytes() for p in store.done_dir.iterdir()}
+    assert store.fill(rows_value, rank=1, world_size=2)
+    store.path.unlink()
+    store.done_dir.mkdir()
+    for name, data in stale.items():  # markers that outlived their matrix
+        (store.done_dir / name).write_bytes(data)
+    assert store.missing_chunks() == [0, 1, 2]
+    assert store.fill(rows_value)
+    np.testing.assert_array_equal(store.read(), rows_value(range(10)))
+
+
+def test_a_chunk_edited_after_its_marker_is_computed_again(tmp_path):
+    store = FeatureStore(tmp_path / "f.npy", 10, 3, chunk_rows=4)
+    assert not store.fill(rows_value, rank=0, world_size=2)
+    matrix = np.load(store.partial, mmap_mode="r+")
+    matrix[1] = 0.25  # a hand edit under a valid marker
+    matrix.flush()
+    del matrix
+    computed = []
+    assert store.fill(lambda rows: computed.append(rows.start) or rows_value(rows))
+    assert computed == [4, 0]  # rank 1's chunk, then the edited chunk the finishing check refused
+    np.testing.assert_array_equal(store.read(), rows_value(range(10)))
+
+
+def test_the_digest_of_a_finished_store_is_the_digest_of_its_matrix(tmp_path):
+    store = FeatureStore(tmp_path / "f.npy", 10, 3, chunk_rows=4)
+    assert store.fill(rows_value)
+    assert store.digest == matrix_digest(rows_value(range(10))) == matrix_digest(store.read())
+    assert matrix_digest(rows_value(range(10)) * 2) != store.digest
+
+
+def test_a_finished_matrix_without_its_record_is_extracted_again(tmp_path):
+    first = np.array(features.cached_features(SPEC, IMAGES, "toy", tmp_path, progress=False, batch_size=4,
+                                              chunk_rows=8))
+    path = features.feature_path(SPEC, "toy", tmp_path)
+    np.save(path, np.zeros_like(first))  # a matrix no store finished (copied in, or its record lost)
+    path.with_name(path.name + ".json").unlink()
+    again = features.cached_features(SPEC, IMAGES, "toy", tmp_path, progress=False, batch_size=4, chunk_rows=8)
+    np.testing.assert_array_equal(again, first)
