@@ -20,7 +20,7 @@ import yaml
 
 from ecos_lightning.callbacks.proxy_report import labelled_text
 from ecos_lightning.datamodules import ProxyDataModule
-from ecos_lightning.frameworks import bases, framework_of, unified
+from ecos_lightning.frameworks import bases, unified
 
 ROOT = Path(__file__).resolve().parent
 SOURCES = tuple(str(ROOT / name) for name in ("ecos_lightning", "datamodules", "callbacks", "train.py"))
@@ -54,9 +54,9 @@ class SaveConfigOnStart:
 
 class EcosCLI:
     """LightningCLI with ``--test_after_fit`` (test the best checkpoint on the client's data after
-    fit), parse errors raised rather than printed with the usage, and ``--ckpt_path`` handed to the
-    trainer before it starts (``trainer.ckpt_path``), so the data module takes the proxy of a
-    resumed run from the checkpoint (mixed into the framework's ``LightningCLI`` by :func:`cli_class`)."""
+    fit) and parse errors raised rather than printed with the usage (mixed into the framework's
+    ``LightningCLI`` by :func:`cli_class`). ``--ckpt_path`` goes to the trainer as Lightning's own CLI
+    passes it: the data module takes a resumed run's proxy from the checkpoint the trainer restores."""
 
     def init_parser(self, **kwargs):
         return super().init_parser(exit_on_error=False, **kwargs)
@@ -78,31 +78,7 @@ class EcosCLI:
         which needs no warning about ``sys.argv``)."""
         self.config = parser.parse_args(args)
 
-    def before_fit(self) -> None:
-        self._set_trainer_ckpt_path()
-
-    def before_validate(self) -> None:
-        self._set_trainer_ckpt_path()
-
-    def before_test(self) -> None:
-        self._set_trainer_ckpt_path()
-
-    def before_predict(self) -> None:
-        self._set_trainer_ckpt_path()
-
-    def _set_trainer_ckpt_path(self) -> None:
-        """Resolve ``--ckpt_path`` (a path, ``last``, ``best``) as the trainer would and set it as
-        ``trainer.ckpt_path``, which the run then restores from."""
-        kwargs = self.config_init[self.subcommand]
-        if kwargs.get("ckpt_path"):
-            connector = self.trainer._checkpoint_connector
-            trainer_fn = framework_of(self.trainer).trainer.states.TrainerFn(self.subcommand)
-            self.trainer.ckpt_path = connector._parse_ckpt_path(trainer_fn, kwargs["ckpt_path"],
-                                                                model_provided=True, model_connected=False)
-            kwargs["ckpt_path"] = None
-
     def after_fit(self) -> None:
-        self.trainer.ckpt_path = None  # the checkpoint fit resumed from is not the one to test
         if not self.config[self.subcommand].get("test_after_fit"):
             return
         checkpoint = self.trainer.checkpoint_callback

@@ -22,7 +22,7 @@ __all__ = ["PrivacyLedger", "ledger_epsilon", "read_ledger"]
 
 
 class PrivacyLedger(*bases("Callback")):
-    """Records the datamodule's proxy releases at ``setup("fit")`` and enforces a budget across runs.
+    """Records the datamodule's proxy releases when fitting starts and enforces a budget across runs.
 
     Args:
         path: the ledger file; default ``<trainer.log_dir>/privacy_ledger.json`` (one per run: pass a
@@ -35,8 +35,9 @@ class PrivacyLedger(*bases("Callback")):
             None: the proxy's own delta (the data module's). A value that disagrees with the data
             module's ``delta`` or ``max_epsilon`` is refused: each is set once.
 
-    The check runs after ``prepare_data``, so it guards training and the ledger; the datamodule's own
-    ``max_epsilon`` guards a single run's query before it is made.
+    The check runs at ``on_fit_start``, after a checkpoint's proxy is restored and before the first
+    training step, so it guards training and the ledger; the datamodule's own ``max_epsilon`` guards a
+    single run's query before it is made.
     """
 
     def __init__(self, path: str | None = None, max_epsilon: float | None = None, delta: float | None = None):
@@ -46,16 +47,17 @@ class PrivacyLedger(*bases("Callback")):
         self.max_epsilon = max_epsilon
         self.delta = None if delta is None else probability(delta, "delta")
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         proxy = getattr(trainer.datamodule, "proxy", None)
         if proxy is None:
             rank_zero_warn("PrivacyLedger: the datamodule has no proxy; nothing is recorded")
             return
         if not proxy.releases:
-            rank_zero_info("PrivacyLedger: this proxy declares no release of its own (a proxy file's releases are "
-                           "in the client's ledger); nothing is recorded")
+            from_file = getattr(trainer.datamodule, "hparams", {}).get("proxy_file")
+            rank_zero_info(f"PrivacyLedger: the proxy file {from_file} was released by a real client, whose own "
+                           "ledger records it; nothing is recorded here" if from_file else
+                           "PrivacyLedger: this run's sampler and label source release nothing of the client's "
+                           "data; nothing is recorded")
             return
         if proxy.release_hash is None and proxy.hash is None:
             raise ValueError("PrivacyLedger: the datamodule's proxy has no 'release_hash' or 'hash' to record it by")

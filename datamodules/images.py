@@ -4,17 +4,21 @@ images in [0, 1]; or a transform of the user's)."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2
+from tqdm import tqdm
 
 from ecos_lightning.data import ArrayImageDataset, PathImageDataset
 from ecos_lightning.data.litdata_pool import LitDataImageDataset
 from ecos_lightning.data.shards import TarShardDataset
 from ecos_lightning.encoders.preprocess import FLOAT_RANGE_TOL, is_pil, item_image, pil_to_chw
+from ecos_lightning.feature_store import matrix_digest
+from ecos_lightning.files import file_stamp, stable_hash
 
 
 def to_uint8_chw(image) -> torch.Tensor:
@@ -155,11 +159,50 @@ def dataset_domains(dataset: Dataset) -> np.ndarray | None:
     return None if domains is None else np.asarray(domains, dtype=np.int64)
 
 
-def fingerprint(dataset: Dataset) -> str:
-    """A short content hash of a dataset's images: its length and its first, middle and last images."""
+def fingerprint(dataset: Dataset, progress: bool = True) -> str:
+    """A content hash of every image of ``dataset`` (the cache identity of its features and proxies).
+
+    Datasets whose images are provably their stored data are hashed without decoding an image: the
+    arrays of an :class:`~ecos_lightning.data.ArrayImageDataset` or a ``TensorDataset`` (every byte),
+    the files of a :class:`~ecos_lightning.data.PathImageDataset` or of a torchvision ``DatasetFolder``
+    without ``transform`` (each file's path and :func:`~ecos_lightning.files.file_stamp`, which any
+    rewrite of the file changes), and a ``Subset`` of any of these (its base and indices). Any other
+    dataset is read item by item, every image hashed as the encoder receives it (with a progress bar
+    when ``progress``; random transforms are seeded so the hash is stable): pass ``dataset_id`` to
+    ``ProxyDataModule`` to name a large one instead.
+    """
     digest = hashlib.sha256(f"{type(dataset).__name__}:{len(dataset)}".encode())
+    fast = _stored_content(dataset)
+    if fast is not None:
+        digest.update(fast.encode())
+        return digest.hexdigest()[:16]
+    items = range(len(dataset))
+    if progress and len(dataset) >= 1000:
+        items = tqdm(items, desc="hashing dataset images", unit="img")
     with torch.random.fork_rng(devices=[]):
-        for i in sorted({0, len(dataset) // 2, len(dataset) - 1}):
-            if len(dataset):
-                digest.update(to_uint8_chw(item_image(dataset[i])).numpy().tobytes())
+        torch.manual_seed(0)
+        for i in items:
+            image = to_uint8_chw(item_image(dataset[i]))
+            digest.update(str(tuple(image.shape)).encode())
+            digest.update(image.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _stored_content(dataset: Dataset) -> str | None:
+    """A hash of the data that provably makes up ``dataset``'s images (see :func:`fingerprint`), else None."""
+    getitem = type(dataset).__getitem__
+    if getitem is Subset.__getitem__:
+        base = _stored_content(dataset.dataset)
+        indices = np.asarray(dataset.indices, dtype="<i8")
+        return None if base is None else stable_hash([base, hashlib.sha256(indices.tobytes()).hexdigest()])
+    if getitem is ArrayImageDataset.__getitem__:
+        return matrix_digest(np.asarray(dataset.images))
+    if getitem is TensorDataset.__getitem__ and dataset.tensors:
+        return matrix_digest(dataset.tensors[0].detach().cpu().numpy())
+    if getitem is PathImageDataset.__getitem__:
+        return stable_hash([(str(Path(p).resolve()), *file_stamp(p)) for p in dataset.paths])
+    if getitem is DatasetFolder.__getitem__ and dataset.transform is None:
+        return stable_hash([getattr(dataset.loader, "__qualname__", repr(dataset.loader)),
+                            [(str(Path(p).resolve()), *file_stamp(p)) for p, _ in dataset.samples]])
+    return None
+

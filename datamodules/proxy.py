@@ -1,13 +1,16 @@
 """ProxyDataModule: the ECOS proxy set as a LightningDataModule, usable in any Lightning project.
 
-``prepare_data`` (once per node) composes sources -> features -> sampler -> label source -> the
-:class:`~ecos_lightning.proxy.Proxy` record, with the privacy releases the sampler and the label source
-declare, and writes it as a JSON artifact keyed by a hash of everything that determines it (labels
-included); a second run reuses it. ``setup`` (every rank) reads the artifact, so every rank trains on the same proxy. The
-proxy is also part of the module's ``state_dict``: when the trainer resumes from a checkpoint
-(``trainer.ckpt_path``, which ``train.py`` sets from ``--ckpt_path``), ``prepare_data`` and
-``setup`` take the proxy from that checkpoint and never run the protocol; a checkpoint whose proxy
-is not the one this module's settings give is refused.
+The proxy is made when it is first needed (:attr:`ProxyDataModule.proxy`): sources -> features ->
+sampler -> label source -> the :class:`~ecos_lightning.proxy.Proxy` record, with the privacy releases
+the sampler and the label source declare, written as a JSON artifact keyed by a hash of everything that
+determines it (settings, encoder, every image and label, and the digests of the feature stores it was
+built from); a second run reuses it. Under several processes every rank extracts its share of the
+features and global rank 0 runs the protocol, so every rank trains on the same proxy.
+
+The proxy is also part of the module's ``state_dict``. Lightning restores a checkpoint's state
+(``trainer.fit/validate/test/predict(..., ckpt_path=...)``) before anything asks for the proxy, so a
+resumed or evaluated run takes it from the checkpoint and never runs the protocol; a checkpoint whose
+proxy is not the one this module's settings give is refused.
 
 In this simulation the client's side (its features, coverage counts and kNN votes) runs in the
 same process (see ``simulation``); only the messages and the released labels cross to the cloud's side.
@@ -19,7 +22,7 @@ import dataclasses
 import hashlib
 import logging
 import os
-import pickle
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -34,8 +37,8 @@ from ecos_lightning.data import DigitsLiteSource, FolderSource, PathImageDataset
 from ecos_lightning.data.litdata_pool import LitDataSource
 from ecos_lightning.data.shards import WebDatasetSource
 from ecos_lightning.encoders import spec_for_model
-from ecos_lightning.feature_store import DEFAULT_CHUNK_ROWS
-from ecos_lightning.files import atomic_write_bytes, default_cache_dir, stable_hash
+from ecos_lightning.feature_store import DEFAULT_CHUNK_ROWS, digest_of
+from ecos_lightning.files import atomic_write_bytes, default_cache_dir, plain, stable_hash
 from ecos_lightning.frameworks import bases, framework_of
 from ecos_lightning.label_sources import DEPRECATED, LABEL_SOURCES, get_label_source
 from ecos_lightning.protocol import faiss_ops
@@ -43,13 +46,17 @@ from ecos_lightning.protocol.privacy import releases_epsilon
 from ecos_lightning.protocol.validation import positive_int
 from ecos_lightning.proxy import PROXY_VERSION, Proxy
 from ecos_lightning.proxy_file import proxy_image_files
-from ecos_lightning.samplers import get_sampler
+from ecos_lightning.samplers import Inputs, get_sampler
 
 from .images import (ImageSubset, TwoViewSubset, UnitImage, check_raw_images, dataset_domains, dataset_labels,
                      fingerprint)
 from .simulation import extract_shard, simulated_inputs
 
 log = logging.getLogger(__name__)
+
+#: ``__init__`` arguments that are objects, not settings: never hashed or saved as hyperparameters.
+_NOT_SETTINGS = ("self", "__class__", "open_dataset", "client_dataset", "client_test_dataset", "train_transform",
+                 "eval_transform")
 
 
 
@@ -83,8 +90,6 @@ class ProxyDataModule(*bases("LightningDataModule")):
         coverage_clusters, coverage_noise_multiplier, coverage_label_fraction: class_coverage labelling
             (see ``ecos_lightning.class_coverage``): numbers of proxy centroids (one histogram each), the
             noise multiplier of each histogram, the share of the proxy labelled (clearest first; the rest -1).
-            Unlabelled images reach the train and val batches with label -1: the project's modules leave them
-            out of the supervised loss; in your own module use ``cross_entropy(..., ignore_index=-1)``.
         max_epsilon: refuse, before any query, a run whose composed epsilon would exceed this.
         val_fraction: share of the proxy held out for validation.
         image_size: images are resized to this square side (built-in transforms only).
@@ -110,6 +115,13 @@ class ProxyDataModule(*bases("LightningDataModule")):
         proxy_file: train on a proxy chosen by ``ecos-cloud sample`` with a real client instead of
             running the protocol here. Its images are its ``paths`` (an image-folder pool) or its indices
             into ``open_dataset`` / the digits-lite pool it names; its labels are used as they are.
+        keep_unlabelled: the label contract. Every proxy image carries a class index in ``[0, num_classes)``
+            or -1 (no label: a ``none`` label source, labels a label source left out, a pool without labels);
+            ``num_classes`` comes from the data (the classes of the pool, or a proxy file's ``class_names``).
+            None (default): the train and val batches carry the -1 images only for a module that declares
+            ``accepts_unlabelled = True`` (this project's modules, which leave them out of the supervised
+            loss and use them where they can, e.g. distillation); any other module never sees a -1. True:
+            always keep them (use ``cross_entropy(..., ignore_index=-1)``); False: always leave them out.
     """
 
     def __init__(self, open_dataset: Dataset | None = None, client_dataset: Dataset | None = None,
@@ -128,7 +140,9 @@ class ProxyDataModule(*bases("LightningDataModule")):
                  eval_transform: Callable | None = None, unlabelled_batch_size: int = 0, batch_size: int = 64,
                  num_workers: int | Literal["auto"] = "auto", cache_dir: str | None = None, seed: int = 0,
                  dataset_id: str | None = None, proxy_file: str | None = None,
-                 feature_chunk_rows: int = DEFAULT_CHUNK_ROWS, faiss_gpu: bool | None = None):
+                 feature_chunk_rows: int = DEFAULT_CHUNK_ROWS, faiss_gpu: bool | None = None,
+                 keep_unlabelled: bool | None = None):
+        settings = {name: plain(value) for name, value in locals().items() if name not in _NOT_SETTINGS}
         super().__init__()
         self.sampler, self.label_source = get_sampler(sampler), get_label_source(label_source)
         if self.sampler.source == "client" and not self.label_source.labels_client_data:
@@ -151,8 +165,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
                          ("client_test_dataset", client_test_dataset)):
             if ds is not None:
                 check_raw_images(ds, name)
-        self.save_hyperparameters(ignore=["open_dataset", "client_dataset", "client_test_dataset", "train_transform",
-                                          "eval_transform"])
+        self.save_hyperparameters(settings)  # plain Python values: one hash and a weights-only checkpoint
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.hparams.label_source = DEPRECATED.get(label_source, label_source)
         self.spec = spec_for_model(encoder, weights=encoder_weights, input_size=encoder_input_size,
@@ -163,7 +176,8 @@ class ProxyDataModule(*bases("LightningDataModule")):
         self._sources = None
         self._label_cache: dict[int, np.ndarray] = {}
         self._fingerprints: dict[int, str] = {}
-        self.proxy: Proxy | None = None  # from setup or a restored checkpoint
+        self._proxy_record: Proxy | None = None  # made, read or restored on first need (see ``proxy``)
+        self._told_unlabelled = False
 
     # --------------------------------------------------------------- sources
     @property
@@ -192,15 +206,21 @@ class ProxyDataModule(*bases("LightningDataModule")):
         return self._sources
 
     def _source_record(self):
-        """The source ``dataset`` names, with ``client_domain`` and ``data_seed`` applied when given."""
+        """The source ``dataset`` names, with ``client_domain`` and ``data_seed`` applied when given; a value
+        the name itself states and the argument contradicts is refused, naming both."""
         h = self.hparams
         record = parse_source(h.dataset)
         if isinstance(record, (FolderSource, WebDatasetSource, LitDataSource)):
             raise ValueError(f"dataset {h.dataset!r} is an open pool without a client; name a "
                              "multi-domain source (folders:<root>, imagefolder:<root>) or pass open_dataset and "
                              "client_dataset")
-        changes = {"domain" if isinstance(record, DigitsLiteSource) else "client": h.client_domain,
-                   "seed": h.data_seed}
+        client = "domain" if isinstance(record, DigitsLiteSource) else "client"
+        named = _named_options(h.dataset)
+        for argument, value, field in (("client_domain", h.client_domain, client), ("data_seed", h.data_seed, "seed")):
+            if value is not None and field in named and getattr(record, field) != value:
+                raise ValueError(f"{argument}={value!r} contradicts dataset {h.dataset!r}, which names {field} "
+                                 f"{getattr(record, field)!r}: set one of them (e.g. {argument}: null)")
+        changes = {client: h.client_domain, "seed": h.data_seed}
         return dataclasses.replace(record, **{k: v for k, v in changes.items() if v is not None})
 
     def feature_ids(self) -> tuple[str, str]:
@@ -242,6 +262,12 @@ class ProxyDataModule(*bases("LightningDataModule")):
 
     @property
     def num_classes(self) -> int:
+        """The label classes: a proxy file's ``class_names`` where it names them, else the pool's classes
+        (its ``num_classes``, else the largest label of the pool and the client, plus one)."""
+        if self.hparams.proxy_file:
+            names = self._proxy_from_file().class_names
+            if names:
+                return len(names)
         open_ds, client_ds, _, _ = self.sources()
         labels = [self.labels(ds) for ds in (open_ds, client_ds) if ds is not None]
         return int(getattr(open_ds, "num_classes", 0) or max(int(x.max()) for x in labels) + 1)
@@ -266,7 +292,13 @@ class ProxyDataModule(*bases("LightningDataModule")):
         return stable_hash(self.config())
 
     def artifact_path(self) -> Path:
-        return self.cache_dir / f"proxy-{stable_hash(self.config())}.json"
+        """The artifact of these settings and of the exact features the protocol reads (their stores'
+        digests: features extracted again after a change never meet a proxy of the old ones); extracts the
+        features the components need when they are not complete."""
+        return self._artifact_path(self._feature_digests(self._inputs()))
+
+    def _artifact_path(self, feature_digests: list[str]) -> Path:
+        return self.cache_dir / f"proxy-{stable_hash([self.config(), feature_digests])}.json"
 
     def planned_releases(self) -> list[dict]:
         """What the client will release in this run, as the sampler and the label source declare it (known
@@ -275,95 +307,107 @@ class ProxyDataModule(*bases("LightningDataModule")):
         size = self.sampler.proxy_size(self.hparams, len(open_ds), len(client_ds))
         return self.sampler.releases(self.hparams) + self.label_source.releases(self.hparams, size)
 
-    # --------------------------------------------------------- prepare / setup
+    # --------------------------------------------------------- prepare / the proxy
     def prepare_data(self) -> None:
-        """Run the protocol once per node and write the artifact.
+        """Check the run's privacy budget before anything is extracted or queried.
 
-        Skipped when the artifact exists, when the module already holds its proxy, and when the
-        trainer resumes from a checkpoint (whose proxy ``setup`` takes). The global torch random
-        stream is left as it was, so training is the same whatever the cache held.
+        The proxy itself is made when it is first needed (:attr:`proxy`: the loaders, a callback at fit
+        start), which in every Lightning entry point (``fit``, ``validate``, ``test``, ``predict``, with or
+        without ``ckpt_path``) comes after the trainer has restored a checkpoint's proxy through
+        :meth:`load_state_dict`: a resume or a test from a checkpoint never extracts features or queries
+        the client again, whatever else the checkpoint holds.
         """
-        if self.proxy is None:
-            with torch.random.fork_rng(devices=[]):
-                self._prepare()
-
-    def _prepare(self) -> None:
-        if self.hparams.proxy_file:
+        h = self.hparams
+        if h.proxy_file:
             epsilon = self._proxy_from_file().epsilon
-            if self.hparams.max_epsilon is not None and epsilon > self.hparams.max_epsilon:
+            if h.max_epsilon is not None and epsilon > h.max_epsilon:
                 raise ValueError(f"privacy budget: the proxy file reports epsilon={epsilon:.3g} > max_epsilon="
-                                 f"{self.hparams.max_epsilon:g}")
-            self._resumed_proxy()  # refuses, before training, a checkpoint trained on another proxy
+                                 f"{h.max_epsilon:g}")
             return
-        planned = releases_epsilon(self.planned_releases(), self.hparams.delta)
-        if self.hparams.max_epsilon is not None and planned > self.hparams.max_epsilon:
-            raise ValueError(f"privacy budget: this run would spend epsilon={planned:.3g} at delta="
-                             f"{self.hparams.delta:g} > max_epsilon={self.hparams.max_epsilon:g}; raise "
-                             "noise_multiplier (or knn_noise_multiplier, coverage_noise_multiplier) or max_epsilon")
-        if self._resumed_proxy() is not None:
-            return
-        path = self.artifact_path()
-        if path.exists():
-            log.info("proxy artifact %s exists: reusing it", path)
-            return
-        if self._world_size() > 1:
-            return  # every rank extracts its share of the features in setup, then rank 0 runs the protocol
-        atomic_write_bytes(path, self._build_proxy().to_json().encode())
-        log.info("proxy artifact written: %s", path)
+        planned = releases_epsilon(self.planned_releases(), h.delta)
+        if h.max_epsilon is not None and planned > h.max_epsilon:
+            raise ValueError(f"privacy budget: this run would spend epsilon={planned:.3g} at delta={h.delta:g} > "
+                             f"max_epsilon={h.max_epsilon:g}; raise noise_multiplier (or knn_noise_multiplier, "
+                             "coverage_noise_multiplier) or max_epsilon")
+
+    @property
+    def proxy(self) -> Proxy:
+        """The proxy this module trains on: restored from a checkpoint, read from the proxy file or the
+        artifact, else made by running the protocol (and written as the artifact).
+
+        Under several processes the first access is a collective (every rank extracts its share of the
+        features, global rank 0 runs the protocol and broadcasts the proxy): Lightning's hooks make it on
+        every rank. The global torch random stream is left as it was, so training is the same whatever
+        the cache held.
+        """
+        if self._proxy_record is None:
+            self._proxy_record = self._obtain_proxy()
+        return self._proxy_record
+
+    def _obtain_proxy(self) -> Proxy:
+        path = self.trainer.ckpt_path if self.trainer is not None else None
+        if path:  # the trainer restored this checkpoint, and no proxy of this module came with it
+            raise ValueError(f"checkpoint {path} holds no proxy of a {type(self).__qualname__}: resume from a "
+                             "checkpoint of a run with this data module, or start a new run without ckpt_path")
+        if self.hparams.proxy_file:
+            return self._proxy_from_file()
+        self.prepare_data()  # the budget check, also where the trainer does not call prepare_data here
+        with torch.random.fork_rng(devices=[]):
+            return self._distributed_proxy() if self._world_size() > 1 else self._local_proxy()
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
+    def _inputs(self) -> Inputs:
+        """What the components read (the features they need extracted into, or read from, their stores)."""
+        open_ds, client_ds, _, _ = self.sources()
+        return simulated_inputs(self.spec, open_ds, client_ds, self.feature_ids(),
+                                self.sampler.needs | self.label_source.needs, self.cache_dir, self.labels,
+                                self.num_classes, self.hparams.feature_chunk_rows)
+
+    @staticmethod
+    def _feature_digests(inputs: Inputs) -> list[str]:
+        return [digest_of(f) for f in (inputs.open_features, inputs.client_features) if f is not None]
+
+    def _local_proxy(self) -> Proxy:
+        """The artifact of the current features if there is one, else the protocol's proxy, written as it."""
+        inputs = self._inputs()
+        path = self._artifact_path(self._feature_digests(inputs))
+        if path.exists():
+            log.info("proxy artifact %s (built from these settings and features): reusing it", path)
+            return load_artifact(path)
+        proxy = self._build_proxy(inputs)
+        atomic_write_bytes(path, proxy.to_json().encode())
+        log.info("proxy artifact written: %s", path)
+        return proxy
+
     def _distributed_proxy(self) -> Proxy:
-        """Every rank extracts its chunks of the features, then global rank 0 runs the protocol and every
-        rank receives its proxy (the artifact is written on each node's local rank 0)."""
+        """Every rank extracts its chunks of the features, then global rank 0 reads the artifact or runs the
+        protocol and every rank receives its proxy (the artifact is written on each node's local rank 0)."""
         strategy, h = self.trainer.strategy, self.hparams
         open_ds, client_ds, _, _ = self.sources()
         needs = self.sampler.needs | self.label_source.needs
         args = (self.spec, open_ds, client_ds, self.feature_ids(), needs, self.cache_dir)
-        with torch.random.fork_rng(devices=[]):
-            extract_shard(*args, strategy.global_rank, strategy.world_size, h.feature_chunk_rows)
-            strategy.barrier("ecos features")
-            extract_shard(*args, 0, 1, h.feature_chunk_rows)  # a node that does not share the cache fills the rest
-            text = self._build_proxy().to_json() if strategy.global_rank == 0 else None
+        extract_shard(*args, strategy.global_rank, strategy.world_size, h.feature_chunk_rows)
+        strategy.barrier("ecos features")
+        extract_shard(*args, 0, 1, h.feature_chunk_rows)  # a node that does not share the cache fills the rest
+        text = self._local_proxy().to_json() if strategy.global_rank == 0 else None
         proxy = Proxy.from_json(strategy.broadcast(text, src=0), "broadcast proxy")
-        if strategy.local_rank == 0:
-            atomic_write_bytes(self.artifact_path(), proxy.to_json().encode())
+        if strategy.local_rank == 0 and strategy.global_rank != 0:
+            path = self.artifact_path()
+            if not path.exists():
+                atomic_write_bytes(path, proxy.to_json().encode())
         return proxy
 
-    def _build_proxy(self) -> Proxy:
-        """sources -> features -> sampler -> label source -> the Proxy with the declared releases."""
+    def _build_proxy(self, inputs: Inputs) -> Proxy:
+        """inputs -> sampler -> label source -> the Proxy with the declared releases."""
         h = self.hparams
-        open_ds, client_ds, _, data_id = self.sources()
         settings = {**h, "progress": True}
-        inputs = simulated_inputs(self.spec, open_ds, client_ds, self.feature_ids(),
-                                  self.sampler.needs | self.label_source.needs, self.cache_dir, self.labels,
-                                  self.num_classes, h.feature_chunk_rows)
         proxy = self.label_source.run(self.sampler.run(inputs, settings), inputs, settings)
         releases = self.planned_releases()
         return proxy.replace(releases=releases, release_hash=proxy.release_hash if releases else None,
-                             epsilon=releases_epsilon(releases, h.delta), delta=h.delta, open=data_id,
+                             epsilon=releases_epsilon(releases, h.delta), delta=h.delta, open=self.sources()[3],
                              hash=stable_hash(self.config()))
-
-    def setup(self, stage: str | None = None) -> None:
-        """Read the proxy (every rank): from the checkpoint the trainer resumes from, else the proxy
-        file or the artifact; nothing when the module already holds it."""
-        if self.proxy is None:
-            self.proxy = self._resumed_proxy()
-        if self.proxy is None and self.hparams.proxy_file:
-            self.proxy = self._proxy_from_file()
-        if self.proxy is None:
-            path = self.artifact_path()
-            if self._world_size() > 1 and not self._artifact_everywhere(path):
-                self.proxy = self._distributed_proxy()
-                return
-            if not path.exists():
-                raise FileNotFoundError(f"proxy artifact {path} is missing: prepare_data did not run or failed")
-            self.proxy = load_artifact(path)
-
-    def _artifact_everywhere(self, path: Path) -> bool:
-        """Whether every rank sees the artifact (a collective: every rank must ask)."""
-        return bool(self.trainer.strategy.reduce_boolean_decision(path.exists(), all=True))
 
     def _proxy_from_file(self) -> Proxy:
         """The proxy of ``proxy_file`` as this module trains on it (its releases stay in the client's ledger).
@@ -377,6 +421,11 @@ class ProxyDataModule(*bases("LightningDataModule")):
         if max(indices) >= pool:
             raise ValueError(f"proxy file {self.hparams.proxy_file}: index {max(indices)} is beyond the open pool of "
                              f"{pool} images: pass the pool it was sampled from ({proxy.open})")
+        classes = len(proxy.class_names or ()) or int(getattr(self.sources()[0], "num_classes", 0) or 0)
+        labels = proxy.label_list()
+        if classes and labels and max(labels) >= classes:
+            raise ValueError(f"proxy file {self.hparams.proxy_file}: label {max(labels)} is beyond its {classes} "
+                             "classes: give the proxy file class_names that cover every label")
         images = "paths" if by_path else self.sources()[3]  # how its images are found is part of the proxy
         return proxy.replace(indices=indices, hash=stable_hash([proxy.to_dict(), images]))
 
@@ -395,23 +444,6 @@ class ProxyDataModule(*bases("LightningDataModule")):
         renumber = [position[name] for name in proxy.class_names]
         labels = [renumber[y] if y >= 0 else -1 for y in proxy.label_list()]
         return proxy.replace(labels=labels, class_names=list(names))
-
-    def _resumed_proxy(self) -> dict | None:
-        """The proxy in the checkpoint the trainer resumes from (``trainer.ckpt_path``), checked to be
-        the one these settings give; None when the trainer does not resume. A checkpoint without a
-        proxy of this module is refused: a resume never runs the protocol again."""
-        path = self.trainer.ckpt_path if self.trainer is not None else None
-        if not path:
-            return None
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
-            raise ValueError(f"checkpoint {path} is unreadable ({exc}); pass another ckpt_path") from None
-        state = checkpoint.get(type(self).__qualname__) if isinstance(checkpoint, dict) else None
-        if not isinstance(state, dict) or "proxy_json" not in state:
-            raise ValueError(f"checkpoint {path} holds no proxy of a {type(self).__qualname__}: resume from a "
-                             "checkpoint of a run with this data module, or start a new run without ckpt_path")
-        return self._restored_proxy(state, f"checkpoint {path}")
 
     def _restored_proxy(self, state: dict, where: str) -> Proxy:
         """The proxy saved by :meth:`state_dict`, checked to be well formed and the one these settings give."""
@@ -448,8 +480,6 @@ class ProxyDataModule(*bases("LightningDataModule")):
         return float((np.asarray(self._proxy().label_list()) >= 0).mean())
 
     def _proxy(self) -> Proxy:
-        if self.proxy is None:
-            raise RuntimeError("the proxy is not ready: call prepare_data() and setup() first")
         return self.proxy
 
     def _base(self, proxy: Proxy) -> Dataset:
@@ -461,10 +491,32 @@ class ProxyDataModule(*bases("LightningDataModule")):
         return np.asarray(self._proxy().indices, dtype=np.int64)
 
     def _train_val_positions(self) -> tuple[np.ndarray, np.ndarray]:
-        n = len(self._proxy())
-        order = np.random.default_rng(self.hparams.seed).permutation(n)
-        n_val = int(round(self.hparams.val_fraction * n)) if n > 1 else 0
-        return np.sort(order[n_val:]), np.sort(order[:n_val])
+        """Positions in the proxy of the training and validation images (a seeded split), without the
+        unlabelled ones unless :meth:`keeps_unlabelled`."""
+        proxy = self._proxy()
+        order = np.random.default_rng(self.hparams.seed).permutation(len(proxy))
+        n_val = int(round(self.hparams.val_fraction * len(proxy))) if len(proxy) > 1 else 0
+        train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
+        labelled = np.asarray(proxy.label_list()) >= 0
+        if self.keeps_unlabelled() or labelled.all():
+            return train, val
+        if not labelled[train].any():
+            raise ValueError(f"none of the proxy's {len(train)} training images has a label: use a label source that "
+                             "labels them, or keep_unlabelled=True for a module that handles label -1")
+        if not self._told_unlabelled:
+            log.info("%d of %d proxy images carry no label (-1): left out of the train and val batches, as the module "
+                     "does not declare accepts_unlabelled (keep_unlabelled=True keeps them)", int((~labelled).sum()),
+                     len(proxy))
+            self._told_unlabelled = True
+        return train[labelled[train]], val[labelled[val]]
+
+    def keeps_unlabelled(self) -> bool:
+        """Whether the train and val batches carry the proxy's unlabelled images (label -1): ``keep_unlabelled``,
+        else whether the trainer's module declares ``accepts_unlabelled`` (this project's modules do)."""
+        if self.hparams.keep_unlabelled is not None:
+            return bool(self.hparams.keep_unlabelled)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return bool(getattr(module, "accepts_unlabelled", False))
 
     def _subset(self, positions: np.ndarray, train: bool) -> ImageSubset:
         proxy = self._proxy()
@@ -540,16 +592,20 @@ class ProxyDataModule(*bases("LightningDataModule")):
 
     # ---------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        """The whole proxy as one JSON string (loads with ``weights_only=True``)."""
-        if self.proxy is None:
+        """The whole proxy as one JSON string (loads with ``weights_only=True``); {} before it is made."""
+        if self._proxy_record is None:
             return {}
-        return {"proxy_json": self.proxy.to_json()}
+        return {"proxy_json": self._proxy_record.to_json()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore the proxy from a checkpoint (the artifact and the protocol are not needed); a proxy
-        that is not the one these settings give is refused."""
+        """Restore the proxy from a checkpoint (the artifact, the features and the protocol are not
+        needed); a proxy that is not the one these settings give is refused."""
         if "proxy_json" in state_dict:
-            self.proxy = self._restored_proxy(state_dict, "the checkpoint")
+            where = f"checkpoint {self.trainer.ckpt_path}" if self.trainer is not None and self.trainer.ckpt_path \
+                else "the checkpoint"
+            self._proxy_record = self._restored_proxy(state_dict, where)
+            log.info("proxy %s (%d images) restored from %s: the protocol does not run", self._proxy_record.hash,
+                     len(self._proxy_record), where)
 
     def summary(self) -> dict:
         """Proxy size, class histogram, domain composition, epsilon (PLD, and RDP beside it), bytes, label accuracy
@@ -568,6 +624,21 @@ class ProxyDataModule(*bases("LightningDataModule")):
             counts = np.bincount(domains[proxy.indices], minlength=len(names))
             out["domains"] = dict(zip(names, counts.tolist()))
         return out
+
+
+def _named_options(name: str) -> set[str]:
+    """The fields a source name states itself: ``domain`` and ``seed`` of ``digits-lite:<domain>[:<seed>]``,
+    else the ``<key>=<value>:`` options before the folder (see ``ecos_lightning.data.sources``)."""
+    kind, _, rest = name.partition(":")
+    if kind == "digits-lite":
+        return {"domain", "seed"} if ":" in rest else {"domain"} if rest else set()
+    keys = set()
+    for head in rest.split(":")[:-1]:
+        match = re.fullmatch(r"([a-z_]+)=[^/\\]*", head)
+        if not match:
+            break
+        keys.add(match.group(1))
+    return keys
 
 
 def load_artifact(path: Path) -> Proxy:

@@ -241,6 +241,12 @@ class FeatureStore:
             self.path.unlink(missing_ok=True)
 
 
+def digest_of(matrix: np.memmap) -> str:
+    """The recorded digest of the complete store a memory-mapped matrix (from :meth:`FeatureStore.read`)
+    was read from."""
+    return FeatureStore(matrix.filename, *matrix.shape).digest
+
+
 def _digest_header(matrix: np.ndarray):
     return hashlib.sha256(f"{matrix.dtype.str}{matrix.shape}".encode())
 

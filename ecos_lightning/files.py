@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 import tempfile
 from pathlib import Path
 
@@ -18,9 +19,31 @@ def default_cache_dir() -> Path:
     return Path("~/.cache/ecos_lightning").expanduser()
 
 
+def file_stamp(path: str | os.PathLike) -> tuple[int, int, int, int]:
+    """What identifies one version of a file without reading it: (size, mtime_ns, ctime_ns, inode).
+
+    Any write or replacement of the file changes its change time or its inode, and neither can be set
+    back by a user (``touch``, ``cp -p`` and ``rsync -t`` restore only the modification time), so a cache
+    keyed on the stamp never serves another version of the file.
+    """
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
+
+
+def plain(value):
+    """``value`` with every mapping made a dict and every sequence but a string a list, recursively: one
+    form for equal configurations, whatever built them (an omegaconf ``ListConfig`` from Hydra, a tuple
+    default, a list from YAML), safe to save in a checkpoint that loads with ``weights_only=True``."""
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain(item) for item in value]
+    return value
+
+
 def stable_hash(obj) -> str:
-    """Short SHA-256 of a JSON-able object (sorted keys): the cache key of an artifact."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Short SHA-256 of a JSON-able object (sorted keys; :func:`plain` first): the cache key of an artifact."""
+    return hashlib.sha256(json.dumps(plain(obj), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = False) -> None:

@@ -114,7 +114,8 @@ class Ecos(Sampler):
         rules = {key: settings.get(key, value) for key, value in self.rules.items()}
         cloud = CloudSampler(num_clusters=k, seed=settings["seed"], fp16=settings.get("fp16", False),
                              pca_dim=settings.get("pca_dim"), encoder=inputs.encoder,
-                             use_gpu=settings.get("faiss_gpu"), progress=settings.get("progress", False), **rules)
+                             use_gpu=settings.get("faiss_gpu"), progress=settings.get("progress", False),
+                             auto_k=settings["num_clusters"] == "auto", **rules)
         down = cloud.fit(inputs.open_features).to_bytes()
         responder = ClientResponder(noise_multiplier=settings["noise_multiplier"], q=settings["q"],
                                     delta=settings["delta"], seed=settings["seed"])

@@ -135,7 +135,8 @@ def test_ddp_two_cpu_processes_extract_share_the_proxy_shard_batches_and_test_on
     total = int(next(iter(chunks))[1])
     assert {(int(c) - 1) % 2 for c, _, _ in chunks} == {0, 1} and all((int(c) - 1) % 2 == int(r) for c, _, r in chunks)
     assert {int(c) for c, _, _ in chunks} == set(range(1, total + 1))
-    assert [p.suffix for p in Path(cache).glob("features-*")] == [".npy", ".npy"]  # pool and client, complete
+    # pool and client, complete: each matrix beside its record, nothing unfinished left over
+    assert sorted(p.suffix for p in Path(cache).glob("features-*")) == [".json", ".json", ".npy", ".npy"]
     r0, r1 = (json.loads((tmp_path / f"rec/rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["proxy_indices"] == r1["proxy_indices"]

@@ -34,11 +34,14 @@ name                                                data
                                                     index without unpacking; labels from each sample's
                                                     ``cls`` (else unlabelled); keys ``image`` (the image's
                                                     extension, default the first image one), ``label``
-                                                    (the class's extension, default ``cls``)
+                                                    (the class's extension, default ``cls``); a rewritten
+                                                    shard is indexed again
 ``litdata:[<key>=<value>:]...<root>``               a litdata optimized dataset (:mod:`.litdata_pool`): an
                                                     open pool only, read by index through
-                                                    ``litdata.StreamingDataset``; keys ``image``, ``label``
-                                                    (the item's fields; default found by name)
+                                                    ``litdata.StreamingDataset`` once its ``index.json`` is
+                                                    checked; keys ``image``, ``label`` (the item's fields;
+                                                    default found by name), ``allow_pickle`` (``true``
+                                                    reads fields litdata unpickles; default refused)
 ==================================================  ==========================================================
 
 Values: ``seed`` a non-negative integer (default 0; the paper's runs use 1, 2, 3), ``rule`` one of
@@ -68,7 +71,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from ..files import stable_hash
+from ..files import file_stamp, stable_hash
 from .digits5 import DIGITS5_DOMAINS, load_digits5
 from .digits_lite import DOMAINS, load_digits_lite
 from .domainnet import DOMAINNET_DOMAINS, PAPER_CLASSES, load_domainnet
@@ -189,7 +192,7 @@ _KEYS = {"domainnet": ("client", "seed", "rule", "domains", "classes"),
          "folders": ("client", "seed", "rule", "domains"),
          "imagefolder": ("seed",),
          "wds": ("image", "label"),
-         "litdata": ("image", "label")}
+         "litdata": ("image", "label", "allow_pickle")}
 _OPTION = re.compile(r"([a-z_]+)=([^:/\\]*)")
 
 
@@ -308,7 +311,8 @@ def open_source(source, cache_dir: str | os.PathLike | None = None, progress: bo
 
     A folder is scanned (every candidate image decoded once, with a progress bar when ``progress``); a
     folder's or a published dataset's ``data_id`` hashes its absolute root, the settings, and each
-    defining file's relative path, size and modification time (no image is decoded for it).
+    defining file's relative path and :func:`~ecos_lightning.files.file_stamp` (size, modification and
+    change time, inode: any rewrite of a file changes it; no image is decoded for it).
     """
     if isinstance(source, str):
         source = parse_source(source)
@@ -318,7 +322,7 @@ def open_source(source, cache_dir: str | os.PathLike | None = None, progress: bo
         scan = scan_images(source.root, progress)
         root = str(scan.root.resolve())
         paths = [p.relative_to(scan.root).as_posix() for p in scan.paths]
-        files = [(p, f.stat().st_size, f.stat().st_mtime_ns) for p, f in zip(paths, scan.paths)]
+        files = [(p, *file_stamp(f)) for p, f in zip(paths, scan.paths)]
         return SourceData(PathImageDataset(scan.paths), None, None, stable_hash([root, files]), root, paths,
                           scan.skipped)
     if isinstance(source, WebDatasetSource):
@@ -358,7 +362,7 @@ def _split(source, kind: str, data: ReadData, skipped: list[Path]) -> SourceData
                         rule=source.rule, test_mask=data.test_mask)
     given = Path(source.root)
     root = given.resolve()
-    stamps = [(Path(os.path.relpath(f, given)).as_posix(), *_size_mtime(f)) for f in data.files]
+    stamps = [(Path(os.path.relpath(f, given)).as_posix(), *file_stamp(f)) for f in data.files]
     settings = {k: v for k, v in asdict(source).items() if k != "root"}
     data_id = (f"{kind}/{split.client_domain}/{source.rule}/seed{source.seed}/"
                f"{stable_hash([kind, str(root), settings, stamps])}")
@@ -369,7 +373,3 @@ def _split(source, kind: str, data: ReadData, skipped: list[Path]) -> SourceData
                       data_id, str(root) if on_disk else None, paths, skipped, items.domain_names,
                       split.client_domain)
 
-
-def _size_mtime(path: Path) -> tuple[int, int]:
-    stat = os.stat(path)
-    return stat.st_size, stat.st_mtime_ns

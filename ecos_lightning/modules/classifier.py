@@ -107,6 +107,10 @@ class ClassifierModule(pl.LightningModule):
     ``test_loss``, ``test_acc`` (epoch means, synced across processes).
     """
 
+    #: Batches may hold unlabelled images (label -1): the losses and metrics leave them out, so
+    #: ``ProxyDataModule`` keeps them in this module's batches (see its ``keep_unlabelled``).
+    accepts_unlabelled = True
+
     def __init__(
         self,
         model_name: str = "efficientnet_lite0",

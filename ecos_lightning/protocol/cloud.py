@@ -60,14 +60,17 @@ class CloudSampler:
             the switch for bit-reproducible runs: faiss on the CPU gives the same result for the same seed
             at any thread count.
         num_threads: faiss OpenMP threads (default: all cores).
-        progress: show k-means iterations and a progress bar over the assignment of the pool.
+        progress: show a progress bar over the assignment of the pool.
+        verbose: print faiss's k-means iteration lines (stdout; off unless asked).
+        auto_k: ``num_clusters`` was chosen by ``num_clusters='auto'`` (the warnings then do not suggest it).
     """
 
     def __init__(self, num_clusters: int = 100, *, seed: int = 0, niter: int = 20, nredo: int = 1,
                  max_points_per_centroid: int = 64, spherical: bool = False, fp16: bool = False,
                  pca_dim: int | None = None, encoder: dict | None = None, noise_z: float = 3.0,
                  min_score: float = 0.0, candidate_factor: float = 3.0, within_cluster: str = "kcenter",
-                 use_gpu: bool | None = None, num_threads: int | None = None, progress: bool = False):
+                 use_gpu: bool | None = None, num_threads: int | None = None, progress: bool = False,
+                 verbose: bool = False, auto_k: bool = False):
         self.num_clusters = positive_int(num_clusters, "num_clusters")
         self.seed = int(seed)
         self.niter = positive_int(niter, "niter")
@@ -88,7 +91,7 @@ class CloudSampler:
         self.within_cluster = within_cluster
         self.use_gpu = faiss_ops.gpu_available() if use_gpu is None else bool(use_gpu)
         self.num_threads = num_threads
-        self.progress = bool(progress)
+        self.progress, self.verbose, self.auto_k = bool(progress), bool(verbose), bool(auto_k)
         self.features_: np.ndarray | None = None
 
     # ------------------------------------------------------------------ probe
@@ -121,7 +124,7 @@ class CloudSampler:
             centroids = faiss_ops.kmeans(
                 features, k, niter=self.niter, nredo=self.nredo, seed=self.seed,
                 max_points_per_centroid=self.max_points_per_centroid, spherical=self.spherical,
-                use_gpu=self.use_gpu, verbose=self.progress)
+                use_gpu=self.use_gpu, verbose=self.verbose)
         sq_dist, labels = faiss_ops.nearest(features, centroids, k=1, use_gpu=self.use_gpu,
                                             desc="assigning to centroids" if self.progress else None)
         if k == n:  # duplicate points may tie: pin each point to its own cluster
@@ -208,21 +211,20 @@ class CloudSampler:
         if not kept.any() and (clipped > 0).any():
             warnings.warn(f"no cluster scores above the noise threshold {threshold:.2f} ({self.noise_z:g} x noise "
                           f"std {scores.noise_std:.2f}): keeping every cluster with a positive score, so the proxy "
-                          "is close to random; use num_clusters='auto' or fewer clusters (each then collects more "
-                          "of the client's counts), or a lower noise_multiplier", stacklevel=2)
+                          f"is close to random; use {self._fewer_clusters()} (each then collects more of the client's "
+                          "counts), or a lower noise_multiplier", stacklevel=2)
             kept, weights = clipped > 0, clipped
         elif not kept.any():
             warnings.warn("every score is zero or negative: the client covers no centroid; falling back to "
-                          "uniform allocation over clusters (a random proxy); use num_clusters='auto' or fewer "
-                          "clusters, or a lower noise_multiplier", stacklevel=2)
+                          f"uniform allocation over clusters (a random proxy); use {self._fewer_clusters()}, or a "
+                          "lower noise_multiplier", stacklevel=2)
             kept, weights = np.ones_like(kept), np.ones_like(clipped)
         allocation = allocate_budget(weights, self.cluster_sizes_, budget)
         short = budget - int(allocation.sum())
         if short > 0:
             warnings.warn(f"kept clusters hold only {int(allocation.sum())} samples: taking {short} more "
                           f"from the other clusters, highest score first; use a budget <= {int(allocation.sum())}, "
-                          "or num_clusters='auto' or fewer clusters so more of them clear the noise threshold",
-                          stacklevel=2)
+                          f"or {self._fewer_clusters()} so more of them clear the noise threshold", stacklevel=2)
             allocation += self._fill_from_dropped(kept, clipped, short)
 
         rng = np.random.default_rng(self.seed)  # used by within_cluster="random" only
@@ -234,6 +236,12 @@ class CloudSampler:
                  "%d bytes up", int(kept.sum()), len(kept), threshold, budget,
                  int((allocation > 0).sum()), len(scores.to_bytes()))
         return self._selection(indices, clipped, allocation, kept)
+
+    def _fewer_clusters(self) -> str:
+        """The remedy for too few clusters clearing the noise, worded for how K was chosen."""
+        if self.auto_k:
+            return f"fewer clusters (a num_clusters below the automatic K={self.num_clusters})"
+        return "num_clusters='auto' or fewer clusters"
 
     def _fill_from_dropped(self, kept: np.ndarray, clipped: np.ndarray, short: int) -> np.ndarray:
         extra = np.zeros(len(kept), dtype=np.int64)

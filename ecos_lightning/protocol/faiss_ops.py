@@ -5,10 +5,15 @@ faiss indexes are never pickled or sent; only numpy arrays leave this module.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 from tqdm.auto import tqdm
+
+# faiss's loader reports at INFO which CPU build it tries and why one failed: noise in an application's
+# INFO log; its warnings and errors still show
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 try:
     import faiss

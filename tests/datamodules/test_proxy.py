@@ -56,13 +56,15 @@ def test_plugs_into_a_foreign_lightning_module(tmp_path, datasets):
 
 def test_artifact_is_reused_and_state_restores_the_proxy(tmp_path, datasets):
     dm = _module(tmp_path, datasets)
+    assert dm.state_dict() == {}  # nothing is made before the proxy is needed
     dm.prepare_data()
+    assert not list(tmp_path.glob("proxy-*"))
+    indices = dm.proxy_indices()
     path = dm.artifact_path()
     stamp = path.stat().st_mtime_ns
-    dm.setup("fit")
     state = dm.state_dict()
     again = _module(tmp_path, datasets)
-    again.prepare_data()
+    np.testing.assert_array_equal(again.proxy_indices(), indices)
     assert path.stat().st_mtime_ns == stamp
     restored = _module(tmp_path / "elsewhere", datasets)
     restored.load_state_dict(json.loads(json.dumps(state)))
@@ -275,26 +277,30 @@ def test_training_is_the_same_whatever_the_cache_holds(tmp_path, datasets):
     assert all(torch.equal(cold[name], warm[name]) for name in cold)
 
 
-@pytest.mark.parametrize("content", ["list", "tensor", "no proxy", "proxy is a list", "proxy is a number",
-                                     "labels do not match"])
+@pytest.mark.parametrize("content", ["no proxy", "proxy is a list", "proxy is a number", "labels do not match",
+                                     "another proxy"])
 def test_a_checkpoint_without_a_sound_proxy_is_refused_never_rebuilt(tmp_path, datasets, monkeypatch, content):
     import ecos_lightning.datamodules.proxy as proxy_module
 
-    saved = {"hash": "a" * 16, "indices": [1, 2], "labels": [0]}
-    checkpoint = {"list": [1, 2], "tensor": torch.zeros(3), "no proxy": {"state_dict": {}},
-                  "proxy is a list": {"ProxyDataModule": {"proxy_json": "[]"}},
-                  "proxy is a number": {"ProxyDataModule": {"proxy_json": 5}},
-                  "labels do not match": {"ProxyDataModule": {"proxy_json": json.dumps(saved)}}}[content]
+    _trainer(tmp_path / "run", 1).fit(CountingModel(), datamodule=_module(tmp_path, datasets))
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    saved = json.loads(checkpoint["ProxyDataModule"]["proxy_json"])
+    state = {"no proxy": None, "proxy is a list": "[]", "proxy is a number": 5,
+             "labels do not match": json.dumps({**saved, "labels": [0]}),
+             "another proxy": json.dumps({**saved, "hash": "a" * 16})}[content]
+    if state is None:
+        del checkpoint["ProxyDataModule"]
+    else:
+        checkpoint["ProxyDataModule"]["proxy_json"] = state
     torch.save(checkpoint, tmp_path / "bad.ckpt")
 
     def no_protocol(*args, **kwargs):
         raise AssertionError("a resumed run ran the protocol")
 
     monkeypatch.setattr(proxy_module, "simulated_inputs", no_protocol)
-    trainer = _trainer(tmp_path, 1)
-    trainer.ckpt_path = str(tmp_path / "bad.ckpt")
     with pytest.raises(ValueError, match="bad.ckpt") as error:
-        trainer.fit(CountingModel(), datamodule=_module(tmp_path, datasets))
+        _trainer(tmp_path, 2).fit(CountingModel(), datamodule=_module(tmp_path / "cold", datasets),
+                                  ckpt_path=tmp_path / "bad.ckpt")
     assert len(str(error.value).splitlines()) == 1
 
 
@@ -315,11 +321,11 @@ def test_the_ledger_entry_is_keyed_on_what_the_client_released(tmp_path, dataset
 
 def test_changing_only_the_client_reextracts_nothing_of_the_pool(tmp_path, datasets):
     open_ds, client_ds, test_ds = datasets
-    _module(tmp_path, datasets, dataset_id=None).prepare_data()
+    _module(tmp_path, datasets, dataset_id=None).proxy_indices()
     first = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("features-*.npy")}
     assert len(first) == 2  # the pool's and the client's
     other_client = TensorDataset(client_ds.tensors[0][:30], client_ds.tensors[1][:30])
-    _module(tmp_path, (open_ds, other_client, test_ds), dataset_id=None).prepare_data()
+    _module(tmp_path, (open_ds, other_client, test_ds), dataset_id=None).proxy_indices()
     second = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("features-*.npy")}
     assert len(second) == 3 and all(second[name] == stamp for name, stamp in first.items())
 
@@ -332,7 +338,7 @@ def test_each_dataset_is_fingerprinted_once(tmp_path, datasets, monkeypatch):
     monkeypatch.setattr(proxy_module, "fingerprint", lambda ds: seen.append(id(ds)) or real(ds))
     dm = _module(tmp_path, datasets, dataset_id=None)
     dm.prepare_data()
-    dm.setup("fit")
+    dm.proxy_indices()
     assert sorted(seen) == sorted(id(ds) for ds in datasets)
 
 

@@ -71,7 +71,6 @@ def test_labels_are_renumbered_by_class_name_to_the_client_test_set(tmp_path, po
     Proxy.from_dict(proxy(pool, class_names=["b", "c"])).write(tmp_path / "proxy.json")
     dm = ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), client_test_dataset=test_set, image_size=16,
                          batch_size=4, cache_dir=str(tmp_path / "cache"))
-    dm.setup("fit")
     assert dm.proxy.label_list() == [1 + i % 2 for i in range(10)] and dm.proxy.class_names == ["a", "b", "c"]
     assert [dm.sources()[0][i][1] for i in range(3)] == [1, 2, 1]  # the images' labels, too
 
@@ -79,18 +78,18 @@ def test_labels_are_renumbered_by_class_name_to_the_client_test_set(tmp_path, po
     dm = ProxyDataModule(proxy_file=str(tmp_path / "other.json"), client_test_dataset=test_set, image_size=16,
                          batch_size=4, cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="class 'z' is not a class of the client test set"):
-        dm.setup("fit")
+        dm.proxy
 
 
-def test_a_checkpoints_proxy_replaces_the_one_prepared_before_the_restore(tmp_path, pool):
-    """``trainer.fit(ckpt_path=...)`` prepares the data before it restores: the checkpoint's images and labels
-    win over whatever was prepared, even under the same settings."""
+def test_a_checkpoints_proxy_replaces_the_one_the_module_holds(tmp_path, pool):
+    """The checkpoint's images and labels win over whatever the module already holds, even under the same
+    settings."""
     Proxy.from_dict(proxy(pool)).write(tmp_path / "proxy.json")
     dm = ProxyDataModule(proxy_file=str(tmp_path / "proxy.json"), client_test_dataset=client_test_set(),
                          image_size=16, batch_size=4, cache_dir=str(tmp_path / "cache"))
-    dm.setup("fit")
-    state = dm.state_dict()
-    dm.proxy = dm.proxy.replace(labels=[0] * 10)  # same settings and hash, other labels
+    state = dm.state_dict() or {"proxy_json": dm.proxy.to_json()}
+    dm.load_state_dict({"proxy_json": dm.proxy.replace(labels=[0] * 10).to_json()})  # same hash, other labels
+    assert dm.proxy.label_list() == [0] * 10
     dm.load_state_dict(state)
     assert dm.proxy.label_list() == [i % 2 for i in range(10)]
 
