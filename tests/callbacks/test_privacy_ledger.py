@@ -117,3 +117,25 @@ def test_delta_and_budget_are_set_once_in_the_data_module(tmp_path, fit_tiny):
     fit_tiny(FakeProxyData("a" * 16, ECOS, delta=1e-6, max_epsilon=5.0), PrivacyLedger(str(path)))
     ledger = read_ledger(path)
     assert ledger["delta"] == 1e-6 and ledger["max_epsilon"] == 5.0
+
+
+def test_a_run_without_releases_is_worded_for_what_it_is(tmp_path, caplog):
+    """A sampler that queries no client (random) is not told about proxy files."""
+    import torch
+    import pytorch_lightning as pl
+    from torch.utils.data import TensorDataset
+
+    from ecos_lightning.callbacks import PrivacyLedger
+    from ecos_lightning.datamodules import ProxyDataModule
+    from train_helpers import CountingModel
+
+    images = torch.rand(30, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    dm = ProxyDataModule(open_dataset=TensorDataset(images, torch.arange(30) % 4),
+                         client_dataset=TensorDataset(images[:10], torch.arange(10) % 4), sampler="random",
+                         budget=8, image_size=16, batch_size=4, num_workers=0, cache_dir=str(tmp_path))
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         default_root_dir=tmp_path, callbacks=[PrivacyLedger(str(tmp_path / "ledger.json"))])
+    with caplog.at_level("INFO"):
+        trainer.fit(CountingModel(), datamodule=dm)
+    assert "release nothing of the client's data" in caplog.text and "proxy file" not in caplog.text
+    assert not (tmp_path / "ledger.json").exists()

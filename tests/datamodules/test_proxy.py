@@ -360,3 +360,14 @@ def test_a_proxy_chosen_on_a_gpu_is_keyed_apart_from_the_cpus(tmp_path, datasets
     cpu = _module(tmp_path, datasets, faiss_gpu=False).artifact_path()
     assert _module(tmp_path, datasets).artifact_path() == cpu  # no GPU here: None means the CPU
     assert _module(tmp_path, datasets, faiss_gpu=True).artifact_path() != cpu
+
+
+def test_a_client_named_twice_differently_is_one_error(tmp_path):
+    with pytest.raises(ValueError, match="client_domain='handwritten' contradicts dataset 'digits-lite:printed'"):
+        ProxyDataModule(dataset="digits-lite:printed", client_domain="handwritten", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="data_seed=2 contradicts dataset 'digits-lite:printed:1'"):
+        ProxyDataModule(dataset="digits-lite:printed:1", data_seed=2, cache_dir=str(tmp_path))
+    agreed = ProxyDataModule(dataset="digits-lite:printed", client_domain="printed", cache_dir=str(tmp_path))
+    assert agreed.source.domain == "printed"
+    assert ProxyDataModule(dataset="digits-lite", client_domain="street", cache_dir=str(tmp_path)).source.domain == \
+        "street"

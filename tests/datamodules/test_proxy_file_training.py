@@ -48,7 +48,7 @@ def client_test_set(size=4):
 
 def fit(tmp_path, proxy_file, model=None, **kwargs) -> ProxyDataModule:
     dm = ProxyDataModule(proxy_file=str(proxy_file), client_test_dataset=client_test_set(), image_size=16,
-                         batch_size=4, val_fraction=0.2, cache_dir=str(tmp_path / "cache"), **kwargs)
+                         batch_size=4, cache_dir=str(tmp_path / "cache"), **{"val_fraction": 0.2, **kwargs})
     pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                default_root_dir=tmp_path).fit(model or CountingModel(), datamodule=dm)
     return dm
@@ -199,3 +199,54 @@ def test_a_resume_that_finds_the_images_another_way_is_refused(tmp_path, pool):
     with pytest.raises(ValueError, match="was trained on proxy .*, but these settings give proxy"):
         resumed.fit(model, datamodule=by_index)
     assert model.seen == 0
+
+
+class NoMinusOne(CountingModel):
+    """A foreign module with a plain cross-entropy: a -1 label would crash it."""
+
+    def training_step(self, batch, batch_idx):
+        assert (batch[1] >= 0).all(), "a -1 label reached a module that does not accept it"
+        return super().training_step(batch, batch_idx)
+
+
+class MaskedCounting(CountingModel):
+    """A module whose loss leaves label -1 out."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.seen += len(x)
+        return torch.nn.functional.cross_entropy(self.net(x), y, ignore_index=-1)
+
+
+def test_unlabelled_images_never_reach_a_foreign_module_unless_asked(tmp_path, pool, caplog):
+    """Labels -1 (no label) are left out of a foreign module's batches, kept for a module that declares
+    ``accepts_unlabelled`` or when ``keep_unlabelled=True``."""
+    labels = [-1 if i % 5 == 0 else i % 2 for i in range(10)]  # 2 of 10 unlabelled
+    Proxy.from_dict(proxy(pool, labels=labels)).write(tmp_path / "proxy.json")
+    plain = NoMinusOne()
+    with caplog.at_level("INFO", logger="ecos_lightning"):
+        fit(tmp_path, tmp_path / "proxy.json", plain, val_fraction=0.0)
+    assert plain.seen == 8 and "2 of 10 proxy images carry no label" in caplog.text
+    kept = MaskedCounting()
+    fit(tmp_path, tmp_path / "proxy.json", kept, val_fraction=0.0, keep_unlabelled=True)
+    assert kept.seen == 10
+    declared = MaskedCounting()
+    declared.accepts_unlabelled = True
+    fit(tmp_path, tmp_path / "proxy.json", declared, val_fraction=0.0)
+    assert declared.seen == 10
+    Proxy.from_dict(proxy(pool, labels=[-1] * 10)).write(tmp_path / "none.json")
+    with pytest.raises(ValueError, match="none of the proxy's 10 training images has a label"):
+        fit(tmp_path, tmp_path / "none.json", NoMinusOne(), val_fraction=0.0)
+
+
+def test_the_class_count_comes_from_the_proxy_files_class_names(tmp_path, pool):
+    """A proxy of three classes over a pool whose folders name two: three classes, and a label beyond a
+    file's classes is one error line before training."""
+    Proxy.from_dict(proxy(pool, labels=[i % 3 for i in range(10)], class_names=["x", "y", "z"])).write(
+        tmp_path / "three.json")
+    dm = fit(tmp_path, tmp_path / "three.json", CountingModel(classes=3))
+    assert dm.num_classes == 3
+    (tmp_path / "beyond.json").write_text(json.dumps(proxy(pool, labels=[i % 3 for i in range(10)])))  # by hand
+    with pytest.raises(ValueError, match=r"'labels' must be a list of 10 integers in \[-1, 1\]") as error:
+        fit(tmp_path, tmp_path / "beyond.json", CountingModel(classes=3))
+    assert len(str(error.value).splitlines()) == 1

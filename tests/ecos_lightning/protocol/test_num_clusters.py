@@ -83,3 +83,16 @@ def test_auto_keeps_the_client_clusters_where_k100_keeps_none(mixture):
     (low, low_warnings), (high, high_warnings) = shares[100], list(shares.values())[1]
     assert any("noise threshold" in m and "num_clusters='auto'" in m for m in low_warnings)
     assert high >= 0.9 > low and not high_warnings
+
+
+def test_a_warning_for_an_automatic_k_does_not_suggest_auto(mixture):
+    """With K from num_clusters='auto', the remedy named is fewer clusters than that K, not 'auto' again."""
+    open_features, _, client = mixture
+    cloud = CloudSampler(num_clusters=100, seed=0, auto_k=True)
+    up = ClientResponder(noise_multiplier=8.0, seed=1).respond(cloud.fit(open_features), client[:100])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cloud.select(up, budget=500)
+    messages = [str(w.message) for w in caught]
+    assert messages and all("num_clusters='auto'" not in m for m in messages)
+    assert any("a num_clusters below the automatic K=100" in m for m in messages)
