@@ -32,3 +32,31 @@ def test_info_records_show_on_rank_zero_only():
 def test_an_application_that_configures_logging_gets_the_records_through_its_handlers():
     text = run(0, "import logging; logging.basicConfig(format='APP %(name)s %(message)s', level=logging.INFO)\n")
     assert text.strip().splitlines() == ["APP ecos_lightning.protocol.cloud selection: kept 3/10 clusters"]
+
+
+SPAWN = """
+import torch
+import pytorch_lightning as pl
+from torch.utils.data import TensorDataset
+from ecos_lightning.datamodules import ProxyDataModule
+from train_helpers import CountingModel
+
+if __name__ == "__main__":
+    images = torch.rand(90, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    dm = ProxyDataModule(open_dataset=TensorDataset(images, torch.arange(90) % 4),
+                         client_dataset=TensorDataset(images[:30], torch.arange(30) % 4), encoder_input_size=32,
+                         num_clusters=2, budget=20, image_size=16, batch_size=4, num_workers=0, cache_dir=CACHE)
+    pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
+               enable_checkpointing=False, enable_progress_bar=False).fit(CountingModel(), datamodule=dm)
+"""
+
+
+def test_the_protocol_lines_of_processes_ddp_spawn_starts_are_shown_once(tmp_path):
+    script = tmp_path / "spawn.py"
+    script.write_text(SPAWN.replace("CACHE", repr(str(tmp_path / "cache"))))
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    assert len([line for line in lines if line.startswith("selection: kept")]) == 1
+    assert len([line for line in lines if line.startswith("proxy artifact written")]) == 1
