@@ -211,7 +211,12 @@ class FeatureStore:
                 features = compute(self.rows(chunk))
                 if self.complete():  # another process (e.g. a probe) finished the store meanwhile
                     break
-                self.write_chunk(chunk, features)
+                try:
+                    self.write_chunk(chunk, features)
+                except FileNotFoundError:
+                    if self.complete():  # finished by another process between the check and the write
+                        break
+                    raise
                 if on_chunk is not None:
                     on_chunk(chunk)
             if self.finish() or world_size > 1 or not self.missing_chunks():
