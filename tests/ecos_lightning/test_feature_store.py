@@ -181,11 +181,12 @@ def test_a_finished_matrix_without_its_record_is_extracted_again(tmp_path):
 
 def test_two_whole_extractions_of_one_store_at_once_both_end_complete(tmp_path):
     """Two runs sharing a cache extract the same store at the same time (each as a single process): both
-    finish, and the store holds the single-process features."""
+    finish, and the store holds the features of one such process (one thread each: float sums depend on
+    the thread count)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     runs = [subprocess.Popen([sys.executable, "-c", RANK, "0", "1", str(tmp_path / "shared")], env=env,
                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
     assert [p.wait(timeout=300) for p in runs] == [0, 0], [p.stderr.read()[-1000:] for p in runs]
     shared = features.cached_features(SPEC, IMAGES, "toy", tmp_path / "shared", progress=False, batch_size=4,
                                       chunk_rows=8)
-    np.testing.assert_array_equal(shared, single_process(tmp_path))
+    np.testing.assert_array_equal(shared, extract_in_processes(tmp_path / "one", world_size=1))
