@@ -2,7 +2,9 @@
 
 Preprocessing resizes every image to ``input_size x input_size`` (no crop, so images of any size
 and aspect ratio give comparable features) with ``torch.nn.functional.interpolate`` (antialiased
-when downsizing), then normalises with the spec's mean / std.  The tensor path
+when downsizing), then normalises with the spec's mean / std.  A uint8 image of more than
+:data:`FLOAT_PIXELS` pixels is first shrunk by an integer factor (the mean of each block, a band of
+rows at a time), so no float copy of a large image is ever made.  The tensor path
 (:func:`preprocess`), the PIL path (:func:`pil_transform`) and the dataset path of
 ``extract_features`` all go through the functions below, so the same picture gives the same
 features whichever way it is supplied.
@@ -30,12 +32,15 @@ __all__ = [
     "preprocess",
     "resize_normalise",
     "resize_square",
+    "shrink_to_float",
     "to_nchw",
     "to_unit_float",
 ]
 
 # Float images must lie in [0, 1]; allow a little slack for resampling overshoot.
 FLOAT_RANGE_TOL = 1e-2
+#: A uint8 image of more pixels than this is shrunk before it is converted to float (48 MB of float RGB).
+FLOAT_PIXELS = 1 << 22
 
 
 def item_image(item: Any) -> Any:
@@ -107,6 +112,19 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def shrink_to_float(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> float [B,3,h,w] in [0, 1]; above :data:`FLOAT_PIXELS` pixels, the mean of each
+    k x k block (k the smallest integer factor that brings it within, but no side below ``size``),
+    converted a band of rows at a time, so the whole image never exists as float."""
+    h, w = x.shape[-2:]
+    k = min(math.ceil(math.sqrt(h * w / FLOAT_PIXELS)), min(h, w) // size)
+    if k < 2:
+        return to_unit_float(x)
+    rows = k * max(1, FLOAT_PIXELS // (k * w * x.shape[0]))
+    bands = [F.avg_pool2d(x[..., top:top + rows, :].float(), k, ceil_mode=True) for top in range(0, h, rows)]
+    return torch.cat(bands, dim=-2).div_(255.0)
+
+
 def resize_square(x: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
     """float [B,C,H,W] in [0,1] -> [B,C,size,size] (no crop; antialiased when shrinking; bicubic clamped)."""
     h, w = x.shape[-2:]
@@ -132,7 +150,8 @@ def preprocess(images: torch.Tensor | np.ndarray, spec: EncoderSpec) -> torch.Te
         images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"Expected a torch.Tensor or numpy array of images, got {type(images).__name__}")
-    x = to_unit_float(to_nchw(images))
+    x = to_nchw(images)
+    x = shrink_to_float(x, spec.input_size) if x.dtype == torch.uint8 else to_unit_float(x)
     mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return resize_normalise(x, spec.input_size, spec.interpolation, mean, std).contiguous()

@@ -2,10 +2,11 @@
 
 import gzip
 import io
-import multiprocessing
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ecos_lightning.data.litdata_pool import LitDataImageDataset, LitDataSource
 from ecos_lightning.data.shards import TarShardDataset, WebDatasetSource
 from ecos_lightning.datamodules import ProxyDataModule
 from ecos_lightning.proxy import Proxy
+from published_formats import write_litdata
 from train_helpers import CountingModel
 
 COLOURS = [(200, 40, 40), (40, 180, 60), (40, 60, 200)]
@@ -202,14 +204,18 @@ def corrupt(folder: Path, how: str) -> tuple[str, str]:
         with tarfile.open(shard) as tar:
             start = tar.getmembers()[2].offset
         shard.write_bytes(body[:start] + b"\x7f" * 512 + body[start + 512:])
-    if how == "bad class":
+    if how in ("bad class", "23-digit class"):
         with wds.TarWriter(str(shard)) as sink:
-            sink.write({"__key__": "bad", "png": encoded(1)[1], "cls": "cat"})
+            sink.write({"__key__": "bad", "png": encoded(1)[1], "cls": "cat" if how == "bad class" else "9" * 23})
+    if how == "cut at a member boundary":  # what an interrupted copy leaves: no end-of-archive blocks
+        with tarfile.open(shard) as tar:
+            last = tar.getmembers()[-1]
+        shard.write_bytes(body[:last.offset_data + -(-last.size // 512) * 512])
     return f"wds:{folder}", str(shard)
 
 
 @pytest.mark.parametrize("how", ["missing from the pattern", "no shards", "not a tar", "truncated", "gzip-compressed",
-                                 "bad header mid-shard", "bad class"])
+                                 "bad header mid-shard", "bad class", "23-digit class", "cut at a member boundary"])
 def test_a_broken_shard_is_one_error_line_naming_it(tmp_path, cache, how):
     write_shards(tmp_path / "shards", 10)
     name, where = corrupt(tmp_path / "shards", how)
@@ -217,6 +223,69 @@ def test_a_broken_shard_is_one_error_line_naming_it(tmp_path, cache, how):
         open_source(name, progress=False)
     message = str(failure.value)
     assert where in message and "\n" not in message, message
+    if how == "23-digit class":
+        assert "sample 'bad'" in message and "'cls'" in message and "2**31" in message, message
+
+
+def test_a_refused_shard_ends_the_progress_bar_before_the_error_line(tmp_path):
+    """``ecos-cloud probe`` on shards one of which is refused: the bar is closed, then one ``error:`` line."""
+    write_shards(tmp_path / "shards", 10)
+    corrupt(tmp_path / "shards", "bad class")
+    result = subprocess.run([sys.executable, "-m", "ecos_lightning.commands.cloud", "probe", "--open",
+                             f"wds:{tmp_path / 'shards'}", "--out", str(tmp_path / "c.ecos")], capture_output=True,
+                            text=True, env={**os.environ, "ECOS_CACHE_DIR": str(tmp_path / "cache")}, timeout=300)
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert result.returncode == 2 and lines[-1].startswith("error: shard "), result.stderr
+    assert [line for line in lines if "error:" in line] == lines[-1:], result.stderr
+    assert "indexing" in result.stderr and not (tmp_path / "c.ecos").exists()
+
+
+def test_a_shard_rewritten_with_its_mtime_restored_is_indexed_again(tmp_path, cache):
+    """The shard keeps its size, its members' sizes and (``os.utime``) its modification time, but its classes
+    change: the new classes are read, the data id changes, and the pool opened before refuses the shard."""
+    write_shards(tmp_path / "shards", 8)
+    first = open_source(f"wds:{tmp_path / 'shards'}", progress=False)
+    assert first.open.labels.tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
+    shard = tmp_path / "shards" / "pool-000001.tar"
+    stat, body = shard.stat(), bytearray(shard.read_bytes())
+    with tarfile.open(shard) as tar:
+        for info in tar:
+            if info.name.endswith(".cls"):
+                body[info.offset_data] = ord("0") + (int(chr(body[info.offset_data])) + 1) % 3
+    shard.write_bytes(bytes(body))
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (shard.stat().st_size, shard.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    again = open_source(f"wds:{tmp_path / 'shards'}", progress=False)
+    assert again.open.labels.tolist() == [0, 1, 2, 0, 2, 0, 1, 2] and again.data_id != first.data_id
+    with pytest.raises(ValueError, match=f"shard {shard} changed since the pool was opened"):
+        first.open[5]
+    assert first.open[1][1] == 1  # the shards that did not change still read
+
+
+def big_image(path: Path, size: tuple[int, int], fmt: str) -> bytes:
+    """A shard ``path`` whose one sample ``big`` is a blank ``fmt`` image of ``size``; its bytes."""
+    buffer = io.BytesIO()
+    Image.new("L", size).save(buffer, format=fmt)
+    with wds.TarWriter(str(path)) as sink:
+        sink.write({"__key__": "big", "png" if fmt == "PNG" else "jpg": buffer.getvalue(), "cls": 0})
+    return buffer.getvalue()
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_before_it_is_decoded(tmp_path, cache):
+    data = big_image(tmp_path / "bomb.tar", (8192, 8192), "PNG")
+    assert len(data) < 300_000  # a few hundred KB that would decode to 64 MB per channel
+    pool = open_source(f"wds:{tmp_path / 'bomb.tar'}", progress=False).open
+    with pytest.raises(ValueError) as failure:
+        pool[0]
+    message = str(failure.value)
+    assert f"shard {tmp_path / 'bomb.tar'}: sample 'big'" in message and "8192x8192" in message, message
+    assert "\n" not in message
+
+
+def test_a_large_jpeg_is_decoded_at_a_scale_within_the_pixel_limit(tmp_path, cache):
+    big_image(tmp_path / "photo.tar", (4200, 4100), "JPEG")
+    image, label = open_source(f"wds:{tmp_path / 'photo.tar'}", progress=False).open[0]
+    assert image.size == (2100, 2050) and image.mode == "RGB" and label == 0
 
 
 def test_a_shard_pool_pickles_and_reads_in_dataloader_workers(tmp_path, cache):
@@ -245,20 +314,8 @@ def tuple_item(i: int) -> tuple:
 def optimized(tmp_path_factory) -> dict[str, Path]:
     """Two litdata optimized datasets of 10 items in chunks of 4: dict items (PIL image, label) and
     tuple items (uint8 array, label), written by ``litdata.optimize``."""
-    from litdata import optimize
-
     root = tmp_path_factory.mktemp("litdata")
-    folders = {}
-    start_method = multiprocessing.get_start_method(allow_none=True)  # optimize sets it for the whole process
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DATA_OPTIMIZER_CACHE_FOLDER", str(root / "work"))
-        patch.setenv("DATA_OPTIMIZER_DATA_CACHE_FOLDER", str(root / "work-data"))
-        for name, fn in (("dicts", dict_item), ("tuples", tuple_item)):
-            folders[name] = root / name
-            optimize(fn=fn, inputs=list(range(10)), output_dir=str(folders[name]), chunk_size=4, num_workers=1,
-                     verbose=False, start_method="fork")
-    multiprocessing.set_start_method(start_method, force=True)
-    return folders
+    return {name: write_litdata(root / name, fn, 10) for name, fn in (("dicts", dict_item), ("tuples", tuple_item))}
 
 
 def test_a_litdata_pool_reads_items_by_index(optimized, cache, tmp_path):
