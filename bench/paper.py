@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ecos_lightning.data import DIGITS5_DOMAINS, DOMAINNET_DOMAINS
+
 ROOT = Path(__file__).resolve().parent.parent
-DOMAINS = {"domainnet": ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
-           "digits5": ("mnist", "svhn", "usps", "synth", "mnistm")}
+#: The client domains of each dataset: the readers' own names (what ``client=`` takes).
+DOMAINS = {"domainnet": DOMAINNET_DOMAINS, "digits5": DIGITS5_DOMAINS}
 SAMPLERS = {"finetune": ("ecos", "random", "kcenter", "local"), "distill": ("ecos", "random", "kcenter"),
             "autolabel": ("ecos", "random", "kcenter")}
 #: The paper's client accuracy (%), DomainNet-10, average of its 6 domains (Hong et al., NeurIPS 2022).
@@ -131,6 +133,9 @@ def main() -> None:
     extra = [a for a in extra if a != "--"]
     args.work = args.work.resolve()
     domains = args.domains or DOMAINS[args.dataset]
+    unknown = [d for d in domains if d not in DOMAINS[args.dataset]]
+    if unknown:
+        parser.error(f"unknown {args.dataset} domains {unknown}: choose among {' '.join(DOMAINS[args.dataset])}")
     cells = json.loads(args.results.read_text()) if args.results.exists() else []
     done = {(c["task"], c["sampler"], c["domain"], c["seed"], c["budget"]) for c in cells}
     grid = [dict(task=t, sampler=s, domain=d, seed=seed, budget=b) for seed in args.seeds for d in domains

@@ -185,3 +185,29 @@ def write_domain_folders(root: Path, counts: dict[str, dict[str, int]]) -> None:
         for cls, n in per_class.items():
             for i in range(n):
                 write_image(root / domain / cls / f"{i}.{'png' if i % 2 else 'jpg'}", 30 * i % 256)
+
+
+# ------------------------------------------------------------------------------- litdata
+def write_litdata(folder: Path, item, n: int, chunk_size: int = 4) -> Path:
+    """``folder``: what ``litdata.optimize`` writes for the items ``item(i)``, i < n, in chunks of
+    ``chunk_size`` (its work folders beside ``folder``; the process's multiprocessing start method kept)."""
+    import multiprocessing
+    import os
+
+    from litdata import optimize
+
+    env = {"DATA_OPTIMIZER_CACHE_FOLDER": f"{folder}-work", "DATA_OPTIMIZER_DATA_CACHE_FOLDER": f"{folder}-data"}
+    saved = {key: os.environ.get(key) for key in env}
+    start_method = multiprocessing.get_start_method(allow_none=True)  # optimize sets it for the whole process
+    os.environ.update(env)
+    try:
+        optimize(fn=item, inputs=list(range(n)), output_dir=str(folder), chunk_size=chunk_size, num_workers=1,
+                 verbose=False, start_method="fork")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        multiprocessing.set_start_method(start_method, force=True)
+    return folder

@@ -1,8 +1,17 @@
 """The paper's configs end to end through train.py, on tiny trees in the published formats."""
 
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import yaml
 
+from ecos_lightning.data import DIGITS5_DOMAINS
 from ecos_lightning.data.domainnet import DOMAINNET_DOMAINS, PAPER_CLASSES
 from published_formats import write_digits5, write_domainnet
 from test_train import ROOT, error_lines, run_train
@@ -64,11 +73,49 @@ def test_every_paper_config_uses_the_papers_privacy_and_classes():
             assert gaussian_epsilon(sigma, 1e-5, accountant="rdp") == pytest.approx(0.58, abs=0.002), path
 
 
-def test_the_paper_grid_runs_a_cell_resumes_and_reports(digits5, tmp_path):
-    import json
-    import subprocess
-    import sys
+def load_script(name):
+    """A script of the repository (``bench/paper.py``, ``train.py``) as a module."""
+    spec = importlib.util.spec_from_file_location(f"script_{Path(name).stem}", ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
+
+def test_the_digits5_configs_and_the_grid_name_the_readers_domains():
+    grid = load_script("bench/paper.py")
+    assert grid.DOMAINS["digits5"] == DIGITS5_DOMAINS and grid.DOMAINS["domainnet"] == DOMAINNET_DOMAINS
+    for path in sorted((ROOT / "configs" / "paper").glob("*_digits5.yaml")):
+        named = re.search(r"digits5:client=<([^>]*)>", path.read_text()).group(1).split("|")
+        assert tuple(named) == DIGITS5_DOMAINS, path
+
+
+def test_the_paper_grid_runs_a_cell_of_every_digits5_domain(digits5, tmp_path, monkeypatch, capsys):
+    """One finetune cell per client domain the grid names, train.py run in this process (no start-up per cell)."""
+    grid, train_py = load_script("bench/paper.py"), load_script("train.py")
+
+    def train_here(args, folder):
+        folder.mkdir(parents=True)
+        monkeypatch.chdir(folder)
+        capsys.readouterr()
+        train_py.main(["fit", *args])
+        return capsys.readouterr().out
+
+    monkeypatch.setattr(grid, "train", train_here)
+    args = SimpleNamespace(dataset="digits5", root=str(digits5), work=tmp_path, trainer=None)
+    for domain in grid.DOMAINS["digits5"]:
+        cell = grid.run_cell(dict(task="finetune", sampler="ecos", domain=domain, seed=1, budget=24), args,
+                             [*SMALL, "--data.unlabelled_batch_size", "8"])
+        assert 0.0 <= cell["acc"] <= 1.0 and cell["epsilon"] == pytest.approx(0.528, abs=1e-3), domain
+
+
+def test_the_paper_grid_refuses_a_domain_the_reader_does_not_know(digits5, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "paper.py"), "--dataset", "digits5", "--root",
+                           str(digits5), "--domains", "synth", "--work", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown digits5 domains ['synth']" in proc.stderr
+    assert "synthdigits" in proc.stderr and not list(tmp_path.iterdir())
+
+
+def test_the_paper_grid_runs_a_cell_resumes_and_reports(digits5, tmp_path):
     command = [sys.executable, str(ROOT / "bench" / "paper.py"), "--dataset", "digits5", "--root", str(digits5),
                "--tasks", "finetune", "--samplers", "ecos", "--domains", "usps", "--seeds", "1", "--budgets", "24",
                "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results.json"),

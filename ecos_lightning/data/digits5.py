@@ -1,6 +1,8 @@
 """Digits-5 read from the files each of its five datasets is published in (nothing is downloaded).
 
-``<root>`` holds one folder per domain (the first of the names in brackets that exists); each image comes out
+``<root>`` holds one folder per domain (the first of the names in brackets that holds any of the domain's
+files, so torchvision's ``<root>/MNIST/raw/`` is found below a ``MNIST`` folder of its own; a root with
+fewer domains is read with ``domains``, source-name key ``domains=mnist,svhn``); each image comes out
 ``uint8 [size, size, 3]`` (grayscale repeated to 3 channels, resized bilinearly when its side differs;
 ``size`` 32 by default, as in the Digits-5 of Peng et al. 2019), labels are the digits ``0..9``. The
 whole dataset is held in memory (3 KB per 32-pixel image: about 2.3 GB for all five domains in full,
@@ -59,6 +61,12 @@ _WHAT = {"mnist": "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t
          "usps": "usps.h5, or usps.bz2 and usps.t.bz2",
          "synthdigits": "synth_train_32x32.mat and synth_test_32x32.mat",
          "mnist_m": "mnist_m_train/, mnist_m_test/, mnist_m_train_labels.txt and mnist_m_test_labels.txt"}
+#: How the names of each domain's published files begin (one is enough for a folder to be the domain's).
+_PUBLISHED = {"mnist": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                        "t10k-labels-idx1-ubyte"),
+              "svhn": ("train_32x32.mat", "test_32x32.mat"), "usps": ("usps.h5", "usps.bz2", "usps.t.bz2"),
+              "synthdigits": ("synth_train_32x32.mat", "synth_test_32x32.mat"),
+              "mnist_m": ("mnist_m_train", "mnist_m_test")}
 _IDX_MAGIC = {"images": 2051, "labels": 2049}
 
 
@@ -77,7 +85,8 @@ def load_digits5(root, domains: tuple[str, ...] = DIGITS5_DOMAINS, size: int = 3
 
     Items are ordered by domain (in ``domains`` order), then train before test, then as stored; the
     dataset's domain ids index ``domains``. ``FileNotFoundError`` names a missing file and where it was
-    looked for; ``ValueError`` a file that is not in its published format.
+    looked for (a missing domain also the domains found, to read with ``domains``); ``ValueError`` a file
+    that is not in its published format.
     """
     root = Path(root)
     if not root.is_dir():
@@ -103,24 +112,33 @@ def load_digits5(root, domains: tuple[str, ...] = DIGITS5_DOMAINS, size: int = 3
 
 
 def _read_domain(root: Path, name: str, allow_pickle: bool) -> _Split:
-    folder = next((root / f for f in _FOLDERS[name] if (root / f).is_dir()), None)
+    folder = _domain_folder(root, name)
     if folder is None:
+        found = [d for d in DIGITS5_DOMAINS if _domain_folder(root, d) is not None]
+        hint = (f", or read only the domains found ({', '.join(found)}): digits5:domains={','.join(found)}:{root}"
+                if found else "")
         raise FileNotFoundError(f"Digits-5 domain {name!r} not found: no folder {' or '.join(_FOLDERS[name])} in "
-                                f"{root}: put its files ({_WHAT[name]}) in {root / _FOLDERS[name][0]}")
-    pickles = sorted(folder.glob("partitions/train_part*.pkl"))
-    if (folder / "test.pkl").is_file() and pickles and not _published_present(folder, name):
+                                f"{root} holds its files ({_WHAT[name]}): put them in {root / _FOLDERS[name][0]}"
+                                f"{hint}")
+    if not _published_present(folder, name):
         if not allow_pickle:
             raise ValueError(f"{folder} holds a pickled copy of {name} (test.pkl, partitions/train_part*.pkl) and "
                              f"not its published files ({_WHAT[name]}); reading a pickle can run code it carries: "
                              "add allow_pickle=true to the source name only if you trust where it came from")
-        return _read_fedbn_pickles(folder, pickles)
+        return _read_fedbn_pickles(folder, sorted(folder.glob("partitions/train_part*.pkl")))
     return _READERS[name](folder)
 
 
+def _domain_folder(root: Path, name: str) -> Path | None:
+    """The first candidate folder of ``name`` holding any of its published files, else the first holding
+    FedBN's pickled copy, else None."""
+    folders = [root / f for f in _FOLDERS[name] if (root / f).is_dir()]
+    return next((f for f in folders if _published_present(f, name)), None) or next(
+        (f for f in folders if (f / "test.pkl").is_file() and any(f.glob("partitions/train_part*.pkl"))), None)
+
+
 def _published_present(folder: Path, name: str) -> bool:
-    first = {"mnist": "train-labels-idx1-ubyte", "svhn": "train_32x32.mat", "usps": "usps",
-             "synthdigits": "synth_train_32x32.mat", "mnist_m": "mnist_m_train_labels.txt"}[name]
-    return any(p.name.startswith(first) for p in folder.iterdir())
+    return any(p.name.startswith(_PUBLISHED[name]) for p in folder.iterdir())
 
 
 def _need(folder: Path, *names: str) -> Path:

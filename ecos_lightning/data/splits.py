@@ -12,8 +12,8 @@ One domain plays the client. :data:`SPLIT_RULES`:
 The client is evaluated on its domain's official test split (``test_mask``); other domains' official
 test items belong to no set, so no test image of any domain enters a pool. A dataset without an
 official test split (``test_mask=None``: image folders, digits-lite) holds out, per class, a stratified
-``test_fraction`` of the client's share as its test data; every item of every other domain is then
-pool. Per class the client domain's items are shuffled by ``numpy.random.default_rng([seed, domain
+``test_fraction`` of the client's share as its test data (a share so small that no class holds out an item
+is refused); every item of every other domain is then pool. Per class the client domain's items are shuffled by ``numpy.random.default_rng([seed, domain
 id])``, so a seed gives the same split on every machine for the same data in the same order.
 """
 
@@ -83,6 +83,18 @@ def _take(n: int, fraction: float) -> int:
     return int(np.floor(n * fraction + 0.5))
 
 
+def _no_test_items(name: str, labels: np.ndarray, share: float, test_fraction: float, rule: str) -> str:
+    """The error for a client share too small to hold out one test item of any class (``labels``: the
+    client domain's items)."""
+    per_class = np.unique(labels, return_counts=True)[1]
+    client = [_take(int(n), share) for n in per_class]
+    need = next(n for n in range(1, 10**6) if _take(_take(n, share), test_fraction) >= 1)
+    other = " or use rule 'digits' (the whole domain to the client)" if rule == "domainnet" else ""
+    return (f"client_domain {name!r} leaves the client no test items: its {sum(client)} items ({max(client)} per "
+            f"class at most, of {labels.size} in the domain) hold out round({test_fraction:g} x count) = 0 per "
+            f"class; give some class at least {need} images in domain {name!r}{other}")
+
+
 def paper_split(
     domains: np.ndarray,
     labels: np.ndarray,
@@ -125,8 +137,8 @@ def paper_split(
     Raises:
         ValueError: on an unknown ``client_domain`` or ``rule``, fractions
             outside ``(0, 1)``, a bad ``seed``, mismatched arrays, an empty
-            client domain, a client domain without official test items, or an
-            empty pool.
+            client domain, a client domain without official test items, a
+            client share too small to hold out any test item, or an empty pool.
     """
     domain_names = tuple(str(d) for d in domain_names)
     if len(domain_names) == 0:
@@ -182,6 +194,8 @@ def paper_split(
     client_test = np.sort(np.concatenate(test_parts)).astype(np.int64)
     if client_train.size == 0:
         raise ValueError(f"client_domain {name!r} has no training items for the client")
+    if client_test.size == 0:
+        raise ValueError(_no_test_items(name, labels[in_domain], share, test_fraction, rule))
     is_open = ~unused
     is_open[client_train] = False
     is_open[client_test] = False

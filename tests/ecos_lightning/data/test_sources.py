@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from ecos_lightning.data import DigitsLiteSource, FolderSource, PathImageDataset, open_source, parse_source
-from ecos_lightning.files import stable_hash
+from ecos_lightning.files import file_stamp, stable_hash
 
 
 @pytest.mark.parametrize("name,source", [
@@ -38,7 +38,7 @@ def test_an_image_folder_opens_as_a_pool_of_its_readable_images(tmp_path):
     assert isinstance(data.open, PathImageDataset) and data.open.labels.tolist() == [-1, -1, -1]
     image, label = data.open[0]
     assert image.mode == "RGB" and image.size == (5, 6) and label == -1
-    files = [(p, (tmp_path / p).stat().st_size, (tmp_path / p).stat().st_mtime_ns) for p in data.paths]
+    files = [(p, *file_stamp(tmp_path / p)) for p in data.paths]
     assert data.data_id == stable_hash([str(tmp_path.resolve()), files])
 
 
@@ -190,11 +190,11 @@ def test_office_caltech10_and_any_domain_folders(tmp_path):
 
 
 def test_domain_folders_errors_and_the_office31_layout(tmp_path):
-    write_domain_folders(tmp_path / "o31" / "amazon" / "images", {"": {"bike": 2, "mug": 2}})
+    write_domain_folders(tmp_path / "o31" / "amazon" / "images", {"": {"bike": 4, "mug": 4}})
     write_domain_folders(tmp_path / "o31", {"dslr": {"bike": 2, "mug": 2}})
     data = open_source(parse_source(f"folders:{tmp_path / 'o31'}"), progress=False)
     assert data.client_domain == "amazon" and data.open.class_names == ("bike", "mug")
-    assert len(data.open) + len(data.client) + len(data.client_test) == 8
+    assert len(data.open) + len(data.client) + len(data.client_test) == 12
     with pytest.raises(FileNotFoundError, match=f"domain folder 'caltech' not found in {tmp_path / 'o31'}"):
         open_source(parse_source(f"office-caltech10:{tmp_path / 'o31'}"), progress=False)
 
