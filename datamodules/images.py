@@ -164,9 +164,9 @@ def fingerprint(dataset: Dataset, progress: bool = True) -> str:
 
     Datasets whose images are provably their stored data are hashed without decoding an image: the
     arrays of an :class:`~ecos_lightning.data.ArrayImageDataset` or a ``TensorDataset`` (every byte),
-    the files of a :class:`~ecos_lightning.data.PathImageDataset` or of a torchvision ``DatasetFolder``
-    without ``transform`` (each file's path and :func:`~ecos_lightning.files.file_stamp`, which any
-    rewrite of the file changes), and a ``Subset`` of any of these (its base and indices). Any other
+    the files of a :class:`~ecos_lightning.data.PathImageDataset`, of a torchvision ``DatasetFolder``
+    without ``transform``, of WebDataset shards and of a litdata pool (each file's path and
+    :func:`~ecos_lightning.files.file_stamp`, which any rewrite of the file changes), and a ``Subset`` of any of these (its base and indices). Any other
     dataset is read item by item, every image hashed as the encoder receives it (with a progress bar
     when ``progress``; random transforms are seeded so the hash is stable): pass ``dataset_id`` to
     ``ProxyDataModule`` to name a large one instead.
@@ -201,6 +201,10 @@ def _stored_content(dataset: Dataset) -> str | None:
         return matrix_digest(dataset.tensors[0].detach().cpu().numpy())
     if getitem is PathImageDataset.__getitem__:
         return stable_hash([(str(Path(p).resolve()), *file_stamp(p)) for p in dataset.paths])
+    if getitem is TarShardDataset.__getitem__:
+        return stable_hash([[str(p) for p in dataset.shards], dataset.stamps, matrix_digest(dataset.offsets)])
+    if getitem is LitDataImageDataset.__getitem__:
+        return stable_hash([str(dataset.root), dataset.stamps, dataset.image])
     if getitem is DatasetFolder.__getitem__ and dataset.transform is None:
         return stable_hash([getattr(dataset.loader, "__qualname__", repr(dataset.loader)),
                             [(str(Path(p).resolve()), *file_stamp(p)) for p, _ in dataset.samples]])

@@ -92,3 +92,4 @@ def test_a_changed_pool_gets_a_new_proxy(tmp_path):
     assert changed.artifact_path() != first.artifact_path()
     changed.proxy_indices()
     assert len(list(tmp_path.glob("proxy-*.json"))) == 2
+

@@ -416,3 +416,20 @@ def test_a_shard_pool_and_a_folder_of_the_same_images_give_the_same_proxy(tmp_pa
 def test_a_stream_pool_named_as_the_data_module_dataset_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"is an open pool without a client"):
         ProxyDataModule(dataset=f"wds:{tmp_path}")
+
+
+def test_a_shard_pool_given_as_a_dataset_is_identified_without_decoding(tmp_path, cache, monkeypatch):
+    """ProxyDataModule's identity of a shard pool passed as open_dataset reads no image, and a shard rewritten
+    with its mtime restored changes it."""
+    import ecos_lightning.data.shards as shards_module
+    from ecos_lightning.datamodules.images import fingerprint
+
+    write_shards(tmp_path / "shards", 8)
+    pool = open_source(f"wds:{tmp_path / 'shards'}", progress=False).open
+    monkeypatch.setattr(shards_module, "decode_image", lambda *a: pytest.fail("an image was decoded"))
+    before = fingerprint(pool)
+    shard = tmp_path / "shards" / "pool-000000.tar"
+    stat = shard.stat()
+    shard.write_bytes(shard.read_bytes())
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fingerprint(open_source(f"wds:{tmp_path / 'shards'}", progress=False).open) != before
