@@ -603,9 +603,10 @@ class ProxyDataModule(*bases("LightningDataModule")):
         if "proxy_json" in state_dict:
             where = f"checkpoint {self.trainer.ckpt_path}" if self.trainer is not None and self.trainer.ckpt_path \
                 else "the checkpoint"
-            self._proxy_record = self._restored_proxy(state_dict, where)
-            log.info("proxy %s (%d images) restored from %s: the protocol does not run", self._proxy_record.hash,
-                     len(self._proxy_record), where)
+            held, self._proxy_record = self._proxy_record, self._restored_proxy(state_dict, where)
+            if held is None:  # testing the best checkpoint after fit restores the proxy the module already holds
+                log.info("proxy %s (%d images) restored from %s: the protocol does not run",
+                         self._proxy_record.hash, len(self._proxy_record), where)
 
     def summary(self) -> dict:
         """Proxy size, class histogram, domain composition, epsilon (PLD, and RDP beside it), bytes, label accuracy
