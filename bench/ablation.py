@@ -23,9 +23,11 @@ share one fine-tuning). Cells are appended to a JSON file as they finish, so a r
     python bench/ablation.py --cases digits --domains handwritten --seeds 1 --no-finetune
     python bench/ablation.py --report-only            # the report from the cells finished so far
     python bench/ablation.py --k-sweep [--q 2]        # precision against K for several M and sigma, and the auto K
+    python bench/ablation.py --class-coverage         # each class's share of the proxy against client size, per rule
 
 Writes its tables into docs/ablation.md between marker comments (the text around them is kept) and keeps
-the cells in docs/ablation_results.json and docs/ablation_ksweep.json.
+the cells in docs/ablation_results.json and docs/ablation_ksweep.json (the class-coverage table is recomputed
+each run: protocol only, a few minutes).
 """
 
 from __future__ import annotations
@@ -279,6 +281,83 @@ def sweep_report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------- class coverage
+COVERAGE_SIZES = (100, 300, 600, 1000)  # client sizes M, drawn from the client's half of its domain
+COVERAGE_RULES = {  # name -> CloudSampler rules on top of ECOS's defaults
+    "threshold 3 std": {"neighbour_z": None},
+    "threshold 2 std": {"noise_z": 2.0, "neighbour_z": None},
+    "+ neighbours above 2 std": {"neighbour_z": 2.0},
+    "+ neighbours above 1.5 std": {"neighbour_z": 1.5},
+    "+ neighbours above 1 std": {"neighbour_z": 1.0},
+    "k-center over all members": {"neighbour_z": None, "candidate_factor": math.inf},
+}
+
+
+def coverage_cells(domain: str, seed: int, args) -> list[dict]:
+    """For each client size M and each rule of COVERAGE_RULES: in-domain precision and class shares of the
+    ECOS proxy (K auto, sigma 8, budget 1000) for M of the ``domain``'s client half (1,000 images; 870 for
+    handwritten) drawn with ``seed``; one k-means fit and one release per M, shared by the rules."""
+    data, features = digits_lite_features(args)
+    split = paper_split(data.domains, data.labels, domain, seed=seed)
+    open_idx, half = split.open_indices, split.client_indices
+    open_features, in_domain = np.asarray(features[open_idx]), data.domains[open_idx] == DOMAINS.index(domain)
+    pool_labels, n = data.labels[open_idx], len(open_idx)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in COVERAGE_SIZES:
+        client = np.sort(rng.choice(half, min(m, len(half)), replace=False))
+        client_share = np.bincount(data.labels[client], minlength=10) / len(client)  # [10]
+        k = auto_num_clusters(n, len(client), SIGMA)
+        cloud = CloudSampler(num_clusters=k, seed=seed)
+        down = cloud.fit(open_features)
+        up = ClientResponder(noise_multiplier=SIGMA, seed=seed).respond(down, np.asarray(features[client]))
+        for name, rules in COVERAGE_RULES.items():
+            sampler = CloudSampler.restore(down, open_features, cloud.assignment_, cloud.member_order_, seed=seed,
+                                           **rules)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                selection = sampler.select(up, BUDGET["digits"])
+            hit = in_domain[selection.indices]
+            per_class = np.bincount(pool_labels[selection.indices][hit], minlength=10)  # [10]
+            ratio = (per_class / max(1, hit.sum()))[client_share > 0] / client_share[client_share > 0]
+            rows.append({"domain": domain, "seed": seed, "client_size": len(client), "target_size": m, "rule": name,
+                         "k": k, "kept": int(selection.kept.sum()), "precision": float(hit.mean()),
+                         "min_ratio": float(ratio.min()), "under_half": int((ratio < 0.5).sum())})
+    return rows
+
+
+def coverage_report(rows: list[dict]) -> str:
+    runs = len({(r["domain"], r["seed"]) for r in rows})
+    lines = [f"ECOS on digits-lite, K = auto, sigma {SIGMA:g}, budget {BUDGET['digits']}, mean over {runs} (client "
+             "domain, seed) runs. Smallest class ratio: the least-represented class's share of the in-domain proxy "
+             "divided by its share of the client (1 = its fair share); under half: client classes below half their "
+             "fair share (mean per run, and the runs with at least one).", "",
+             "| M | rule | in-domain precision | smallest class ratio | classes under half | runs with one | K | "
+             "kept clusters |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for m in COVERAGE_SIZES:
+        for name in COVERAGE_RULES:
+            cell = [r for r in rows if r["target_size"] == m and r["rule"] == name]
+            if not cell:
+                continue
+            ks, sizes = sorted({r["k"] for r in cell}), sorted({r["client_size"] for r in cell})
+            m_text = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}..{sizes[-1]}"
+            k_text = f"{ks[0]}" if len(ks) == 1 else f"{ks[0]}..{ks[-1]}"
+            lines.append(f"| {m_text} | {name} | {np.mean([r['precision'] for r in cell]):.3f} | "
+                         f"{np.mean([r['min_ratio'] for r in cell]):.2f} | "
+                         f"{np.mean([r['under_half'] for r in cell]):.2f} | "
+                         f"{sum(r['under_half'] > 0 for r in cell)}/{len(cell)} | {k_text} | "
+                         f"{np.mean([r['kept'] for r in cell]):.1f} |")
+    return "\n".join(lines)
+
+
+def class_coverage(args) -> None:
+    start = time.perf_counter()
+    rows = [row for seed in args.seeds for domain in args.domains for row in coverage_cells(domain, seed, args)]
+    text = coverage_report(rows) + f"\n\n{time.perf_counter() - start:.0f} s."
+    write_section(Path(args.out), "class-coverage", text)
+    print(text)
+
+
 def write_section(path: Path, name: str, text: str) -> None:
     """Put ``text`` between the ``<!-- ablation:<name> -->`` markers of ``path`` (appended when absent)."""
     begin, end = f"<!-- ablation:{name} begin (written by bench/ablation.py) -->", f"<!-- ablation:{name} end -->"
@@ -357,11 +436,15 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--k-sweep", action="store_true", help="run the K sweep instead of the rule ablation")
     parser.add_argument("--q", type=int, default=1, help="K sweep: nearest centroids each client sample covers")
+    parser.add_argument("--class-coverage", action="store_true",
+                        help="class shares of the proxy against client size, per selection rule (digits-lite)")
     args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     if args.k_sweep:
         return k_sweep(args)
+    if args.class_coverage:
+        return class_coverage(args)
     results = Path(args.results)
     cells = json.loads(results.read_text()) if results.exists() else []
     done = {(c["case"], c["variant"], c["domain"], c["seed"]) for c in cells

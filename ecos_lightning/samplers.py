@@ -81,8 +81,9 @@ class Sampler:
         raise NotImplementedError
 
 
-#: The cloud's sampling rules (see ``CloudSampler``) and ECOS's defaults for them.
-ECOS_RULES = {"noise_z": 3.0, "candidate_factor": 3.0, "within_cluster": "kcenter"}
+#: The cloud's sampling rules (see ``CloudSampler``) and ECOS's defaults for them; ``neighbour_z`` (the second
+#: look at dropped clusters next to kept ones) is off: ``bench/ablation.py --class-coverage`` measures it.
+ECOS_RULES = {"noise_z": 3.0, "neighbour_z": None, "candidate_factor": 3.0, "within_cluster": "kcenter"}
 
 
 class Ecos(Sampler):

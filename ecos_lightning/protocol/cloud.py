@@ -49,6 +49,11 @@ class CloudSampler:
         noise_z: a cluster is kept only if its score exceeds ``noise_z`` noise standard deviations
             (0: every cluster with a positive score gets budget).
         min_score: and exceeds this absolute count.
+        neighbour_z: a second look at the dropped clusters (None: off): one whose score exceeds ``neighbour_z``
+            noise std (and ``min_score``) is kept too when its nearest other centroid is a kept cluster's, so a
+            client region split across neighbouring clusters keeps its weaker part while a lone cluster far
+            from the kept ones stays dropped. Post-processing of the released scores and the public
+            centroids: no privacy cost.
         candidate_factor: candidates per cluster = ``candidate_factor`` x its allocation, nearest to
             the centroid first (``inf``: every member of the cluster).
         within_cluster: how each cluster's allocation is taken among its candidates: ``"kcenter"``
@@ -68,7 +73,8 @@ class CloudSampler:
     def __init__(self, num_clusters: int = 100, *, seed: int = 0, niter: int = 20, nredo: int = 1,
                  max_points_per_centroid: int = 64, spherical: bool = False, fp16: bool = False,
                  pca_dim: int | None = None, encoder: dict | None = None, noise_z: float = 3.0,
-                 min_score: float = 0.0, candidate_factor: float = 3.0, within_cluster: str = "kcenter",
+                 min_score: float = 0.0, neighbour_z: float | None = None, candidate_factor: float = 3.0,
+                 within_cluster: str = "kcenter",
                  use_gpu: bool | None = None, num_threads: int | None = None, progress: bool = False,
                  verbose: bool = False, auto_k: bool = False):
         self.num_clusters = positive_int(num_clusters, "num_clusters")
@@ -82,6 +88,7 @@ class CloudSampler:
         self.encoder = encoder
         self.noise_z = non_negative_float(noise_z, "noise_z")
         self.min_score = non_negative_float(min_score, "min_score")
+        self.neighbour_z = None if neighbour_z is None else non_negative_float(neighbour_z, "neighbour_z")
         if isinstance(candidate_factor, bool) or not isinstance(candidate_factor, (int, float)) or \
                 not candidate_factor >= 1:
             raise ValueError(f"candidate_factor must be a number >= 1 (inf: every member), got {candidate_factor!r}")
@@ -184,10 +191,11 @@ class CloudSampler:
         """Sample ``budget`` open samples guided by the client's noisy scores, with provenance.
 
         Scores are clipped at 0; clusters at or below ``max(min_score, noise_z * noise_std)`` are
-        dropped; the budget is split over the kept clusters in proportion to score (largest
-        remainder, capped by cluster size, overflow redistributed); each cluster's share is taken
-        among its ``candidate_factor`` x share nearest members as ``within_cluster`` says (default:
-        k-center greedy, which removes redundancy).
+        dropped, except (with ``neighbour_z``) those above ``max(min_score, neighbour_z * noise_std)`` whose
+        nearest other centroid belongs to a kept cluster; the budget is split over the kept clusters in
+        proportion to score (largest remainder, capped by cluster size, overflow redistributed); each
+        cluster's share is taken among its ``candidate_factor`` x share nearest members as ``within_cluster``
+        says (default: k-center greedy, which removes redundancy).
         """
         if self.features_ is None:
             raise RuntimeError("call fit(open_features) before sampling")
@@ -207,6 +215,10 @@ class CloudSampler:
 
         threshold = max(self.min_score, self.noise_z * scores.noise_std)
         kept = clipped > threshold
+        rescued = 0
+        if self.neighbour_z is not None and kept.any():
+            second = self._next_to_kept(kept, clipped > max(self.min_score, self.neighbour_z * scores.noise_std))
+            rescued, kept = int(second.sum()), kept | second
         weights = np.where(kept, clipped, 0.0)
         if not kept.any() and (clipped > 0).any():
             warnings.warn(f"no cluster scores above the noise threshold {threshold:.2f} ({self.noise_z:g} x noise "
@@ -232,8 +244,8 @@ class CloudSampler:
                                       self.within_cluster, rng)
                  for c, a in enumerate(allocation) if a > 0]
         indices = np.concatenate(picks).astype(np.int64)
-        log.info("selection: kept %d/%d clusters (threshold %.2f); budget %d over %d clusters; "
-                 "%d bytes up", int(kept.sum()), len(kept), threshold, budget,
+        log.info("selection: kept %d/%d clusters (threshold %.2f; %d of them next to a kept one); budget %d over "
+                 "%d clusters; %d bytes up", int(kept.sum()), len(kept), threshold, rescued, budget,
                  int((allocation > 0).sum()), len(scores.to_bytes()))
         return self._selection(indices, clipped, allocation, kept)
 
@@ -242,6 +254,15 @@ class CloudSampler:
         if self.auto_k:
             return f"fewer clusters (a num_clusters below the automatic K={self.num_clusters})"
         return "num_clusters='auto' or fewer clusters"
+
+    def _next_to_kept(self, kept: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """bool [K]: the dropped ``candidates`` [K] whose nearest other centroid (squared L2 in the sent
+        centroids' space, ties: lowest index) is a ``kept`` [K] cluster's."""
+        centroids = self.message_.centroids.astype(np.float64)
+        sq = np.einsum("ij,ij->i", centroids, centroids)
+        distances = sq[:, None] - 2.0 * centroids @ centroids.T + sq[None, :]
+        np.fill_diagonal(distances, np.inf)
+        return candidates & ~kept & kept[np.argmin(distances, axis=1)]
 
     def _fill_from_dropped(self, kept: np.ndarray, clipped: np.ndarray, short: int) -> np.ndarray:
         extra = np.zeros(len(kept), dtype=np.int64)
