@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -283,6 +284,8 @@ def sweep_report(rows: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------------------- class coverage
 COVERAGE_SIZES = (100, 300, 600, 1000)  # client sizes M, drawn from the client's half of its domain
+COVERAGE_BUDGETS = (500, 1000)
+COVERED = 10  # in-domain proxy images a client class needs to count as covered (as in run_cell)
 COVERAGE_RULES = {  # name -> CloudSampler rules on top of ECOS's defaults
     "threshold 3 std": {"neighbour_z": None},
     "threshold 2 std": {"noise_z": 2.0, "neighbour_z": None},
@@ -290,13 +293,14 @@ COVERAGE_RULES = {  # name -> CloudSampler rules on top of ECOS's defaults
     "+ neighbours above 1.5 std": {"neighbour_z": 1.5},
     "+ neighbours above 1 std": {"neighbour_z": 1.0},
     "k-center over all members": {"neighbour_z": None, "candidate_factor": math.inf},
+    "k-center over all members + neighbours above 1.5 std": {"neighbour_z": 1.5, "candidate_factor": math.inf},
 }
 
 
 def coverage_cells(domain: str, seed: int, args) -> list[dict]:
-    """For each client size M and each rule of COVERAGE_RULES: in-domain precision and class shares of the
-    ECOS proxy (K auto, sigma 8, budget 1000) for M of the ``domain``'s client half (1,000 images; 870 for
-    handwritten) drawn with ``seed``; one k-means fit and one release per M, shared by the rules."""
+    """For each client size M, budget of COVERAGE_BUDGETS and rule of COVERAGE_RULES: in-domain precision and
+    class shares of the ECOS proxy (K auto, sigma 8) for M of the ``domain``'s client half (1,000 images; 870 for
+    handwritten) drawn with ``seed``; one k-means fit and one release per M, shared by the budgets and rules."""
     data, features = digits_lite_features(args)
     split = paper_split(data.domains, data.labels, domain, seed=seed)
     open_idx, half = split.open_indices, split.client_indices
@@ -311,41 +315,45 @@ def coverage_cells(domain: str, seed: int, args) -> list[dict]:
         cloud = CloudSampler(num_clusters=k, seed=seed)
         down = cloud.fit(open_features)
         up = ClientResponder(noise_multiplier=SIGMA, seed=seed).respond(down, np.asarray(features[client]))
-        for name, rules in COVERAGE_RULES.items():
+        for (name, rules), budget in itertools.product(COVERAGE_RULES.items(), COVERAGE_BUDGETS):
             sampler = CloudSampler.restore(down, open_features, cloud.assignment_, cloud.member_order_, seed=seed,
                                            **rules)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                selection = sampler.select(up, BUDGET["digits"])
+                selection = sampler.select(up, budget)
             hit = in_domain[selection.indices]
             per_class = np.bincount(pool_labels[selection.indices][hit], minlength=10)  # [10]
             ratio = (per_class / max(1, hit.sum()))[client_share > 0] / client_share[client_share > 0]
             rows.append({"domain": domain, "seed": seed, "client_size": len(client), "target_size": m, "rule": name,
-                         "k": k, "kept": int(selection.kept.sum()), "precision": float(hit.mean()),
-                         "min_ratio": float(ratio.min()), "under_half": int((ratio < 0.5).sum())})
+                         "budget": budget, "k": k, "kept": int(selection.kept.sum()), "precision": float(hit.mean()),
+                         "min_ratio": float(ratio.min()), "under_half": int((ratio < 0.5).sum()),
+                         "covered": int((per_class[client_share > 0] >= COVERED).sum()),
+                         "classes": int((client_share > 0).sum())})
     return rows
 
 
 def coverage_report(rows: list[dict]) -> str:
     runs = len({(r["domain"], r["seed"]) for r in rows})
-    lines = [f"ECOS on digits-lite, K = auto, sigma {SIGMA:g}, budget {BUDGET['digits']}, mean over {runs} (client "
-             "domain, seed) runs. Smallest class ratio: the least-represented class's share of the in-domain proxy "
-             "divided by its share of the client (1 = its fair share); under half: client classes below half their "
-             "fair share (mean per run, and the runs with at least one).", "",
-             "| M | rule | in-domain precision | smallest class ratio | classes under half | runs with one | K | "
-             "kept clusters |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for m in COVERAGE_SIZES:
+    lines = [f"ECOS on digits-lite, K = auto, sigma {SIGMA:g}, mean over {runs} (client domain, seed) runs. Smallest "
+             "class ratio: the least-represented class's share of the in-domain proxy divided by its share of the "
+             "client (1 = its fair share); under half: client classes below half their fair share (mean per run, and "
+             f"the runs with at least one); covered: client classes with at least {COVERED} in-domain proxy images "
+             "(mean per run, of the client's classes).", "",
+             "| M | budget | rule | in-domain precision | smallest class ratio | classes under half | runs with one | "
+             "classes covered | K | kept clusters |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m, budget in itertools.product(COVERAGE_SIZES, COVERAGE_BUDGETS):
         for name in COVERAGE_RULES:
-            cell = [r for r in rows if r["target_size"] == m and r["rule"] == name]
+            cell = [r for r in rows if r["target_size"] == m and r["budget"] == budget and r["rule"] == name]
             if not cell:
                 continue
             ks, sizes = sorted({r["k"] for r in cell}), sorted({r["client_size"] for r in cell})
             m_text = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}..{sizes[-1]}"
             k_text = f"{ks[0]}" if len(ks) == 1 else f"{ks[0]}..{ks[-1]}"
-            lines.append(f"| {m_text} | {name} | {np.mean([r['precision'] for r in cell]):.3f} | "
+            lines.append(f"| {m_text} | {budget} | {name} | {np.mean([r['precision'] for r in cell]):.3f} | "
                          f"{np.mean([r['min_ratio'] for r in cell]):.2f} | "
                          f"{np.mean([r['under_half'] for r in cell]):.2f} | "
-                         f"{sum(r['under_half'] > 0 for r in cell)}/{len(cell)} | {k_text} | "
+                         f"{sum(r['under_half'] > 0 for r in cell)}/{len(cell)} | "
+                         f"{np.mean([r['covered'] for r in cell]):.2f} of {max(r['classes'] for r in cell)} | {k_text} | "
                          f"{np.mean([r['kept'] for r in cell]):.1f} |")
     return "\n".join(lines)
 

@@ -49,3 +49,27 @@ def test_an_ecos_sampler_with_its_own_rules(mixture):
     np.testing.assert_array_equal(proxy.indices, same.indices)
     with pytest.raises(ValueError, match="unknown ECOS rules"):
         Ecos("bad", threshold=2)
+
+
+def test_neighbour_z_is_forwarded_to_the_cloud():
+    """A client region A, B, C in a row (C thin: 5 client samples, its score between 1.5 and 3 noise std) and a
+    far group D, E, F: ``neighbour_z`` given to select_proxy or to an Ecos sampler keeps C; the default drops it."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [4, 0], [8, 0], [40, 0], [40, 4], [44, 0]], dtype=np.float32)
+    blob = np.repeat(np.arange(6), 200)  # [1200]: the blob of each pool point
+    open_features = (centres[blob] + 0.3 * rng.normal(size=(len(blob), 2))).astype(np.float32)
+    client_blob = np.repeat(np.arange(3), [200, 200, 5])
+    client = (centres[client_blob] + 0.3 * rng.normal(size=(len(client_blob), 2))).astype(np.float32)
+    common = dict(client_features=client, num_clusters=6, noise_multiplier=2.0, seed=1)  # threshold 6, bar 3
+
+    default = select_proxy("ecos", open_features, 300, **common)
+    scores = np.asarray(default.cluster_scores)
+    assert ((scores > 3.0) & (scores <= 6.0)).sum() == 1  # C's cluster, in the band; the others far from it
+    assert set(blob[np.asarray(default.indices)].tolist()) == {0, 1}
+    second = select_proxy("ecos", open_features, 300, neighbour_z=1.5, **common)
+    assert set(blob[np.asarray(second.indices)].tolist()) == {0, 1, 2}  # C kept, the far group still out
+
+    settings = dict(num_clusters=6, q=1, noise_multiplier=2.0, delta=1e-5, budget=300, seed=1)
+    proxy = Ecos("ecos_second_look", neighbour_z=1.5).run(
+        Inputs(open_features=open_features, client_features=client, client_size=len(client)), settings)
+    np.testing.assert_array_equal(proxy.indices, second.indices)
