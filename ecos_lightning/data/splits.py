@@ -12,9 +12,10 @@ One domain plays the client. :data:`SPLIT_RULES`:
 The client is evaluated on its domain's official test split (``test_mask``); other domains' official
 test items belong to no set, so no test image of any domain enters a pool. A dataset without an
 official test split (``test_mask=None``: image folders, digits-lite) holds out, per class, a stratified
-``test_fraction`` of the client's share as its test data (a share so small that no class holds out an item
-is refused); every item of every other domain is then pool. Per class the client domain's items are shuffled by ``numpy.random.default_rng([seed, domain
-id])``, so a seed gives the same split on every machine for the same data in the same order.
+``test_fraction`` of the client's share as its test data (a share so small that no class holds out an
+item is refused); every item of every other domain is then pool. Per class the client domain's items are
+shuffled by ``numpy.random.default_rng([seed, domain id])``, so a seed gives the same split on every
+machine for the same data in the same order.
 """
 
 from __future__ import annotations
@@ -89,10 +90,11 @@ def _no_test_items(name: str, labels: np.ndarray, share: float, test_fraction: f
     per_class = np.unique(labels, return_counts=True)[1]
     client = [_take(int(n), share) for n in per_class]
     need = next(n for n in range(1, 10**6) if _take(_take(n, share), test_fraction) >= 1)
-    other = " or use rule 'digits' (the whole domain to the client)" if rule == "domainnet" else ""
-    return (f"client_domain {name!r} leaves the client no test items: its {sum(client)} items ({max(client)} per "
-            f"class at most, of {labels.size} in the domain) hold out round({test_fraction:g} x count) = 0 per "
-            f"class; give some class at least {need} images in domain {name!r}{other}")
+    other = ", or use rule 'digits' (source-name key rule=digits: the whole domain to the client)" \
+        if rule == "domainnet" else ""
+    return (f"client_domain {name!r} leaves the client no test items: its {sum(client)} items (at most "
+            f"{max(client)} per class, of {labels.size} in the domain) hold out round({test_fraction:g} x count) = 0 "
+            f"per class; give each class at least {need} images in domain {name!r}{other}")
 
 
 def paper_split(

@@ -84,3 +84,49 @@ def test_probe_respond_sample_queries_label_attach(folders, tmp_path, tree):
                           cwd=cloud_dir, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (cloud_dir / "runs/finetune_digits/checkpoints/last.ckpt").exists()
+
+
+def test_an_unlabelled_shard_pool_trains_on_the_classes_the_client_labelled(folders, tmp_path):
+    """The README flow on an unlabelled WebDataset pool: probe, respond, sample, coverage-query,
+    class-coverage, attach-coverage, then train.py on the proxy file: the classes are the proxy's own."""
+    import webdataset as wds
+
+    cloud_dir, client_dir = tmp_path / "cloud", tmp_path / "client"
+    for folder in (cloud_dir, client_dir, tmp_path / "shards"):
+        folder.mkdir()
+    with wds.ShardWriter(str(tmp_path / "shards" / "pool-%06d.tar"), maxcount=25, verbose=0) as sink:
+        for i, path in enumerate(sorted(p for p in folders["open"].rglob("*") if p.suffix in (".png", ".jpg"))):
+            sink.write({"__key__": f"{i:04d}", path.suffix[1:]: path.read_bytes()})  # no class: unlabelled
+    pool = f"wds:{tmp_path / 'shards'}"
+    run("cloud", cloud_dir, "probe", "--open", pool, "--out", "centroids.ecos", "--num-clusters", 6, "--input-size", 32)
+    send(cloud_dir / "centroids.ecos", client_dir)
+    run("client", client_dir, "respond", "--centroids", "centroids.ecos", "--data", folders["client"], "--out",
+        "scores.ecos", "--ledger", "ledger.json", "--noise-multiplier", 1.0)
+    send(client_dir / "scores.ecos", cloud_dir)
+    run("cloud", cloud_dir, "sample", "--scores", "scores.ecos", "--budget", BUDGET, "--out", "proxy.json")
+    run("cloud", cloud_dir, "coverage-query", "--proxy", "proxy.json", "--out", "query.ecos", "--clusters", 2, 4,
+        "--whiten-dim", 2)
+    send(cloud_dir / "query.ecos", client_dir)
+    run("client", client_dir, "class-coverage", "--query", "query.ecos", "--data", folders["labelled"], "--out",
+        "histogram.ecos", "--ledger", "ledger.json", "--noise-multiplier", 1.0)
+    send(client_dir / "histogram.ecos", cloud_dir)
+    run("cloud", cloud_dir, "attach-coverage", "--proxy", "proxy.json", "--query", "query.ecos", "--histogram",
+        "histogram.ecos", "--out", "labelled.json")
+    proxy = Proxy.read(cloud_dir / "labelled.json")
+    assert proxy.paths is None and proxy.class_names == ["circle", "square"]
+
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.run([sys.executable, str(root / "train.py"), "fit", "--config",
+                           str(root / "configs/finetune_digits.yaml"), "--data.proxy_file", "labelled.json",
+                           "--data.max_epsilon", "null", "--trainer.callbacks.init_args.max_epsilon", "null",
+                           "--model.init_args.num_classes", "2", "--model.init_args.input_size", "32",
+                           "--trainer.max_epochs", "1", "--test_after_fit", "false", "--data.batch_size", "4"],
+                          cwd=cloud_dir, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, str(root / "train.py"), "fit", "--config",
+                           str(root / "configs/finetune_digits.yaml"), "--data.proxy_file", "labelled.json",
+                           "--data.max_epsilon", "null", "--trainer.callbacks.init_args.max_epsilon", "null",
+                           "--model.init_args.num_classes", "3", "--trainer.max_epochs", "1"],
+                          cwd=cloud_dir, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: The data module has 2 classes but the model was built with num_classes=3")
