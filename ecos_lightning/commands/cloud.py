@@ -28,7 +28,6 @@ finished file, or extracts the chunks still missing in the recorded split.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -43,7 +42,7 @@ from safetensors.numpy import save as save_safetensors
 from .. import class_coverage
 from ..data.sources import open_source, parse_source
 from ..encoders import spec_for_model
-from ..feature_store import row_blocks
+from ..feature_store import matrix_digest
 from ..features import cached_features, feature_path
 from ..files import atomic_write_bytes, stable_hash
 from ..protocol import CentroidsMessage, CloudSampler, ScoresMessage
@@ -115,21 +114,12 @@ class CloudState:
             raise ValueError(f"the features file {info['features']} holds {features.dtype}{list(features.shape)}, "
                              f"not float32 [{n}, d]")
         features = np.array(features)
-        if features_digest(features) != info["features_sha256"]:
+        if matrix_digest(features) != info["features_sha256"]:
             raise ValueError(f"the features file {info['features']} changed after probe")
         blob = tensors["centroids"].tobytes()
         sampler = CloudSampler.restore(CentroidsMessage.from_bytes(blob), features, tensors["assignment"],
                                        tensors["members"])
         return cls(sampler, blob, info)
-
-
-def features_digest(features: np.ndarray) -> str:
-    """SHA-256 of an array's dtype, shape and bytes, read one block of rows at a time (a memory-mapped
-    store is never loaded whole)."""
-    digest = hashlib.sha256(f"{features.dtype.str}{features.shape}".encode())
-    for block in row_blocks(features):
-        digest.update(np.ascontiguousarray(block).tobytes())
-    return digest.hexdigest()
 
 
 def probe(args) -> None:
@@ -148,13 +138,14 @@ def probe(args) -> None:
     _release_layout(path)
     k = resolve_num_clusters(args.num_clusters, len(features), args.client_size or 1, args.noise_multiplier, args.q)
     sampler = CloudSampler(num_clusters=k, seed=args.seed, fp16=args.fp16, pca_dim=args.pca_dim,
-                           encoder=spec.to_dict(), use_gpu=False if args.faiss_cpu else None, progress=True)
+                           encoder=spec.to_dict(), use_gpu=False if args.faiss_cpu else None, progress=True,
+                           auto_k=args.num_clusters == "auto")
     message = sampler.fit(features)
     blob = message.to_bytes()
     info = {"version": STATE_VERSION, "open": args.open, "root": root, "paths": paths,
             # the file cached_features wrote for this pool and encoder
             "features": path.name,
-            "features_sha256": features_digest(features)}
+            "features_sha256": matrix_digest(features)}
     state = {"assignment": sampler.assignment_.astype(np.int64), "members": sampler.member_order_.astype(np.int64),
              "centroids": np.frombuffer(blob, dtype=np.uint8)}
     atomic_write_bytes(state_dir / STATE_FILE, save_safetensors(state, metadata={"info": json.dumps(info)}))

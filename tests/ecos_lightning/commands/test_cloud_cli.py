@@ -74,7 +74,8 @@ def check_valid(out, budget):
 
 def test_probe_state_is_one_file_next_to_the_features(probed, folders):
     state = probed / "cloud_state"
-    assert sorted(p.suffix for p in state.iterdir()) == [".npy", ".safetensors"]
+    # the features (beside their store record) and the state
+    assert sorted(p.suffix for p in state.iterdir()) == [".json", ".npy", ".safetensors"]
     tensors, info = read_state(state)
     assert centroids(probed).num_clusters == 6
     assert tensors["centroids"].tobytes() == (probed / "centroids.ecos").read_bytes()
