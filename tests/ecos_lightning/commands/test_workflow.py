@@ -20,6 +20,16 @@ def run(side: str, cwd: Path, *argv) -> str:
     return proc.stdout
 
 
+def train(cwd: Path, proxy_file: str, *overrides) -> subprocess.CompletedProcess:
+    """``train.py fit`` of the default config on ``proxy_file`` in ``cwd`` (no budget: a real client's file)."""
+    root = Path(__file__).resolve().parents[3]
+    return subprocess.run([sys.executable, str(root / "train.py"), "fit", "--config",
+                           str(root / "configs/finetune_digits.yaml"), "--data.proxy_file", proxy_file,
+                           "--data.max_epsilon", "null", "--trainer.callbacks.init_args.max_epsilon", "null",
+                           "--trainer.max_epochs", "1", *overrides], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
 def send(source: Path, machine: Path) -> None:
     shutil.copy(source, machine / source.name)
 
@@ -75,13 +85,8 @@ def test_probe_respond_sample_queries_label_attach(folders, tmp_path, tree):
     assert {name: tree(folders[name]) for name in ("client", "labelled")} == data_before
 
     # the cloud trains on the proxy from the real client: one fast epoch through train.py
-    root = Path(__file__).resolve().parents[3]
-    proc = subprocess.run([sys.executable, str(root / "train.py"), "fit", "--config",
-                           str(root / "configs/finetune_digits.yaml"), "--data.proxy_file", "proxy.json",
-                           "--data.max_epsilon", "null", "--trainer.callbacks.init_args.max_epsilon", "null",
-                           "--model.init_args.num_classes", "2", "--model.init_args.input_size", "32",
-                           "--trainer.max_epochs", "1", "--test_after_fit", "false", "--data.batch_size", "4"],
-                          cwd=cloud_dir, capture_output=True, text=True, timeout=600)
+    proc = train(cloud_dir, "proxy.json", "--model.init_args.num_classes", "2", "--model.init_args.input_size", "32",
+                 "--test_after_fit", "false", "--data.batch_size", "4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (cloud_dir / "runs/finetune_digits/checkpoints/last.ckpt").exists()
 
@@ -115,18 +120,9 @@ def test_an_unlabelled_shard_pool_trains_on_the_classes_the_client_labelled(fold
     proxy = Proxy.read(cloud_dir / "labelled.json")
     assert proxy.paths is None and proxy.class_names == ["circle", "square"]
 
-    root = Path(__file__).resolve().parents[3]
-    proc = subprocess.run([sys.executable, str(root / "train.py"), "fit", "--config",
-                           str(root / "configs/finetune_digits.yaml"), "--data.proxy_file", "labelled.json",
-                           "--data.max_epsilon", "null", "--trainer.callbacks.init_args.max_epsilon", "null",
-                           "--model.init_args.num_classes", "2", "--model.init_args.input_size", "32",
-                           "--trainer.max_epochs", "1", "--test_after_fit", "false", "--data.batch_size", "4"],
-                          cwd=cloud_dir, capture_output=True, text=True, timeout=600)
+    proc = train(cloud_dir, "labelled.json", "--model.init_args.num_classes", "2", "--model.init_args.input_size",
+                 "32", "--test_after_fit", "false", "--data.batch_size", "4")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = subprocess.run([sys.executable, str(root / "train.py"), "fit", "--config",
-                           str(root / "configs/finetune_digits.yaml"), "--data.proxy_file", "labelled.json",
-                           "--data.max_epsilon", "null", "--trainer.callbacks.init_args.max_epsilon", "null",
-                           "--model.init_args.num_classes", "3", "--trainer.max_epochs", "1"],
-                          cwd=cloud_dir, capture_output=True, text=True, timeout=600)
+    proc = train(cloud_dir, "labelled.json", "--model.init_args.num_classes", "3")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
         "error: The data module has 2 classes but the model was built with num_classes=3")
