@@ -166,7 +166,8 @@ def fingerprint(dataset: Dataset, progress: bool = True) -> str:
     arrays of an :class:`~ecos_lightning.data.ArrayImageDataset` or a ``TensorDataset`` (every byte),
     the files of a :class:`~ecos_lightning.data.PathImageDataset`, of a torchvision ``DatasetFolder``
     without ``transform``, of WebDataset shards and of a litdata pool (each file's path and
-    :func:`~ecos_lightning.files.file_stamp`, which any rewrite of the file changes), and a ``Subset`` of any of these (its base and indices). Any other
+    :func:`~ecos_lightning.files.file_stamp`, which any rewrite of the file changes), and a ``Subset``
+    of any of these (its base and indices). Any other
     dataset is read item by item, every image hashed as the encoder receives it (with a progress bar
     when ``progress``; random transforms are seeded so the hash is stable): pass ``dataset_id`` to
     ``ProxyDataModule`` to name a large one instead.
@@ -200,13 +201,18 @@ def _stored_content(dataset: Dataset) -> str | None:
     if getitem is TensorDataset.__getitem__ and dataset.tensors:
         return matrix_digest(dataset.tensors[0].detach().cpu().numpy())
     if getitem is PathImageDataset.__getitem__:
-        return stable_hash([(str(Path(p).resolve()), *file_stamp(p)) for p in dataset.paths])
+        return _file_stamps(dataset.paths)
     if getitem is TarShardDataset.__getitem__:
         return stable_hash([[str(p) for p in dataset.shards], dataset.stamps, matrix_digest(dataset.offsets)])
     if getitem is LitDataImageDataset.__getitem__:
         return stable_hash([str(dataset.root), dataset.stamps, dataset.image])
     if getitem is DatasetFolder.__getitem__ and dataset.transform is None:
         return stable_hash([getattr(dataset.loader, "__qualname__", repr(dataset.loader)),
-                            [(str(Path(p).resolve()), *file_stamp(p)) for p, _ in dataset.samples]])
+                            _file_stamps(p for p, _ in dataset.samples)])
     return None
+
+
+def _file_stamps(paths) -> str:
+    """A hash of each file's absolute path and :func:`~ecos_lightning.files.file_stamp`, in order."""
+    return stable_hash([(str(Path(p).resolve()), *file_stamp(p)) for p in paths])
 

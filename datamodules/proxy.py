@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -33,7 +32,8 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
-from ecos_lightning.data import DigitsLiteSource, FolderSource, PathImageDataset, open_source, parse_source
+from ecos_lightning.data import (DigitsLiteSource, FolderSource, PathImageDataset, open_source, parse_source,
+                                 stated_fields)
 from ecos_lightning.data.litdata_pool import LitDataSource
 from ecos_lightning.data.shards import WebDatasetSource
 from ecos_lightning.encoders import spec_for_model
@@ -215,7 +215,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
                              "multi-domain source (folders:<root>, imagefolder:<root>) or pass open_dataset and "
                              "client_dataset")
         client = "domain" if isinstance(record, DigitsLiteSource) else "client"
-        named = _named_options(h.dataset)
+        named = stated_fields(h.dataset)
         for argument, value, field in (("client_domain", h.client_domain, client), ("data_seed", h.data_seed, "seed")):
             if value is not None and field in named and getattr(record, field) != value:
                 raise ValueError(f"{argument}={value!r} contradicts dataset {h.dataset!r}, which names {field} "
@@ -462,7 +462,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
     # ------------------------------------------------------------ properties
     @property
     def epsilon(self) -> float:
-        return self._proxy().epsilon
+        return self.proxy.epsilon
 
     @property
     def proxy_label_accuracy(self) -> float | None:
@@ -470,17 +470,14 @@ class ProxyDataModule(*bases("LightningDataModule")):
         estimates (an unlabelled image, -1, counts as a miss: at most :attr:`proxy_labelled_fraction`)."""
         if not self.label_source.estimates:
             return None
-        proxy = self._proxy()
+        proxy = self.proxy
         truth = self.labels(self._base(proxy))[proxy.indices]
         return float((np.asarray(proxy.label_list()) == truth).mean())
 
     @property
     def proxy_labelled_fraction(self) -> float:
         """Share of the proxy's images with a label (not -1)."""
-        return float((np.asarray(self._proxy().label_list()) >= 0).mean())
-
-    def _proxy(self) -> Proxy:
-        return self.proxy
+        return float((np.asarray(self.proxy.label_list()) >= 0).mean())
 
     def _base(self, proxy: Proxy) -> Dataset:
         """The dataset the proxy's indices point into."""
@@ -488,12 +485,12 @@ class ProxyDataModule(*bases("LightningDataModule")):
         return client_ds if proxy.source == "client" else open_ds
 
     def proxy_indices(self) -> np.ndarray:
-        return np.asarray(self._proxy().indices, dtype=np.int64)
+        return np.asarray(self.proxy.indices, dtype=np.int64)
 
     def _train_val_positions(self) -> tuple[np.ndarray, np.ndarray]:
         """Positions in the proxy of the training and validation images (a seeded split), without the
         unlabelled ones unless :meth:`keeps_unlabelled`."""
-        proxy = self._proxy()
+        proxy = self.proxy
         order = np.random.default_rng(self.hparams.seed).permutation(len(proxy))
         n_val = int(round(self.hparams.val_fraction * len(proxy))) if len(proxy) > 1 else 0
         train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
@@ -519,7 +516,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
         return bool(getattr(module, "accepts_unlabelled", False))
 
     def _subset(self, positions: np.ndarray, train: bool) -> ImageSubset:
-        proxy = self._proxy()
+        proxy = self.proxy
         indices = np.asarray(proxy.indices, dtype=np.int64)[positions]
         labels = np.asarray(proxy.label_list(), dtype=np.int64)[positions]
         return ImageSubset(self._base(proxy), indices, labels, self._transform(train))
@@ -557,7 +554,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
         if self.hparams.unlabelled_batch_size <= 0:
             return proxy_loader
         open_ds = self.sources()[0]
-        rest = np.setdiff1d(np.arange(len(open_ds)), self.proxy_indices() if self._proxy().source == "open"
+        rest = np.setdiff1d(np.arange(len(open_ds)), self.proxy_indices() if self.proxy.source == "open"
                             else np.empty(0, np.int64))
         size = self.hparams.image_size
         views = TwoViewSubset(open_ds, rest, size, _weak_augmentation(size), _strong_augmentation(size))
@@ -611,7 +608,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
     def summary(self) -> dict:
         """Proxy size, class histogram, domain composition, epsilon (PLD, and RDP beside it), bytes, label accuracy
         and labelled share: for reports."""
-        proxy = self._proxy()
+        proxy = self.proxy
         labels = np.asarray(proxy.label_list())
         out = {
             "sampler": self.hparams.sampler, "size": len(proxy), "epsilon": proxy.epsilon,
@@ -625,21 +622,6 @@ class ProxyDataModule(*bases("LightningDataModule")):
             counts = np.bincount(domains[proxy.indices], minlength=len(names))
             out["domains"] = dict(zip(names, counts.tolist()))
         return out
-
-
-def _named_options(name: str) -> set[str]:
-    """The fields a source name states itself: ``domain`` and ``seed`` of ``digits-lite:<domain>[:<seed>]``,
-    else the ``<key>=<value>:`` options before the folder (see ``ecos_lightning.data.sources``)."""
-    kind, _, rest = name.partition(":")
-    if kind == "digits-lite":
-        return {"domain", "seed"} if ":" in rest else {"domain"} if rest else set()
-    keys = set()
-    for head in rest.split(":")[:-1]:
-        match = re.fullmatch(r"([a-z_]+)=[^/\\]*", head)
-        if not match:
-            break
-        keys.add(match.group(1))
-    return keys
 
 
 def load_artifact(path: Path) -> Proxy:

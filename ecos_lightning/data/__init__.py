@@ -8,7 +8,8 @@ from .domainnet import DOMAINNET_DOMAINS, PAPER_CLASSES, load_domainnet
 from .folders import PathImageDataset, scan_domain_folders, scan_images, scan_labelled_images
 from .items import ArrayImageDataset, ItemInfo, ReadData
 from .sources import (OFFICE_CALTECH10_DOMAINS, Digits5Source, DigitsLiteSource, DomainFoldersSource,
-                      DomainNetSource, FolderSource, SourceData, digits_lite_sources, open_source, parse_source)
+                      DomainNetSource, FolderSource, SourceData, digits_lite_sources, open_source, parse_source,
+                      stated_fields)
 from .splits import SPLIT_RULES, DomainSplit, paper_split
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "scan_domain_folders",
     "scan_images",
     "scan_labelled_images",
+    "stated_fields",
 ]

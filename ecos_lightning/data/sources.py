@@ -96,6 +96,7 @@ __all__ = [
     "digits_lite_sources",
     "open_source",
     "parse_source",
+    "stated_fields",
 ]
 
 DIGITS_LITE = "digits-lite"
@@ -210,22 +211,7 @@ def parse_source(name: str):
     kind, sep, rest = name.partition(":")
     if not sep or kind not in _KEYS:
         return FolderSource(Path(name))
-    options = {}
-    while True:
-        head, sep, tail = rest.partition(":")
-        match = _OPTION.fullmatch(head)
-        if not match:
-            break
-        if not sep:
-            raise ValueError(f"source {name!r}: the data folder is missing after the options (write "
-                             f"{kind}:<key>=<value>:<folder>)")
-        key, value = match.groups()
-        if key not in _KEYS[kind]:
-            raise ValueError(f"source {name!r}: unknown key {key!r}; {kind} takes {', '.join(_KEYS[kind])}")
-        if key in options:
-            raise ValueError(f"source {name!r}: {key} is given twice")
-        options[key] = _value(name, key, value)
-        rest = tail
+    options, rest = _options(name, kind, rest)
     if not rest:
         raise ValueError(f"source {name!r}: the data folder is missing (write {kind}:<folder>)")
     if kind == "wds":
@@ -245,6 +231,36 @@ def parse_source(name: str):
     if kind == "folders":
         return DomainFoldersSource(root, **options)
     return DomainFoldersSource(root, **options, layout="classes", kind=kind)
+
+
+def _options(name: str, kind: str, rest: str) -> tuple[dict, str]:
+    """The typed ``<key>=<value>:`` options at the start of ``rest`` (the name after ``<kind>:``) and what
+    follows them (the folder)."""
+    options = {}
+    while True:
+        head, sep, tail = rest.partition(":")
+        match = _OPTION.fullmatch(head)
+        if not match:
+            return options, rest
+        if not sep:
+            raise ValueError(f"source {name!r}: the data folder is missing after the options (write "
+                             f"{kind}:<key>=<value>:<folder>)")
+        key, value = match.groups()
+        if key not in _KEYS[kind]:
+            raise ValueError(f"source {name!r}: unknown key {key!r}; {kind} takes {', '.join(_KEYS[kind])}")
+        if key in options:
+            raise ValueError(f"source {name!r}: {key} is given twice")
+        options[key] = _value(name, key, value)
+        rest = tail
+
+
+def stated_fields(name: str) -> frozenset[str]:
+    """The fields of its record a source name states itself (the others take the source's defaults):
+    ``domain`` and ``seed`` of ``digits-lite:<domain>[:<seed>]``, else the keys of its options."""
+    if name.startswith(DIGITS_LITE + ":"):
+        return frozenset({"domain", "seed"} if ":" in name[len(DIGITS_LITE) + 1:] else {"domain"})
+    kind, sep, rest = name.partition(":")
+    return frozenset(_options(name, kind, rest)[0]) if sep and kind in _KEYS else frozenset()
 
 
 def _value(name: str, key: str, value: str):

@@ -6,6 +6,7 @@ with an open-source pool; an :class:`~ecos_lightning.protocol.encoder_spec.Encod
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 from collections.abc import Callable, Mapping
@@ -154,6 +155,7 @@ class FeatureEncoder(nn.Module):
         return f"spec={self.spec}, feature_dim={self.feature_dim}"
 
 
+@functools.lru_cache(maxsize=64)  # a pure function of the spec, asked on every cache lookup of its features
 def encoder_feature_dim(spec: EncoderSpec) -> int:
     """Feature length of the encoder ``spec`` describes, found on PyTorch's meta device.
 
