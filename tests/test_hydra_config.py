@@ -1,6 +1,7 @@
 """The Hydra example (configs/hydra/data/ecos.yaml) instantiates with Hydra and trains a foreign module; Hydra's
 containers hash and save as the plain Python values they hold."""
 
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -27,16 +28,22 @@ def image_folder(root: Path, per_class: int, seed: int) -> None:
 
 
 class PlainClassifier(L.LightningModule):
-    """A template-style module: plain cross-entropy, so it must never receive a -1 label."""
+    """A template-style module: plain cross-entropy, so it must never receive a -1 label; it saves its own
+    hyperparameters, an ``nn.Module`` among them (not weights-only safe)."""
 
-    def __init__(self):
+    def __init__(self, net: torch.nn.Module | None = None):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
+        self.save_hyperparameters(logger=False)
+        self.net = net or torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
         return torch.nn.functional.cross_entropy(self.net(x), y)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_acc", (self.net(x).argmax(1) == y).float().mean())
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -53,11 +60,28 @@ def test_the_hydra_example_instantiates_and_trains(tmp_path):
     dm = instantiate(cfg.data)
     assert isinstance(dm, ProxyDataModule) and type(dm.hparams.coverage_clusters) is list
     trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
-                        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")])
-    trainer.fit(PlainClassifier(), datamodule=dm)
+                        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer.fit(PlainClassifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))),
+                datamodule=dm)
     assert len(dm.proxy) == 12
-    checkpoint = torch.load(next((tmp_path / "ckpt").glob("*.ckpt")), weights_only=True)  # no omegaconf class inside
-    assert checkpoint["datamodule_hyper_parameters"]["coverage_clusters"] == [2, 3]
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=False)
+    assert checkpoint["datamodule_hyper_parameters"]["coverage_clusters"] == [2, 3]  # plain, not omegaconf
+    assert "omegaconf" not in repr(checkpoint["datamodule_hyper_parameters"])
+
+    # the template resumes and tests from the checkpoint: a fresh module from the same config, a cold cache
+    shutil.rmtree(tmp_path / "ecos_cache")
+    again = instantiate(cfg.data)
+    L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path).fit(
+        PlainClassifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))), datamodule=again,
+        ckpt_path=ckpt, weights_only=False)
+    assert again.proxy.indices == dm.proxy.indices and not (tmp_path / "ecos_cache").exists()
+    tested = instantiate(cfg.data)
+    result = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path).test(
+        PlainClassifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))),
+        datamodule=tested, ckpt_path=ckpt, weights_only=False)
+    assert 0.0 <= result[0]["test_acc"] <= 1.0 and tested.proxy.indices == dm.proxy.indices
+    assert not (tmp_path / "ecos_cache").exists()  # no features, no artifact, no client query
 
 
 def test_an_omegaconf_list_and_a_python_list_give_one_hash(tmp_path):
