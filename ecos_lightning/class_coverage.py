@@ -48,6 +48,8 @@ SENSITIVITY = 1.0
 MIN_IMAGES_PER_DIM = 10
 #: Diffusion steps: alpha ** steps is below 1e-4 for alpha <= 0.95.
 DIFFUSION_STEPS = 200
+#: Most (image, class) scores held at once when picking each image's best class (32 MB of float64).
+SCORE_BLOCK_CELLS = 1 << 22
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,11 +71,11 @@ class CoverageQuery:
         """The query a (validated) coverage query message carries."""
         return cls(message.projection, message.bias, message.centroids, tuple(int(c) for c in message.clusters))
 
-    def to_message(self, encoder: dict, proxy: str) -> CoverageQueryMessage:
+    def to_message(self, encoder: dict, proxy: str, features: str) -> CoverageQueryMessage:
         """The message of this query for features of ``encoder`` (a spec dict) of the proxy ``proxy``
-        (``stable_hash`` of its indices)."""
+        (``stable_hash`` of its indices), taken from the open-pool feature matrix of SHA-256 ``features``."""
         return CoverageQueryMessage(self.projection, self.bias, self.centroids, np.asarray(self.clusters, np.int64),
-                                    encoder, proxy)
+                                    encoder, proxy, features)
 
     def map(self, features) -> np.ndarray:
         """Encoder features [N, d] -> unit vectors [N, d'] float32 in the clustering space."""
@@ -186,17 +188,44 @@ def propagate_labels(query: CoverageQuery, proxy_features, noisy_counts, neighbo
         raise ValueError(f"noisy_counts must be finite [{len(query.centroids)}, L], got {list(counts.shape)}")
     _fraction(alpha, "alpha", low_open=False, high_open=True)
     check_label_fraction(label_fraction)
-    distributions = class_distributions(counts)
-    evidence = sum(distributions[rows] for rows in query.assign(proxy_features).T)  # [B, L], one resolution at a time
-    scores = _diffuse(_knn_graph(mapped, positive_int(neighbours, "neighbours")), evidence, float(alpha))
-    labels = scores.argmax(axis=1).astype(np.int64)
-    labels[scores.max(axis=1) <= 0] = -1  # no positive count reached the image: no label
+    graph = _knn_graph(mapped, positive_int(neighbours, "neighbours"))
+    labels, best, second = _best_classes(graph, query.assign(proxy_features), class_distributions(counts),
+                                         float(alpha))
+    labels[best <= 0] = -1  # no positive count reached the image: no label
     if label_fraction < 1.0:
-        top2 = np.sort(scores, axis=1)[:, -2:]
-        margin = top2[:, 1] - top2[:, 0]
         keep = int(round(label_fraction * len(labels)))
-        labels[np.argsort(-margin, kind="stable")[keep:]] = -1
+        labels[np.argsort(-(best - second), kind="stable")[keep:]] = -1
     return labels
+
+
+def _best_classes(graph, rows, distributions, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each proxy image's class of highest diffused evidence, int64 [B], and its best and second-best
+    scores, float64 [B] (a class without any positive count scores 0 everywhere).
+
+    rows: int64 [B, R], each image's centroid row per resolution; distributions: [sum C_r, L].
+    Diffusion is linear, so diffuse(membership @ D) = diffuse(membership) @ D: it runs on whichever of the
+    membership [B, sum C_r] or the evidence [B, S] (S classes with a positive count) has fewer columns,
+    and the product is taken in blocks of images, so many classes cost neither steps nor a [B, L] matrix.
+    """
+    supported = np.flatnonzero(distributions.max(axis=0) > 0)
+    table = distributions[:, supported]
+    if supported.size < distributions.shape[1]:  # one zero column stands for the classes without evidence
+        table = np.concatenate([table, np.zeros((len(table), 1))], axis=1)
+        supported = np.append(supported, -1)
+    membership = np.zeros((len(rows), len(distributions)))
+    np.add.at(membership, (np.arange(len(rows))[:, None], rows), 1.0)
+    evidence_first = table.shape[1] <= table.shape[0]
+    diffused = _diffuse(graph, membership @ table if evidence_first else membership, alpha)
+    labels, best, second = np.empty(len(rows), np.int64), np.empty(len(rows)), np.zeros(len(rows))
+    step = max(1, SCORE_BLOCK_CELLS // table.shape[1])
+    for start in range(0, len(rows), step):
+        block = slice(start, start + step)
+        scores = diffused[block] if evidence_first else diffused[block] @ table
+        top = scores.argmax(axis=1)
+        labels[block], best[block] = supported[top], scores[np.arange(len(scores)), top]
+        if scores.shape[1] > 1:
+            second[block] = np.partition(scores, -2, axis=1)[:, -2]
+    return labels, best, second
 
 
 def class_distributions(counts: np.ndarray) -> np.ndarray:

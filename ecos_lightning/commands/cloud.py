@@ -275,7 +275,8 @@ def coverage_query(args) -> None:
     state = CloudState.load(_state_dir(args, out))
     features = _proxy_features(proxy, state, args.proxy)
     query = class_coverage.coverage_query(features, args.clusters, args.whiten_dim, args.seed)
-    blob = query.to_message(state.sampler.message_.encoder, stable_hash(proxy.indices)).to_bytes()
+    blob = query.to_message(state.sampler.message_.encoder, stable_hash(proxy.indices),
+                            state.info["features_sha256"]).to_bytes()
     atomic_write_bytes(out, blob)
     print(f"wrote {out}: {len(query.centroids)} centroids of the proxy's {len(features)} images at resolutions "
           f"{list(query.clusters)}, d'={query.projection.shape[1]}, {len(blob):,} bytes down")
@@ -292,7 +293,11 @@ def attach_coverage(args) -> None:
         raise ValueError(f"{args.query} was made for another proxy set than {args.proxy}")
     if not histogram.answers(query_blob, message):
         raise ValueError(f"{args.histogram} does not answer {args.query}")
-    features = _proxy_features(proxy, CloudState.load(_state_dir(args, out)), args.proxy)
+    state = CloudState.load(_state_dir(args, out))
+    if message.encoder != state.sampler.message_.encoder or message.features != state.info["features_sha256"]:
+        raise ValueError(f"{args.query} was made from features the cloud state no longer holds (another encoder "
+                         "or a new probe): run `ecos-cloud coverage-query` again on this state and send that query")
+    features = _proxy_features(proxy, state, args.proxy)
     labels = class_coverage.propagate_labels(class_coverage.CoverageQuery.from_message(message), features,
                                              histogram.counts, label_fraction=args.label_fraction)
     proxy = proxy.replace(labels=labels, class_names=list(histogram.class_names), epsilon=histogram.total_epsilon,

@@ -37,6 +37,8 @@ class CoverageQueryMessage:
     centroids: float32 [sum C_r, d'], resolution after resolution; clusters: int64 [R], the C_r.
     encoder: the encoder spec (``EncoderSpec.to_dict()``) of the features x.
     proxy: 16 hex characters, ``stable_hash`` of the proxy indices the centroids were fitted on.
+    features: 64 hex characters, SHA-256 of the cloud's open-pool feature matrix the proxy features were
+        taken from (``feature_store.matrix_digest``): the cloud attaches the answer only to those features.
     """
 
     projection: np.ndarray
@@ -45,6 +47,7 @@ class CoverageQueryMessage:
     clusters: np.ndarray
     encoder: dict
     proxy: str
+    features: str
     KIND = "coverage_query"
 
     def __post_init__(self):
@@ -71,6 +74,7 @@ class CoverageQueryMessage:
                                "vectors the client maps its features to lie in the unit ball")
         check_encoder(self.encoder)
         check_hex(self.proxy, "proxy", 16, "the stable hash of the proxy indices")
+        check_hex(self.features, "features", 64, "the SHA-256 of the cloud's open-pool features")
 
     @property
     def feature_dim(self) -> int:
@@ -80,15 +84,15 @@ class CoverageQueryMessage:
     def to_bytes(self) -> bytes:
         tensors = {"projection": self.projection, "bias": self.bias, "centroids": self.centroids,
                    "clusters": self.clusters}
-        return pack(self.KIND, tensors, {"encoder": self.encoder, "proxy": self.proxy})
+        return pack(self.KIND, tensors, {"encoder": self.encoder, "proxy": self.proxy, "features": self.features})
 
     @classmethod
     def from_bytes(cls, blob: bytes, max_bytes: int | None = None) -> "CoverageQueryMessage":
         tensors, meta = unpack(blob, cls.KIND, max_bytes)
-        expect_keys(meta, {"encoder", "proxy"}, "meta")
+        expect_keys(meta, {"encoder", "proxy", "features"}, "meta")
         expect_tensors(tensors, {"projection", "bias", "centroids", "clusters"})
         return cls(tensors["projection"], tensors["bias"], tensors["centroids"], tensors["clusters"],
-                   meta["encoder"], meta["proxy"])
+                   meta["encoder"], meta["proxy"], meta["features"])
 
 
 @dataclass(frozen=True, eq=False)

@@ -112,6 +112,42 @@ def test_labels_spread_from_a_clear_histogram_and_abstain_where_unclear():
         cc.propagate_labels(query, points, counts[:3])
 
 
+def test_many_classes_cost_the_cloud_no_more_than_the_centroids_and_give_the_same_labels(monkeypatch):
+    """Classes without a positive count never win, and diffusion runs on at most min(centroid rows, classes
+    with evidence) columns: a 10,000-class answer whose evidence sits in 4 classes labels exactly as the
+    4-class answer does (class ids mapped), in blocks of images, and diffuses [B, <= rows] matrices."""
+    rng = np.random.default_rng(5)
+    points, _ = blobs(rng)
+    query = cc.coverage_query(points, clusters=(4, 12), whiten_dim=8)
+    counts = cc.release_histogram(cc.class_histogram(query, points, blobs(rng)[1], 4), 0.5, rng)
+    columns = np.sort(rng.choice(10_000, size=4, replace=False))
+    wide = np.full((len(counts), 10_000), -1.0, np.float32)  # noise below zero: no evidence
+    wide[:, columns] = counts
+    expected = {fraction: cc.propagate_labels(query, points, counts, label_fraction=fraction)
+                for fraction in (1.0, 0.5)}
+    widths = []
+    diffuse = cc._diffuse
+    monkeypatch.setattr(cc, "_diffuse", lambda graph, evidence, alpha: widths.append(evidence.shape[1]) or
+                        diffuse(graph, evidence, alpha))
+    monkeypatch.setattr(cc, "SCORE_BLOCK_CELLS", 50)  # several blocks of images
+    for fraction, labels in expected.items():
+        mapped = np.where(labels >= 0, columns[np.maximum(labels, 0)], -1)
+        assert (cc.propagate_labels(query, points, wide, label_fraction=fraction) == mapped).all()
+    assert widths == [5, 5]  # 4 classes with evidence and one standing for the other 9,996
+    widths.clear()
+    dense = rng.normal(size=(len(counts), 10_000)).astype(np.float32)  # noise: about half the cells positive
+    labels = cc.propagate_labels(query, points, dense)
+    assert widths == [len(counts)] and labels.min() >= 0 and labels.max() < 10_000
+
+
+def test_one_class_with_a_label_fraction_labels_the_clearest_share():
+    rng = np.random.default_rng(6)
+    points, _ = blobs(rng)
+    query = cc.coverage_query(points, clusters=(4,), whiten_dim=8)
+    labels = cc.propagate_labels(query, points, np.ones((4, 1), np.float32), label_fraction=0.5)
+    assert (labels == 0).sum() == len(points) // 2 and (labels == -1).sum() == len(points) - len(points) // 2
+
+
 def test_each_resolution_votes_once_whatever_its_cluster_sizes():
     """An image whose coarse centroid leans to class 0 by raw counts (60 vs 40) but whose fine centroid holds
     only class 1 takes class 1: each resolution contributes one class distribution; negative noise counts
@@ -140,7 +176,7 @@ def test_class_histogram_refuses_bad_labels():
 def query_message(rng=None) -> CoverageQueryMessage:
     rng = rng or np.random.default_rng(4)
     query = cc.coverage_query(rng.normal(size=(80, 12)).astype(np.float32), clusters=(3, 5), whiten_dim=6)
-    return query.to_message(ENCODER, "0123456789abcdef")
+    return query.to_message(ENCODER, "0123456789abcdef", "ab" * 32)
 
 
 def histogram_message(query_blob: bytes, rows: int = 8, **changes) -> ClassHistogramMessage:
@@ -165,7 +201,8 @@ def test_messages_round_trip_and_tie_the_chain():
 
 def _query_fields(message):
     return dict(projection=message.projection, bias=message.bias, centroids=message.centroids,
-                clusters=message.clusters, encoder=message.encoder, proxy=message.proxy)
+                clusters=message.clusters, encoder=message.encoder, proxy=message.proxy,
+                features=message.features)
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -179,6 +216,8 @@ def _query_fields(message):
     (lambda f: {"clusters": np.ones(MAX_RESOLUTIONS + 1, np.int64)}, "clusters"),
     (lambda f: {"encoder": {"name": "x"}}, "encoder"),
     (lambda f: {"proxy": "../../etc"}, "proxy"),
+    (lambda f: {"features": "ab" * 31}, "features"),
+    (lambda f: {"features": None}, "features"),
 ])
 def test_hostile_queries_are_refused_naming_the_field(change, field):
     fields = _query_fields(query_message())
@@ -206,11 +245,12 @@ def test_a_proxy_of_identical_images_is_refused_in_one_line():
 def test_hostile_query_bytes_are_refused():
     fields = _query_fields(query_message())
     tensors = {k: fields[k] for k in ("projection", "bias", "centroids", "clusters")}
-    extra = pack("coverage_query", tensors, {"encoder": ENCODER, "proxy": fields["proxy"], "path": "/x"})
+    extra = pack("coverage_query", tensors, {"encoder": ENCODER, "proxy": fields["proxy"],
+                                                     "features": fields["features"], "path": "/x"})
     with pytest.raises(MessageError, match="unexpected fields"):
         CoverageQueryMessage.from_bytes(extra)
     missing = pack("coverage_query", {k: v for k, v in tensors.items() if k != "bias"},
-                   {"encoder": ENCODER, "proxy": fields["proxy"]})
+                   {"encoder": ENCODER, "proxy": fields["proxy"], "features": fields["features"]})
     with pytest.raises(MessageError, match="tensors"):
         CoverageQueryMessage.from_bytes(missing)
     with pytest.raises(MessageError, match="kind"):

@@ -161,7 +161,8 @@ def test_hostile_or_mismatched_messages_are_one_line_errors(cli, probed, folders
 
     message = CoverageQueryMessage.from_bytes(blob)
     other = CoverageQueryMessage(message.projection, message.bias, message.centroids, message.clusters,
-                                 {**message.encoder, "name": "resnet18", "weights": "hub"}, message.proxy)
+                                 {**message.encoder, "name": "resnet18", "weights": "hub"}, message.proxy,
+                                 message.features)
     foreign = tmp_path / "foreign.ecos"
     foreign.write_bytes(other.to_bytes())
     code, _, err = cli(client.main, "class-coverage", "--query", foreign, "--data", folders["labelled"], "--out",
@@ -173,7 +174,8 @@ def test_hostile_or_mismatched_messages_are_one_line_errors(cli, probed, folders
     huge = tmp_path / "huge.ecos"
     huge.write_bytes(pack(CoverageQueryMessage.KIND, {
         "projection": message.projection, "bias": message.bias, "centroids": message.centroids * np.float32(1e20),
-        "clusters": message.clusters}, {"encoder": message.encoder, "proxy": message.proxy}))
+        "clusters": message.clusters}, {"encoder": message.encoder, "proxy": message.proxy,
+                                             "features": message.features}))
     code, _, err = cli(client.main, "class-coverage", "--query", huge, "--data", folders["labelled"], "--out",
                        client_dir / "h.ecos", "--ledger", client_dir / "ledger.json")
     assert code == 2 and one_error_line(err) and "centroids: a row has L2 norm above" in err
@@ -199,3 +201,20 @@ def test_hostile_or_mismatched_messages_are_one_line_errors(cli, probed, folders
                                            hashlib.sha256(blob).hexdigest(), 1.0, 2, 1e-5, 0.5, 0.9).to_bytes())
     code, _, err = attach(cli, probed, cloud_dir, path)
     assert code == 2 and one_error_line(err) and "another proxy set" in err
+
+
+def test_attach_refuses_a_state_probed_again_with_another_encoder(cli, probed, folders, sampled, tmp_path):
+    """The query names the encoder and the features digest it was made from; a state re-probed in between
+    (same pool, same feature length, other weights) would label the proxy from other features."""
+    cloud_dir, client_dir = sampled
+    reprobed = tmp_path / "reprobed"
+    shutil.copytree(probed, reprobed)
+    assert query(cli, reprobed, cloud_dir)[0] == 0
+    assert answer(cli, folders, cloud_dir, client_dir)[0] == 0
+    code, _, err = cli(cloud.main, "probe", "--open", folders["open"], "--out", reprobed / "centroids.ecos",
+                       "--num-clusters", 6, "--input-size", 32, "--encoder-weights", "none",
+                       "--state", reprobed / "cloud_state")
+    assert code == 0, err
+    code, _, err = attach(cli, reprobed, cloud_dir, client_dir / "histogram.ecos")
+    assert code == 2 and one_error_line(err) and "coverage-query` again" in err
+    assert not (cloud_dir / "labelled.json").exists()
