@@ -100,7 +100,7 @@ def format_summary(datamodule: ProxyDataModule, metrics: dict, checkpoint: str |
         f"client test accuracy : {metrics.get('test_acc', float('nan')):.4f}",
         f"privacy              : epsilon {epsilon} at delta {proxy.delta:g}{rdp}",
         f"bytes down / up      : {proxy.bytes_down:,} / {proxy.bytes_up:,}",
-        f"proxy                : {len(proxy)} images from sampler '{datamodule.hparams.sampler}'",
+        f"proxy                : {len(proxy)} images from sampler '{info['sampler']}'",
     ]
     if "domains" in info:
         lines.append("proxy domains        : " + ", ".join(f"{k} {v}" for k, v in info["domains"].items() if v))

@@ -70,7 +70,9 @@ def run_cell(cell: dict, args, extra: list[str]) -> dict:
     source = ["--data.dataset", f"{args.dataset}:client={domain}:seed={seed}:{Path(args.root).resolve()}"]
     common = ["--seed_everything", str(seed), "--data.seed", str(seed), "--data.cache_dir", str(args.work / "cache"),
               *(["--trainer", str(Path(args.trainer).resolve())] if args.trainer else [])]
-    options = [*source, *common, "--data.sampler", sampler, "--data.budget", str(cell["budget"]), *extra]
+    # the configs' own sampler is ECOS with the paper's noise: name another one only
+    chosen = [] if sampler == "ecos" else ["--data.sampler", sampler]
+    options = [*source, *common, *chosen, "--data.budget", str(cell["budget"]), *extra]
     if task == "distill":
         teacher_dir = args.work / "teachers" / f"{domain}-seed{seed}"
         teacher = teacher_dir / f"runs/paper/teacher_{args.dataset}/checkpoints/last.ckpt"

@@ -39,7 +39,7 @@ from ecos_lightning.data import DOMAINS, paper_split
 from ecos_lightning.files import atomic_write_bytes
 from ecos_lightning.label_sources import get_label_source
 from ecos_lightning.protocol.privacy import gaussian_release, noise_multiplier_for_epsilon, releases_epsilon
-from ecos_lightning.samplers import Inputs, select_proxy
+from ecos_lightning.samplers import Inputs, Run, select_proxy
 
 from digits_features import add_arguments, digits_lite_features
 
@@ -47,15 +47,10 @@ EPSILONS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 ECOS_SIGMA = 8.0
 #: method -> (label source, its settings, the setting that carries its noise, feature pooling for labelling)
 METHODS = {
-    "private_knn": ("client_knn", {"knn_k": 20, "knn_sampling_rate": 0.3}, "knn_noise_multiplier", "style"),
-    "class_coverage": ("class_coverage", {"coverage_clusters": [10, 20, 50], "coverage_label_fraction": 1.0},
-                       "coverage_noise_multiplier", "style"),
-    "class_coverage 80% labelled": ("class_coverage", {"coverage_clusters": [10, 20, 50],
-                                                       "coverage_label_fraction": 0.8},
-                                    "coverage_noise_multiplier", "style"),
-    "class_coverage avg pooling": ("class_coverage", {"coverage_clusters": [10, 20, 50],
-                                                      "coverage_label_fraction": 1.0},
-                                   "coverage_noise_multiplier", "avg"),
+    "private_knn": ("client_knn", {"k": 20, "sampling_rate": 0.3}, "style"),
+    "class_coverage": ("class_coverage", {"clusters": [10, 20, 50], "label_fraction": 1.0}, "style"),
+    "class_coverage 80% labelled": ("class_coverage", {"clusters": [10, 20, 50], "label_fraction": 0.8}, "style"),
+    "class_coverage avg pooling": ("class_coverage", {"clusters": [10, 20, 50], "label_fraction": 1.0}, "avg"),
 }
 FINETUNE_METHODS = ("manual", "class_coverage", "private_knn")
 FINETUNE = dict(model_name="efficientnet_lite0", weights="offline", input_size=64, lr=2e-3, backbone_lr_scale=0.5)
@@ -71,11 +66,12 @@ def ecos_sigma(epsilon: float, delta: float) -> float:
 def label_sigma(method: str, epsilon: float, delta: float, budget: int) -> float:
     """Smallest noise multiplier (to 1e-3 relative) of ``method``'s releases whose composition with the ECOS
     query costs at most ``epsilon`` (PLD)."""
-    source_name, settings, noise_key, _ = METHODS[method]
-    source, fixed = get_label_source(source_name), [gaussian_release(ecos_sigma(epsilon, delta))]
+    source_name, params, _ = METHODS[method]
+    fixed = [gaussian_release(ecos_sigma(epsilon, delta))]
 
     def cost(sigma: float) -> float:
-        return releases_epsilon(fixed + source.releases({**settings, noise_key: sigma, "seed": 0}, budget), delta)
+        source = get_label_source(source_name, **params, noise_multiplier=sigma)
+        return releases_epsilon(fixed + source.releases(budget), delta)
 
     low, high = 0.1, 1.0
     while cost(high) > epsilon:
@@ -115,14 +111,13 @@ def make_cell(data, features: dict, domain: str, seed: int, epsilon: float, meth
         labels, releases = truth, []
         record.update(label_sigma=None)
     else:
-        source_name, settings, noise_key, pooling = METHODS[method]
-        source = get_label_source(source_name)
-        settings = {**settings, noise_key: sigma, "seed": seed}
+        source_name, params, pooling = METHODS[method]
+        source = get_label_source(source_name, **params, noise_multiplier=sigma)
         inputs = Inputs(open_features=features[pooling][open_idx], client_features=features[pooling][client_idx],
                         client_labels=data.labels[client_idx], client_size=len(client_idx), num_classes=10)
         start = time.perf_counter()
-        labels = np.asarray(source.run(proxy, inputs, settings).label_list())
-        releases = source.releases(settings, args.budget)
+        labels = np.asarray(source.run(proxy, inputs, Run(args.budget, args.delta, seed)).label_list())
+        releases = source.releases(args.budget)
         record.update(label_sigma=sigma, label_seconds=time.perf_counter() - start)
     releases = [gaussian_release(e_sigma)] + releases
     labelled = labels >= 0

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -40,13 +41,14 @@ from ecos_lightning.encoders import spec_for_model
 from ecos_lightning.feature_store import DEFAULT_CHUNK_ROWS, digest_of
 from ecos_lightning.files import atomic_write_bytes, default_cache_dir, plain, stable_hash
 from ecos_lightning.frameworks import bases, framework_of
-from ecos_lightning.label_sources import DEPRECATED, LABEL_SOURCES, get_label_source
+from ecos_lightning.components import Run, build_proxy, planned_releases
+from ecos_lightning.label_sources import LABEL_SOURCES, ClassCoverage, ClientKnn, LabelSource, get_label_source
 from ecos_lightning.protocol import faiss_ops
 from ecos_lightning.protocol.privacy import releases_epsilon
 from ecos_lightning.protocol.validation import positive_int
 from ecos_lightning.proxy import PROXY_VERSION, Proxy
 from ecos_lightning.proxy_file import proxy_image_files
-from ecos_lightning.samplers import Inputs, get_sampler
+from ecos_lightning.samplers import Inputs, Sampler, get_sampler
 
 from .images import (ImageSubset, TwoViewSubset, UnitImage, check_raw_images, dataset_domains, dataset_labels,
                      fingerprint)
@@ -58,6 +60,43 @@ log = logging.getLogger(__name__)
 _NOT_SETTINGS = ("self", "__class__", "open_dataset", "client_dataset", "client_test_dataset", "train_transform",
                  "eval_transform")
 
+
+
+#: Former flat settings (deprecated) -> (the component they configure, its parameter, the class that takes it).
+FLAT_SETTINGS = {
+    "num_clusters": ("sampler", "num_clusters", Sampler), "q": ("sampler", "q", Sampler),
+    "noise_multiplier": ("sampler", "noise_multiplier", Sampler),
+    "knn_k": ("label_source", "k", ClientKnn), "knn_noise_multiplier": ("label_source", "noise_multiplier", ClientKnn),
+    "knn_sampling_rate": ("label_source", "sampling_rate", ClientKnn),
+    "coverage_clusters": ("label_source", "clusters", ClassCoverage),
+    "coverage_noise_multiplier": ("label_source", "noise_multiplier", ClassCoverage),
+    "coverage_label_fraction": ("label_source", "label_fraction", ClassCoverage),
+}
+
+
+def _component(get, role: str, spec, flat: dict):
+    """The ``role`` component ``spec`` names, with the deprecated flat settings ``flat`` of that role applied where
+    its class takes them (each one warned about)."""
+    component = get(spec)
+    given = {key: value for key, value in flat.items() if FLAT_SETTINGS[key][0] == role}
+    for key in given:
+        warnings.warn(f"{key} is deprecated: set {FLAT_SETTINGS[key][1]} on the {role} ({role}: {{class_path: "
+                      f"{type(component).__name__}, init_args: {{{FLAT_SETTINGS[key][1]}: ...}}}})",
+                      DeprecationWarning, stacklevel=4)
+    taken = type(component).parameters()
+    overrides = {FLAT_SETTINGS[key][1]: value for key, value in given.items()
+                 if isinstance(component, FLAT_SETTINGS[key][2]) and FLAT_SETTINGS[key][1] in taken}
+    if not overrides:
+        return component
+    config = component.config()
+    try:
+        return get({"class_path": config["class_path"], "init_args": {**config["init_args"], **overrides}})
+    except ValueError as exc:  # name the setting as the user wrote it
+        message = str(exc)
+        for key in given:
+            if message.startswith(FLAT_SETTINGS[key][1] + " ") and FLAT_SETTINGS[key][1] in overrides:
+                raise ValueError(key + message[len(FLAT_SETTINGS[key][1]):]) from None
+        raise
 
 
 class ProxyDataModule(*bases("LightningDataModule")):
@@ -77,19 +116,20 @@ class ProxyDataModule(*bases("LightningDataModule")):
         client_domain, data_seed: the client domain and split seed, replacing the ones ``dataset`` names
             (None: the name's, else the source's default: ``handwritten`` and 0 for digits-lite).
         encoder, encoder_weights, encoder_input_size, encoder_pooling: the feature encoder both sides use.
-        num_clusters, q, noise_multiplier, delta: the ECOS query (K centroids, q nearest, sigma, delta);
-            ``num_clusters="auto"`` (the default) chooses K from the pool size, the client size, sigma and q
-            (``ecos_lightning.protocol.num_clusters``).
+        sampler: the sampler object (``ecos_lightning.samplers``: ``Ecos(num_clusters, q, noise_multiplier,
+            fp16, pca_dim, noise_z, ...)``, ``Random()``, ``KCenter()``, ``Full()``, ``Upload()``, ``Local()``:
+            train on the client's own data), or what names one: a registered name (``ecos``: ``Ecos()`` with
+            its defaults), an import path, or ``{class_path, init_args}`` as LightningCLI writes it.
+        label_source: the label source object (``ecos_lightning.label_sources``: ``Manual()``: labels of the
+            selected images only, ``ClientKnn(k, noise_multiplier, sampling_rate)``: Private kNN by the client,
+            ``ClassCoverage(clusters, noise_multiplier, label_fraction)``, ``Unlabelled()``: labels -1), or
+            what names one, as for ``sampler``; ``open`` is a deprecated name of ``manual``.
+        delta: the delta of every epsilon reported (the client ledger's).
         budget: proxy size B.
-        sampler: a name in ``ecos_lightning.samplers.SAMPLERS`` (ecos | random | kcenter | full | upload |
-            local: train on the client's own data) or the import path of a sampler object.
-        label_source: a name in ``ecos_lightning.label_sources.LABEL_SOURCES`` (manual: labels of the
-            selected images only | client_knn: Private kNN by the client | none: unlabelled, labels -1) or
-            the import path of a label source object; ``open`` is a deprecated name of ``manual``.
-        knn_k, knn_noise_multiplier, knn_sampling_rate: Private kNN labelling parameters.
-        coverage_clusters, coverage_noise_multiplier, coverage_label_fraction: class_coverage labelling
-            (see ``ecos_lightning.class_coverage``): numbers of proxy centroids (one histogram each), the
-            noise multiplier of each histogram, the share of the proxy labelled (clearest first; the rest -1).
+        num_clusters, q, noise_multiplier, knn_k, knn_noise_multiplier, knn_sampling_rate, coverage_clusters,
+            coverage_noise_multiplier, coverage_label_fraction: deprecated: the parameters of the sampler
+            (the first three) and of the ``client_knn`` / ``class_coverage`` label sources, set on those
+            objects instead (``FLAT_SETTINGS``); given, they configure a component named by a string.
         max_epsilon: refuse, before any query, a run whose composed epsilon would exceed this.
         val_fraction: share of the proxy held out for validation.
         image_size: images are resized to this square side (built-in transforms only).
@@ -129,12 +169,13 @@ class ProxyDataModule(*bases("LightningDataModule")):
                  client_domain: str | None = None, data_seed: int | None = None,
                  encoder: str = "efficientnet_lite0", encoder_weights: str = "offline",
                  encoder_input_size: int = 64, encoder_pooling: str = "style",
-                 num_clusters: int | Literal["auto"] = "auto",
-                 q: int = 1, noise_multiplier: float = 8.0, delta: float = 1e-5, budget: int = 1000,
-                 sampler: str = "ecos", label_source: str = "manual", knn_k: int = 20,
-                 knn_noise_multiplier: float = 2.0, knn_sampling_rate: float = 0.3,
-                 coverage_clusters: int | Sequence[int] = (10, 20, 50), coverage_noise_multiplier: float = 7.31,
-                 coverage_label_fraction: float = 1.0,
+                 sampler: str | Sampler = "ecos", label_source: str | LabelSource = "manual",
+                 delta: float = 1e-5, budget: int = 1000,
+                 num_clusters: int | Literal["auto"] | None = None, q: int | None = None,
+                 noise_multiplier: float | None = None, knn_k: int | None = None,
+                 knn_noise_multiplier: float | None = None, knn_sampling_rate: float | None = None,
+                 coverage_clusters: int | Sequence[int] | None = None, coverage_noise_multiplier: float | None = None,
+                 coverage_label_fraction: float | None = None,
                  max_epsilon: float | None = None, val_fraction: float = 0.1, image_size: int = 32,
                  augment: bool = True, train_transform: Callable | None = None,
                  eval_transform: Callable | None = None, unlabelled_batch_size: int = 0, batch_size: int = 64,
@@ -142,12 +183,17 @@ class ProxyDataModule(*bases("LightningDataModule")):
                  dataset_id: str | None = None, proxy_file: str | None = None,
                  feature_chunk_rows: int = DEFAULT_CHUNK_ROWS, faiss_gpu: bool | None = None,
                  keep_unlabelled: bool | None = None):
-        settings = {name: plain(value) for name, value in locals().items() if name not in _NOT_SETTINGS}
+        settings = {name: plain(value) for name, value in locals().items()
+                    if name not in _NOT_SETTINGS + tuple(FLAT_SETTINGS)}
         super().__init__()
-        self.sampler, self.label_source = get_sampler(sampler), get_label_source(label_source)
+        flat = {name: value for name, value in locals().items() if name in FLAT_SETTINGS and value is not None}
+        self.sampler = _component(get_sampler, "sampler", sampler, flat)
+        self.label_source = _component(get_label_source, "label_source", label_source, flat)
         if self.sampler.source == "client" and not self.label_source.labels_client_data:
-            usable = [name for name, source in LABEL_SOURCES.items() if source.labels_client_data]
-            raise ValueError(f"sampler={sampler!r} trains on the client's own labels: use label_source={usable}")
+            usable = [name for name, cls in LABEL_SOURCES.items() if cls.labels_client_data]
+            raise ValueError(f"sampler={self.sampler.display_name()!r} trains on the client's own labels: use "
+                             f"label_source={usable}")
+        settings.update(sampler=self.sampler.config(), label_source=self.label_source.config())
         positive_int(budget, "budget")
         positive_int(batch_size, "batch_size")
         if num_workers != "auto" and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
@@ -167,7 +213,6 @@ class ProxyDataModule(*bases("LightningDataModule")):
                 check_raw_images(ds, name)
         self.save_hyperparameters(settings)  # plain Python values: one hash and a weights-only checkpoint
         self.train_transform, self.eval_transform = train_transform, eval_transform
-        self.hparams.label_source = DEPRECATED.get(label_source, label_source)
         self.spec = spec_for_model(encoder, weights=encoder_weights, input_size=encoder_input_size,
                                    pooling=encoder_pooling)
         self._datasets = (open_dataset, client_dataset, client_test_dataset)
@@ -275,8 +320,8 @@ class ProxyDataModule(*bases("LightningDataModule")):
     def config(self) -> dict:
         """Everything that determines the proxy artifact: settings, encoder, data and labels."""
         h = self.hparams
-        keys = ("num_clusters", "q", "noise_multiplier", "delta", "budget", "sampler", "label_source", "seed")
-        cfg = {k: h[k] for k in keys + self.sampler.config_keys + self.label_source.config_keys}
+        cfg = {"budget": h.budget, "delta": h.delta, "seed": h.seed, "sampler": self.sampler.config(),
+               "label_source": self.label_source.config()}
         open_ds, client_ds, _, data_id = self.sources()
         labels = [hashlib.sha256(self.labels(ds).astype("<i8").tobytes()).hexdigest() for ds in (open_ds, client_ds)]
         cfg.update(encoder=self.spec.to_dict(), data=data_id, labels=labels, version=PROXY_VERSION)
@@ -304,8 +349,11 @@ class ProxyDataModule(*bases("LightningDataModule")):
         """What the client will release in this run, as the sampler and the label source declare it (known
         before any query is made): the budget check, the proxy's releases and the ledger all use this."""
         open_ds, client_ds, _, _ = self.sources()
-        size = self.sampler.proxy_size(self.hparams, len(open_ds), len(client_ds))
-        return self.sampler.releases(self.hparams) + self.label_source.releases(self.hparams, size)
+        return planned_releases(self.sampler, self.label_source, self._run(), len(open_ds), len(client_ds))
+
+    def _run(self) -> Run:
+        h = self.hparams
+        return Run(budget=h.budget, delta=h.delta, seed=h.seed, progress=True, faiss_gpu=h.faiss_gpu)
 
     # --------------------------------------------------------- prepare / the proxy
     def prepare_data(self) -> None:
@@ -327,8 +375,9 @@ class ProxyDataModule(*bases("LightningDataModule")):
         planned = releases_epsilon(self.planned_releases(), h.delta)
         if h.max_epsilon is not None and planned > h.max_epsilon:
             raise ValueError(f"privacy budget: this run would spend epsilon={planned:.3g} at delta={h.delta:g} > "
-                             f"max_epsilon={h.max_epsilon:g}; raise noise_multiplier (or knn_noise_multiplier, "
-                             "coverage_noise_multiplier) or max_epsilon")
+                             f"max_epsilon={h.max_epsilon:g}; raise the noise_multiplier of sampler "
+                             f"{self.sampler.display_name()!r} or of label source "
+                             f"{self.label_source.display_name()!r}, or max_epsilon")
 
     @property
     def proxy(self) -> Proxy:
@@ -401,13 +450,8 @@ class ProxyDataModule(*bases("LightningDataModule")):
 
     def _build_proxy(self, inputs: Inputs) -> Proxy:
         """inputs -> sampler -> label source -> the Proxy with the declared releases."""
-        h = self.hparams
-        settings = {**h, "progress": True}
-        proxy = self.label_source.run(self.sampler.run(inputs, settings), inputs, settings)
-        releases = self.planned_releases()
-        return proxy.replace(releases=releases, release_hash=proxy.release_hash if releases else None,
-                             epsilon=releases_epsilon(releases, h.delta), delta=h.delta, open=self.sources()[3],
-                             hash=stable_hash(self.config()))
+        proxy = build_proxy(inputs, self.sampler, self.label_source, self._run(), self.planned_releases())
+        return proxy.replace(open=self.sources()[3], hash=stable_hash(self.config()))
 
     def _proxy_from_file(self) -> Proxy:
         """The proxy of ``proxy_file`` as this module trains on it (its releases stay in the client's ledger).
@@ -611,7 +655,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
         proxy = self.proxy
         labels = np.asarray(proxy.label_list())
         out = {
-            "sampler": self.hparams.sampler, "size": len(proxy), "epsilon": proxy.epsilon,
+            "sampler": self.sampler.display_name(), "size": len(proxy), "epsilon": proxy.epsilon,
             "epsilon_rdp": proxy.epsilon_rdp, "delta": proxy.delta,
             "bytes_down": proxy.bytes_down, "bytes_up": proxy.bytes_up,
             "class_histogram": np.bincount(labels[labels >= 0], minlength=self.num_classes).tolist(),

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ecos_lightning.feature_store import DEFAULT_CHUNK_ROWS
 from ecos_lightning.features import cached_features
-from ecos_lightning.samplers import CLIENT_FEATURES, CLIENT_LABELS, OPEN_FEATURES, Inputs
+from ecos_lightning.components import CLIENT_FEATURES, CLIENT_LABELS, OPEN_FEATURES, Inputs
 
 
 def extract_shard(spec, open_ds: Dataset, client_ds: Dataset, feature_ids: tuple[str, str], needs: frozenset,

@@ -1,10 +1,10 @@
-"""Samplers: each one small object that says what it reads from the client, what the client releases
-for it (its privacy records) and how it selects a proxy.
+"""Samplers: each one small object that owns its parameters and says what it reads from the client, what
+the client releases for it (its privacy records) and how it selects a proxy.
 
-The registry ``SAMPLERS`` maps names to samplers. Adding one: subclass :class:`Sampler`, then one
-line ``register_sampler(MySampler())``. A name that is not registered but is a dotted import path
-(``package.module.OBJECT``) names a sampler object found there, so a sampler from another package
-works in a config without a registry line.
+The registry ``SAMPLERS`` maps names to sampler classes. Adding one: subclass :class:`Sampler` (its
+``__init__`` parameters kept as attributes of the same name), then one line ``register_sampler(MySampler)``.
+A config names a sampler by a registered name, an import path, ``{class_path, init_args}`` or the object
+itself (see :mod:`ecos_lightning.components`).
 
 The ECOS sampler goes through serialised messages exactly as two machines would: the centroids are
 sent as bytes, the client answers from those bytes, the cloud samples from the answer's bytes.
@@ -13,69 +13,44 @@ sent as bytes, the client answers from those bytes, the cloud samples from the a
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from .components import (CLIENT_FEATURES, CLIENT_LABELS, OPEN_FEATURES, Component, Inputs, Run, build, build_proxy,
+                         planned_releases, register)
+from .label_sources import Unlabelled
 from .protocol import CentroidsMessage, ClientResponder, CloudSampler, ScoresMessage
 from .protocol.baselines import run_baseline
 from .protocol.num_clusters import resolve_num_clusters
-from .protocol.privacy import gaussian_release, releases_epsilon
+from .protocol.privacy import check_noise_multiplier, gaussian_release
+from .protocol.validation import positive_int
 from .proxy import Proxy
 
 log = logging.getLogger(__name__)
 
-CLIENT_FEATURES = "client_features"
-CLIENT_LABELS = "client_labels"
-OPEN_FEATURES = "open_features"
+__all__ = ["CLIENT_FEATURES", "CLIENT_LABELS", "OPEN_FEATURES", "ECOS_RULES", "SAMPLERS", "Baseline", "Ecos",
+           "Full", "Inputs", "KCenter", "Local", "Random", "Run", "Sampler", "Upload", "get_sampler",
+           "register_sampler", "select_proxy"]
 
 
-@dataclass(frozen=True)
-class Inputs:
-    """What samplers and label sources read; a piece nobody declared in ``needs`` is None.
+class Sampler(Component):
+    """A way to select a proxy set. ``source``: the dataset its indices point into ("open" or "client")."""
 
-    open_features: float32 [N, d] of the open pool. open_labels: int64 [N], the pool's labels as a
-    labeller would reveal them (-1: unknown). client_features: float32 [M, d]; client_labels: int64 [M]
-    (the client's, in a simulation read in-process). client_size: M. num_classes: label classes.
-    encoder: the encoder spec (dict) both sides use.
-    """
-
-    open_features: np.ndarray | None = None
-    open_labels: np.ndarray | None = None
-    client_features: np.ndarray | None = None
-    client_labels: np.ndarray | None = None
-    client_size: int = 0
-    num_classes: int = 0
-    encoder: dict | None = None
-
-
-class Sampler:
-    """A way to select a proxy set.
-
-    name: its registry name. source: the dataset its indices point into ("open" or "client").
-    needs: what it reads (``OPEN_FEATURES``, ``CLIENT_FEATURES``, ``CLIENT_LABELS``).
-    config_keys: settings beyond the common ones (``num_clusters``, ``q``, ``noise_multiplier``,
-    ``delta``, ``budget``, ``seed``) that determine its proxy.
-    """
-
-    name = ""
     source = "open"
     needs: frozenset = frozenset({OPEN_FEATURES})
-    config_keys: tuple = ()
 
-    def proxy_size(self, settings: Mapping, pool_size: int, client_size: int) -> int:
+    def proxy_size(self, run: Run, pool_size: int, client_size: int) -> int:
         """How many images its proxy holds at most (known before it runs)."""
-        return settings["budget"]
+        return run.budget
 
-    def releases(self, settings: Mapping) -> list[dict]:
+    def releases(self) -> list[dict]:
         """The privacy records of what the client releases for it (known before it runs)."""
         return []
 
-    def run(self, inputs: Inputs, settings: Mapping) -> Proxy:
+    def run(self, inputs: Inputs, run: Run) -> Proxy:
         """Select: a Proxy with indices, provenance, bytes each way, ``source`` and ``release_hash`` (the
         SHA-256 of what the client released, None when it released nothing); the caller adds the rest."""
         raise NotImplementedError
@@ -89,56 +64,79 @@ ECOS_RULES = {"noise_z": 3.0, "neighbour_z": None, "candidate_factor": 3.0, "wit
 class Ecos(Sampler):
     """ECOS: centroids down, noisy centroid-coverage scores up, budget allocated by score.
 
-    ``rules``: the cloud's sampling rules (keys of ``ECOS_RULES``: the noise threshold ``noise_z``, the
-    ``candidate_factor`` and ``within_cluster``), this sampler's defaults; a setting of the same name
-    overrides one for a run (``select_proxy(..., noise_z=0)``). ``num_clusters`` may be ``"auto"``: K from
-    the pool size, the client size, sigma and q (``protocol.num_clusters``).
+    num_clusters: K centroids, or ``"auto"``: K from the pool size, the client size, sigma and q
+        (``protocol.num_clusters``). q: nearest centroids each client sample counts for.
+    noise_multiplier: sigma of the client's Gaussian noise on its scores (sensitivity sqrt(q)).
+    fp16: send the centroids as float16 (half the bytes; ``bench/compression.py`` measures it free).
+    pca_dim: send them projected to this many dimensions (None: the full feature dimension).
+    noise_z, neighbour_z, candidate_factor, within_cluster: the cloud's sampling rules (``CloudSampler``).
     """
 
+    name = "ecos"
     needs = frozenset({OPEN_FEATURES, CLIENT_FEATURES})
 
-    def __init__(self, name: str = "ecos", **rules):
-        unknown = set(rules) - set(ECOS_RULES)
-        if unknown:
-            raise ValueError(f"unknown ECOS rules {sorted(unknown)}: use {sorted(ECOS_RULES)}")
-        self.name, self.rules = name, {**ECOS_RULES, **rules}
+    def __init__(self, num_clusters: int | Literal["auto"] = "auto", q: int = 1, noise_multiplier: float = 8.0,
+                 fp16: bool = True, pca_dim: int | None = None, noise_z: float = ECOS_RULES["noise_z"],
+                 neighbour_z: float | None = ECOS_RULES["neighbour_z"],
+                 candidate_factor: float = ECOS_RULES["candidate_factor"],
+                 within_cluster: Literal["kcenter", "nearest", "random"] = ECOS_RULES["within_cluster"]):
+        if num_clusters != "auto":
+            positive_int(num_clusters, "num_clusters")
+        self.num_clusters, self.q = num_clusters, positive_int(q, "q")
+        self.noise_multiplier = check_noise_multiplier(noise_multiplier)
+        self.fp16, self.pca_dim = bool(fp16), pca_dim
+        self.noise_z, self.neighbour_z, self.candidate_factor = noise_z, neighbour_z, candidate_factor
+        self.within_cluster = within_cluster
 
-    def releases(self, settings):
-        return [gaussian_release(settings["noise_multiplier"], what="ecos_coverage_scores")]
+    def releases(self):
+        return [gaussian_release(self.noise_multiplier, what="ecos_coverage_scores")]
 
-    def run(self, inputs, settings):
+    def run(self, inputs, run):
         pool, client = len(inputs.open_features), inputs.client_size or len(inputs.client_features)
-        k = resolve_num_clusters(settings["num_clusters"], pool, client, settings["noise_multiplier"], settings["q"])
-        if settings["num_clusters"] == "auto":
+        k = resolve_num_clusters(self.num_clusters, pool, client, self.noise_multiplier, self.q)
+        if self.num_clusters == "auto":
             log.info("num_clusters=auto: K=%d for %d open samples, %d client samples, sigma %g, q %d", k, pool,
-                     client, settings["noise_multiplier"], settings["q"])
-        rules = {key: settings.get(key, value) for key, value in self.rules.items()}
-        cloud = CloudSampler(num_clusters=k, seed=settings["seed"], fp16=settings.get("fp16", False),
-                             pca_dim=settings.get("pca_dim"), encoder=inputs.encoder,
-                             use_gpu=settings.get("faiss_gpu"), progress=settings.get("progress", False),
-                             auto_k=settings["num_clusters"] == "auto", **rules)
+                     client, self.noise_multiplier, self.q)
+        cloud = CloudSampler(num_clusters=k, seed=run.seed, fp16=self.fp16, pca_dim=self.pca_dim,
+                             encoder=inputs.encoder, use_gpu=run.faiss_gpu, progress=run.progress,
+                             auto_k=self.num_clusters == "auto", noise_z=self.noise_z, neighbour_z=self.neighbour_z,
+                             candidate_factor=self.candidate_factor, within_cluster=self.within_cluster)
         down = cloud.fit(inputs.open_features).to_bytes()
-        responder = ClientResponder(noise_multiplier=settings["noise_multiplier"], q=settings["q"],
-                                    delta=settings["delta"], seed=settings["seed"])
+        responder = ClientResponder(noise_multiplier=self.noise_multiplier, q=self.q, delta=run.delta, seed=run.seed)
         up = responder.respond(CentroidsMessage.from_bytes(down), inputs.client_features).to_bytes()
         scores = ScoresMessage.from_bytes(up)
-        selection = cloud.select(scores, settings["budget"])
+        selection = cloud.select(scores, run.budget)
         return Proxy(selection.indices, selection.clusters, selection.scores, bytes_down=len(down),
                      bytes_up=len(up), cluster_scores=np.clip(scores.scores, 0, None),
                      release_hash=hashlib.sha256(up).hexdigest())
 
 
 class Baseline(Sampler):
-    """A baseline of ``protocol.baselines`` that reads no client data (random, kcenter, full)."""
+    """A baseline of ``protocol.baselines`` that reads no client data."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def run(self, inputs, run):
+        return Proxy(run_baseline(self.name, inputs.open_features, run.budget, seed=run.seed))
 
-    def proxy_size(self, settings, pool_size, client_size):
-        return pool_size if self.name == "full" else super().proxy_size(settings, pool_size, client_size)
 
-    def run(self, inputs, settings):
-        return Proxy(run_baseline(self.name, inputs.open_features, settings["budget"], seed=settings["seed"]))
+class Random(Baseline):
+    """B images of the pool drawn uniformly."""
+
+    name = "random"
+
+
+class KCenter(Baseline):
+    """B images of the pool by greedy k-center (coverage of the pool, not of the client)."""
+
+    name = "kcenter"
+
+
+class Full(Baseline):
+    """The whole pool."""
+
+    name = "full"
+
+    def proxy_size(self, run, pool_size, client_size):
+        return pool_size
 
 
 class Upload(Sampler):
@@ -147,13 +145,12 @@ class Upload(Sampler):
     name = "upload"
     needs = frozenset({OPEN_FEATURES, CLIENT_FEATURES})
 
-    def releases(self, settings):
+    def releases(self):
         return [{"mechanism": "non_private", "count": 1, "what": "upload: client data"}]
 
-    def run(self, inputs, settings):
+    def run(self, inputs, run):
         features = np.ascontiguousarray(inputs.client_features, dtype=np.float32)
-        indices = run_baseline(self.name, inputs.open_features, settings["budget"], client_features=features,
-                               seed=settings["seed"])
+        indices = run_baseline(self.name, inputs.open_features, run.budget, client_features=features, seed=run.seed)
         return Proxy(indices, bytes_up=features.nbytes, release_hash=hashlib.sha256(features.tobytes()).hexdigest())
 
 
@@ -164,78 +161,64 @@ class Local(Sampler):
     source = "client"
     needs = frozenset({CLIENT_LABELS})
 
-    def proxy_size(self, settings, pool_size, client_size):
+    def proxy_size(self, run, pool_size, client_size):
         return client_size
 
-    def releases(self, settings):
+    def releases(self):
         return [{"mechanism": "non_private", "count": 1, "what": "local: client data"}]
 
-    def run(self, inputs, settings):
+    def run(self, inputs, run):
         labels = np.asarray(inputs.client_labels, dtype="<i8")
         return Proxy(np.arange(inputs.client_size), source="client",
                      release_hash=hashlib.sha256(labels.tobytes()).hexdigest())
 
 
-SAMPLERS: dict[str, Sampler] = {}
+SAMPLERS: dict[str, type] = {}
 
 
-def register_sampler(sampler: Sampler) -> Sampler:
-    """Add ``sampler`` to the registry under its name (a name may be registered once)."""
-    if not sampler.name or sampler.name in SAMPLERS:
-        raise ValueError(f"a sampler needs a new name, got {sampler.name!r}")
-    SAMPLERS[sampler.name] = sampler
-    return sampler
+def register_sampler(cls: type) -> type:
+    """Add the sampler class ``cls`` to the registry under ``cls.name``; usable as a class decorator."""
+    return register(SAMPLERS, cls, Sampler, "sampler")
 
 
-def resolve(name, registry: dict, kind: str):
-    """The registered object ``name``, else the object at the dotted import path ``name``; ``ValueError``
-    listing the registered names otherwise."""
-    if isinstance(name, str) and name in registry:
-        return registry[name]
-    if isinstance(name, str) and "." in name:
-        module, _, attribute = name.rpartition(".")
-        try:
-            return getattr(importlib.import_module(module), attribute)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"{kind} {name!r} cannot be imported ({exc})") from None
-    raise ValueError(f"{kind} must be one of {tuple(registry)} or an import path, got {name!r}")
+def get_sampler(spec, **overrides) -> Sampler:
+    """The sampler ``spec`` names (see :func:`ecos_lightning.components.build`)."""
+    return build(spec, SAMPLERS, Sampler, "sampler", overrides)
 
 
-def get_sampler(name: str) -> Sampler:
-    return resolve(name, SAMPLERS, "sampler")
-
-
-def select_proxy(sampler: str, open_features: np.ndarray, budget: int, *, client_features=None,
+def select_proxy(sampler, open_features: np.ndarray, budget: int, *, client_features=None,
                  num_clusters: int | str = 100, q: int = 1, noise_multiplier: float = 8.0, delta: float = 1e-5,
                  seed: int = 0, fp16: bool = False, pca_dim: int | None = None, encoder: dict | None = None,
                  progress: bool = False, **rules) -> Proxy:
     """Run an open-pool sampler on feature arrays: the Proxy with its declared releases and epsilon.
 
-    ``num_clusters``: K or ``"auto"``. ``rules``: ECOS sampling rules for this run (``noise_z``,
-    ``candidate_factor``, ``within_cluster``; see ``ECOS_RULES``), overriding the sampler's own."""
+    ``sampler``: a name, import path or object. Named by a string, it takes ``num_clusters`` (K or
+    ``"auto"``), ``q``, ``noise_multiplier``, ``fp16``, ``pca_dim`` and the ECOS sampling ``rules``
+    (``noise_z``, ``neighbour_z``, ``candidate_factor``, ``within_cluster``; see ``ECOS_RULES``) where its
+    class has those parameters."""
     unknown = set(rules) - set(ECOS_RULES)
     if unknown:
         raise ValueError(f"unknown ECOS rules {sorted(unknown)}: use {sorted(ECOS_RULES)}")
-    chosen = get_sampler(sampler)
+    chosen = get_sampler(sampler, num_clusters=num_clusters, q=q, noise_multiplier=noise_multiplier, fp16=fp16,
+                         pca_dim=pca_dim, **rules)
     if chosen.source != "open":
-        raise ValueError(f"sampler {sampler!r} does not select from the open pool")
+        raise ValueError(f"sampler {chosen.display_name()!r} does not select from the open pool")
     if CLIENT_FEATURES in chosen.needs and client_features is None:
-        raise ValueError(f"client_features is required by the {sampler!r} sampler")
-    settings = dict(budget=budget, num_clusters=num_clusters, q=q, noise_multiplier=noise_multiplier, delta=delta,
-                    seed=seed, fp16=fp16, pca_dim=pca_dim, progress=progress, **rules)
+        raise ValueError(f"client_features is required by the {chosen.display_name()!r} sampler")
+    run, labels = Run(budget, delta, seed, progress), Unlabelled()
     start = time.perf_counter()
-    proxy = chosen.run(Inputs(open_features=open_features, client_features=client_features, encoder=encoder),
-                       settings)
-    releases = chosen.releases(settings)
-    proxy = proxy.replace(releases=releases, epsilon=releases_epsilon(releases, delta), delta=delta, open="features")
-    log.info("%s: %d proxy samples, epsilon %.3f at delta %g, %d bytes down, %d bytes up, %.2f s", sampler,
-             len(proxy), proxy.epsilon, delta, proxy.bytes_down, proxy.bytes_up, time.perf_counter() - start)
+    inputs = Inputs(open_features=open_features, client_features=client_features, encoder=encoder)
+    releases = planned_releases(chosen, labels, run, len(open_features), 0)
+    proxy = build_proxy(inputs, chosen, labels, run, releases).replace(open="features")
+    log.info("%s: %d proxy samples, epsilon %.3f at delta %g, %d bytes down, %d bytes up, %.2f s",
+             chosen.display_name(), len(proxy), proxy.epsilon, delta, proxy.bytes_down, proxy.bytes_up,
+             time.perf_counter() - start)
     return proxy
 
 
-register_sampler(Ecos())
-register_sampler(Baseline("random"))
-register_sampler(Baseline("kcenter"))
-register_sampler(Baseline("full"))
-register_sampler(Upload())
-register_sampler(Local())
+register_sampler(Ecos)
+register_sampler(Random)
+register_sampler(KCenter)
+register_sampler(Full)
+register_sampler(Upload)
+register_sampler(Local)

@@ -55,10 +55,12 @@ def test_the_hydra_example_instantiates_and_trains(tmp_path):
     image_folder(tmp_path / "client" / "test", 3, seed=2)
     data = OmegaConf.load(ROOT / "configs" / "hydra" / "data" / "ecos.yaml")
     cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "data": data})
-    cfg.data.merge_with({"budget": 12, "num_clusters": 3, "encoder_input_size": 32, "batch_size": 4, "num_workers": 0,
-                         "coverage_clusters": [2, 3]})
+    cfg.data.merge_with({"budget": 12, "sampler": {"num_clusters": 3}, "encoder_input_size": 32, "batch_size": 4,
+                         "num_workers": 0, "label_source": {"_target_": "ecos_lightning.label_sources.ClassCoverage",
+                                                            "clusters": [2, 3], "noise_multiplier": 0.0}})
     dm = instantiate(cfg.data)
-    assert isinstance(dm, ProxyDataModule) and type(dm.hparams.coverage_clusters) is list
+    clusters = dm.hparams.label_source["init_args"]["clusters"]
+    assert isinstance(dm, ProxyDataModule) and type(clusters) is list and type(dm.label_source.clusters) is list
     trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
                         callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
     trainer.fit(PlainClassifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))),
@@ -66,7 +68,7 @@ def test_the_hydra_example_instantiates_and_trains(tmp_path):
     assert len(dm.proxy) == 12
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     checkpoint = torch.load(ckpt, weights_only=False)
-    assert checkpoint["datamodule_hyper_parameters"]["coverage_clusters"] == [2, 3]  # plain, not omegaconf
+    assert checkpoint["datamodule_hyper_parameters"]["label_source"]["init_args"]["clusters"] == [2, 3]  # plain
     assert "omegaconf" not in repr(checkpoint["datamodule_hyper_parameters"])
 
     # the template resumes and tests from the checkpoint: a fresh module from the same config, a cold cache

@@ -16,7 +16,7 @@ LIGHTNING = ("pytorch_lightning", "lightning")
 TORCH_FREE = ("ecos_lightning.protocol", "ecos_lightning.protocol.encoder_spec", "ecos_lightning.ledger",
               "ecos_lightning.proxy", "ecos_lightning.samplers", "ecos_lightning.label_sources",
               "ecos_lightning.proxy_file", "ecos_lightning.files", "ecos_lightning.knn_labels",
-              "ecos_lightning.class_coverage")
+              "ecos_lightning.class_coverage", "ecos_lightning.components")
 ADAPTERS = ("datamodules", "callbacks", "ecos_lightning.datamodules", "ecos_lightning.callbacks")
 COMMANDS = ("ecos_lightning.commands.cloud", "ecos_lightning.commands.client")
 

@@ -68,8 +68,10 @@ def test_every_paper_config_uses_the_papers_privacy_and_classes():
     for path in sorted((ROOT / "configs" / "paper").glob("*.yaml")):
         config = yaml.safe_load(path.read_text())
         assert config["model"]["init_args"]["num_classes"] == 10, path
-        if config["data"]["sampler"] == "ecos":
-            sigma = config["data"]["noise_multiplier"]
+        sampler = config["data"]["sampler"]
+        if sampler != "full":
+            assert sampler["class_path"] == "Ecos", path
+            sigma = sampler["init_args"]["noise_multiplier"]
             assert gaussian_epsilon(sigma, 1e-5, accountant="rdp") == pytest.approx(0.58, abs=0.002), path
 
 

@@ -306,9 +306,8 @@ def test_the_run_summary_shows_the_auto_label_accuracy_and_the_labelled_share():
         def __len__(self):
             return 5
 
-    summary = {"label_accuracy": 0.6, "labelled": 0.8}
-    datamodule = SimpleNamespace(proxy=FiveImageProxy(), summary=lambda: summary,
-                                 hparams=SimpleNamespace(sampler="ecos"))
+    summary = {"sampler": "ecos", "label_accuracy": 0.6, "labelled": 0.8}
+    datamodule = SimpleNamespace(proxy=FiveImageProxy(), summary=lambda: summary)
     format_summary = load_train().format_summary
     assert "auto-label accuracy  : 0.6000 (80% of images labelled)" in format_summary(datamodule, {}, None, None)
     summary["labelled"] = 1.0

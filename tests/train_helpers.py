@@ -78,11 +78,14 @@ class ToySampler(Sampler):
     name = "toy"
     needs = frozenset()
 
-    def releases(self, settings):
-        return [gaussian_release(settings["noise_multiplier"], count=2, what="toy_scores")]
+    def __init__(self, noise_multiplier: float = 8.0):
+        self.noise_multiplier = noise_multiplier
 
-    def run(self, inputs, settings):
-        return Proxy(np.arange(settings["budget"]), release_hash=chain_release(None, [settings["budget"]]))
+    def releases(self):
+        return [gaussian_release(self.noise_multiplier, count=2, what="toy_scores")]
+
+    def run(self, inputs, run):
+        return Proxy(np.arange(run.budget), release_hash=chain_release(None, [run.budget]))
 
 
 class ToyLabels(LabelSource):
@@ -90,10 +93,10 @@ class ToyLabels(LabelSource):
 
     name = "toy_labels"
 
-    def releases(self, settings, proxy_size):
+    def releases(self, proxy_size):
         return [gaussian_release(4.0, count=proxy_size, sampling_rate=0.01, what="toy_labels")]
 
-    def run(self, proxy, inputs, settings):
+    def run(self, proxy, inputs, run):
         labels = np.zeros(len(proxy), dtype=np.int64)
         return proxy.replace(labels=labels, class_names=class_names(inputs.num_classes),
                              release_hash=chain_release(proxy.release_hash, labels))

@@ -52,7 +52,7 @@ def test_its_release_counts_in_the_budget_the_proxy_and_the_ledger(tmp_path):
     [entry] = read_ledger(ledger)["entries"]
     assert entry["releases"] == releases
 
-    with pytest.raises(ValueError, match="coverage_noise_multiplier") as error:
+    with pytest.raises(ValueError, match="noise_multiplier of sampler 'ecos' or of label source 'class_coverage'") as error:
         _module(tmp_path / "tight", max_epsilon=dm.epsilon * 0.99).prepare_data()
     assert len(str(error.value).splitlines()) == 1 and not (tmp_path / "tight").exists()
 

@@ -19,15 +19,16 @@ def toys(monkeypatch):
     """Registers ToySampler as "toy" and ToyLabels as "toy_labels" for one test."""
     monkeypatch.setattr(samplers, "SAMPLERS", dict(samplers.SAMPLERS))
     monkeypatch.setattr(label_sources, "LABEL_SOURCES", dict(label_sources.LABEL_SOURCES))
-    samplers.register_sampler(train_helpers.TOY_SAMPLER)
-    label_sources.register_label_source(train_helpers.TOY_LABELS)
+    samplers.register_sampler(train_helpers.ToySampler)
+    label_sources.register_label_source(train_helpers.ToyLabels)
 
 
 def _module(tmp_path, **kwargs):
     images = torch.rand(40, 3, 8, 8)
     data = TensorDataset(images, torch.arange(40) % 4)
-    args = dict(open_dataset=data, client_dataset=data, client_test_dataset=data, sampler="toy",
-                label_source="toy_labels", budget=12, noise_multiplier=3.0, image_size=8, batch_size=4,
+    args = dict(open_dataset=data, client_dataset=data, client_test_dataset=data,
+                sampler=train_helpers.ToySampler(noise_multiplier=3.0), label_source="toy_labels", budget=12,
+                image_size=8, batch_size=4,
                 cache_dir=str(tmp_path / "cache"), dataset_id="toy")
     return ProxyDataModule(**{**args, **kwargs})
 
@@ -36,7 +37,7 @@ def test_declared_releases_are_counted_by_the_data_module_and_the_ledger(tmp_pat
     from ecos_lightning.callbacks import PrivacyLedger, read_ledger
 
     dm = _module(tmp_path)
-    declared = [*train_helpers.TOY_SAMPLER.releases(dm.hparams), *train_helpers.TOY_LABELS.releases(dm.hparams, 12)]
+    declared = [*train_helpers.ToySampler(3.0).releases(), *train_helpers.ToyLabels().releases(12)]
     assert dm.planned_releases() == declared and [r["count"] for r in declared] == [2, 12]
     ledger = tmp_path / "ledger.json"
     pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -66,16 +67,17 @@ def test_a_sampler_or_label_source_by_import_path(tmp_path):
 
 def test_a_name_is_registered_once(toys):
     with pytest.raises(ValueError, match="new name"):
-        samplers.register_sampler(train_helpers.TOY_SAMPLER)
+        samplers.register_sampler(train_helpers.ToySampler)
     with pytest.raises(ValueError, match="new name"):
-        label_sources.register_label_source(type("Open", (label_sources.LabelSource,), {"name": "open"})())
+        label_sources.register_label_source(type("Open", (label_sources.LabelSource,), {"name": "open"}))
 
 
 def test_open_is_a_deprecated_name_of_manual(tmp_path):
     with pytest.warns(DeprecationWarning, match="'open' is deprecated"):
         old = _module(tmp_path, sampler="random", label_source="open")
     new = _module(tmp_path, sampler="random", label_source="manual")
-    assert old.label_source is new.label_source and old.hparams.label_source == "manual"
+    assert type(old.label_source) is type(new.label_source) is label_sources.Manual
+    assert old.hparams.label_source == new.hparams.label_source
     assert old.proxy_hash() == new.proxy_hash()
 
 

@@ -12,6 +12,7 @@ from dp_accounting.rdp import RdpAccountant
 
 from ecos_lightning import class_coverage as cc
 from ecos_lightning.encoders import spec_for_model
+from ecos_lightning.components import Run
 from ecos_lightning.label_sources import get_label_source
 from ecos_lightning.protocol.container import MessageError, pack
 from ecos_lightning.protocol.coverage_messages import (MAX_RESOLUTIONS, ClassHistogramMessage,
@@ -280,17 +281,15 @@ def test_hostile_histograms_are_refused_naming_the_field(change, field):
 
 # ---------------------------------------------------------------------------------------------- label source
 def test_label_source_declares_its_releases_and_labels_a_proxy():
-    source = get_label_source("class_coverage")
-    settings = {"coverage_clusters": [4, 12], "coverage_noise_multiplier": 2.0, "coverage_label_fraction": 1.0,
-                "seed": 0}
-    assert source.releases(settings, 10) == source.releases(settings, 10_000) == [cc.release(2.0, 2)]
+    source = get_label_source("class_coverage", clusters=[4, 12], noise_multiplier=2.0, label_fraction=1.0)
+    assert source.releases(10) == source.releases(10_000) == [cc.release(2.0, 2)]
     rng = np.random.default_rng(5)
     pool, truth = blobs(rng, per=40)
     client, client_labels = blobs(np.random.default_rng(5), per=40)
     proxy = Proxy(list(range(0, 160, 2)), release_hash="f" * 64)
     inputs = Inputs(open_features=pool, client_features=client, client_labels=client_labels, client_size=160,
                     num_classes=4)
-    labelled = source.run(proxy, inputs, settings)
+    labelled = source.run(proxy, inputs, Run(budget=80, seed=0))
     assert (np.asarray(labelled.labels) == truth[::2]).mean() > 0.9 and labelled.class_names == ["0", "1", "2", "3"]
     assert labelled.release_hash != proxy.release_hash
-    assert source.run(proxy, inputs, settings).labels == labelled.labels  # seeded
+    assert source.run(proxy, inputs, Run(budget=80, seed=0)).labels == labelled.labels  # seeded

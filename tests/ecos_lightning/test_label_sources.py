@@ -5,10 +5,11 @@ import numpy as np
 from ecos_lightning import class_coverage
 from ecos_lightning.label_sources import get_label_source
 from ecos_lightning.proxy import Proxy
-from ecos_lightning.samplers import Inputs
+from ecos_lightning.samplers import Inputs, Run
 
-SETTINGS = {"seed": 3, "coverage_clusters": [3, 5], "coverage_noise_multiplier": 2.0, "coverage_label_fraction": 1.0,
-            "knn_k": 5, "knn_noise_multiplier": 2.0, "knn_sampling_rate": 1.0}
+RUN = Run(budget=20, seed=3)
+COVERAGE = dict(clusters=[3, 5], noise_multiplier=2.0, label_fraction=1.0)
+KNN = dict(k=5, noise_multiplier=2.0, sampling_rate=1.0)
 
 
 def _inputs(rng):
@@ -20,7 +21,7 @@ def _inputs(rng):
 def test_simulated_label_noise_shares_no_draw_with_the_ecos_query(monkeypatch):
     """The ECOS responder draws its noise from ``default_rng(seed)``; a label release drawn from the same stream
     would let the cloud subtract the two releases' noise and read exact private counts."""
-    draws = {"ecos": np.random.default_rng(SETTINGS["seed"]).normal(size=500)}
+    draws = {"ecos": np.random.default_rng(RUN.seed).normal(size=500)}
     real = class_coverage.release_histogram
 
     def spy(counts, noise_multiplier, rng):
@@ -29,8 +30,8 @@ def test_simulated_label_noise_shares_no_draw_with_the_ecos_query(monkeypatch):
 
     monkeypatch.setattr(class_coverage, "release_histogram", spy)
     proxy = Proxy(list(range(20)), bytes_down=100, bytes_up=10)
-    get_label_source("class_coverage").run(proxy, _inputs(np.random.default_rng(0)), SETTINGS)
-    knn_seed = get_label_source("client_knn").labeler(SETTINGS).seed
+    get_label_source("class_coverage", **COVERAGE).run(proxy, _inputs(np.random.default_rng(0)), RUN)
+    knn_seed = get_label_source("client_knn", **KNN).labeler(RUN).seed
     draws["client_knn"] = np.random.default_rng(knn_seed).normal(size=500)
     names = list(draws)
     for i, a in enumerate(names):
@@ -41,8 +42,8 @@ def test_simulated_label_noise_shares_no_draw_with_the_ecos_query(monkeypatch):
 def test_label_releases_add_their_bytes_to_the_proxys():
     proxy = Proxy(list(range(20)), bytes_down=100, bytes_up=10)
     inputs = _inputs(np.random.default_rng(1))
-    coverage = get_label_source("class_coverage").run(proxy, inputs, SETTINGS)
-    knn = get_label_source("client_knn").run(proxy, inputs, SETTINGS)
+    coverage = get_label_source("class_coverage", **COVERAGE).run(proxy, inputs, RUN)
+    knn = get_label_source("client_knn", **KNN).run(proxy, inputs, RUN)
     assert knn.bytes_down == 100 + 20 * 8 * 4 and knn.bytes_up == 10 + 20 * 8  # float32 queries, int64 labels
     rows = 3 + 5
     assert coverage.bytes_up == 10 + rows * 3 * 4  # float32 (centroid, class) counts

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ecos_lightning.protocol.num_clusters import auto_num_clusters
-from ecos_lightning.samplers import ECOS_RULES, Ecos, Inputs, select_proxy
+from ecos_lightning.samplers import ECOS_RULES, Ecos, Inputs, Run, select_proxy
 
 
 def _pool(mixture):
@@ -40,15 +40,14 @@ def test_rules_override_the_samplers_defaults(mixture):
 def test_an_ecos_sampler_with_its_own_rules(mixture):
     """A sampler object with other rules (as a config would name by import path) selects as select_proxy does."""
     open_features, _, client = _pool(mixture)
-    settings = dict(num_clusters=40, q=1, noise_multiplier=0.0, delta=1e-5, budget=300, seed=0)
-    nearest = Ecos("ecos_nearest", within_cluster="nearest")
+    nearest = Ecos(num_clusters=40, noise_multiplier=0.0, fp16=False, within_cluster="nearest")
     proxy = nearest.run(Inputs(open_features=open_features, client_features=client, client_size=len(client)),
-                        settings)
+                        Run(budget=300, seed=0))
     same = select_proxy("ecos", open_features, 300, client_features=client, num_clusters=40, noise_multiplier=0.0,
                         seed=0, within_cluster="nearest")
     np.testing.assert_array_equal(proxy.indices, same.indices)
-    with pytest.raises(ValueError, match="unknown ECOS rules"):
-        Ecos("bad", threshold=2)
+    with pytest.raises(TypeError, match="threshold"):
+        Ecos(threshold=2)
 
 
 def test_neighbour_z_is_forwarded_to_the_cloud():
@@ -69,7 +68,6 @@ def test_neighbour_z_is_forwarded_to_the_cloud():
     second = select_proxy("ecos", open_features, 300, neighbour_z=1.5, **common)
     assert set(blob[np.asarray(second.indices)].tolist()) == {0, 1, 2}  # C kept, the far group still out
 
-    settings = dict(num_clusters=6, q=1, noise_multiplier=2.0, delta=1e-5, budget=300, seed=1)
-    proxy = Ecos("ecos_second_look", neighbour_z=1.5).run(
-        Inputs(open_features=open_features, client_features=client, client_size=len(client)), settings)
+    proxy = Ecos(num_clusters=6, noise_multiplier=2.0, fp16=False, neighbour_z=1.5).run(
+        Inputs(open_features=open_features, client_features=client, client_size=len(client)), Run(budget=300, seed=1))
     np.testing.assert_array_equal(proxy.indices, second.indices)
