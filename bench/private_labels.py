@@ -37,6 +37,7 @@ import numpy as np
 
 from ecos_lightning.data import DOMAINS, paper_split
 from ecos_lightning.files import atomic_write_bytes
+from ecos_lightning.encoders import spec_for_model
 from ecos_lightning.label_sources import get_label_source
 from ecos_lightning.protocol.privacy import gaussian_release, noise_multiplier_for_epsilon, releases_epsilon
 from ecos_lightning.samplers import Inputs, Run, select_proxy
@@ -113,7 +114,10 @@ def make_cell(data, features: dict, domain: str, seed: int, epsilon: float, meth
     else:
         source_name, params, pooling = METHODS[method]
         source = get_label_source(source_name, **params, noise_multiplier=sigma)
+        encoder = spec_for_model("efficientnet_lite0", weights="offline", input_size=args.input_size,
+                                 pooling=pooling).to_dict()
         inputs = Inputs(open_features=features[pooling][open_idx], client_features=features[pooling][client_idx],
+                        encoder=encoder,
                         client_labels=data.labels[client_idx], client_size=len(client_idx), num_classes=10)
         start = time.perf_counter()
         labels = np.asarray(source.run(proxy, inputs, Run(args.budget, args.delta, seed)).label_list())

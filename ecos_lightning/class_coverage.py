@@ -73,7 +73,7 @@ class CoverageQuery:
 
     def to_message(self, encoder: dict, proxy: str, features: str) -> CoverageQueryMessage:
         """The message of this query for features of ``encoder`` (a spec dict) of the proxy ``proxy``
-        (``stable_hash`` of its indices), taken from the open-pool feature matrix of SHA-256 ``features``."""
+        (``stable_hash`` of its indices), fitted on proxy features [B, d] of SHA-256 ``features``."""
         return CoverageQueryMessage(self.projection, self.bias, self.centroids, np.asarray(self.clusters, np.int64),
                                     encoder, proxy, features)
 

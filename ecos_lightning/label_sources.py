@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -19,7 +19,12 @@ from . import class_coverage
 from .files import plain
 from .components import CLIENT_FEATURES, CLIENT_LABELS, OPEN_FEATURES, Component, Inputs, Run, build, register
 from .knn_labels import PrivateKnnLabeler
-from .protocol.privacy import check_noise_multiplier
+from .feature_store import matrix_digest
+from .files import stable_hash
+from .protocol.coverage_messages import MAX_CELLS, ClassHistogramMessage, CoverageQueryMessage
+from .protocol.label_messages import LabelsMessage, QueriesMessage
+from .protocol.privacy import check_noise_multiplier, releases_epsilon
+from .protocol.validation import positive_int
 from .proxy import Proxy
 
 DEPRECATED = {"open": "manual"}
@@ -74,7 +79,78 @@ class Unlabelled(LabelSource):
         return proxy.replace(labels=None, class_names=None)
 
 
-class ClientKnn(LabelSource):
+class ClientExchange(LabelSource):
+    """A label source that asks the client: one round trip of messages, the same calls in one process and on
+    two machines (``ecos-cloud query``, ``ecos-client answer``, ``ecos-cloud absorb``).
+
+    Cloud: :meth:`query` (a ``query_type`` message), later :meth:`absorb` (the client's ``answer_type``
+    message -> the proxy's labels). Client: :meth:`client_release` (what answering costs, recorded before the
+    answer is written), :meth:`answer_payload` (the released values), :meth:`make_answer`. In one process
+    :meth:`run` chains them over the messages' bytes, so the bytes counted are the messages'.
+    """
+
+    query_type: type
+    answer_type: type
+
+    # cloud side
+    def query(self, proxy: Proxy, features: np.ndarray, encoder: dict, run: Run):
+        """The query for ``proxy`` from its open-pool features [B, d] of ``encoder`` (a spec dict)."""
+        raise NotImplementedError
+
+    def describe_query(self, query, proxy_size: int) -> str:
+        raise NotImplementedError
+
+    def check_features(self, query, encoder: dict, features: np.ndarray) -> None:
+        """Refuse (``ValueError``) features [B, d] other than those ``query`` was made from."""
+        if query.encoder != encoder:
+            raise ValueError("the cloud state's encoder is not the one the query names")
+
+    def answers(self, query_blob: bytes, query, answer) -> bool:
+        """Whether ``answer`` answers the query serialised as ``query_blob``."""
+        raise NotImplementedError
+
+    def absorb(self, query, answer, features) -> np.ndarray:
+        """The proxy's labels int64 [B] (-1: none) from the client's answer; ``features()``: the proxy's
+        open-pool features [B, d], read only by a source that needs them."""
+        raise NotImplementedError
+
+    # client side
+    def check_query(self, query, max_queries: int, num_classes: int | None = None) -> None:
+        """Refuse (``ValueError``) a query the client should not answer (too large); ``num_classes`` once known."""
+
+    def client_release(self, query, query_digest: str) -> dict:
+        """The privacy record of answering ``query`` (SHA-256 ``query_digest``)."""
+        raise NotImplementedError
+
+    def answer_payload(self, query, features, labels, num_classes: int, seed) -> np.ndarray:
+        """The released values for ``query`` from the client's features [M, d] and labels [M]; ``seed`` seeds
+        the noise (None: fresh entropy)."""
+        raise NotImplementedError
+
+    def make_answer(self, query, query_digest: str, payload, class_names, delta: float, epsilon: float,
+                       total_epsilon: float):
+        """The answer message; ``payload`` None: zeros of the right shape (a dry run)."""
+        raise NotImplementedError
+
+    def describe_answer(self, query, num_classes: int) -> str:
+        raise NotImplementedError
+
+    def run(self, proxy, inputs, run):
+        features = inputs.open_features[proxy.indices]
+        names = class_names(inputs.num_classes)
+        down = self.query(proxy, features, inputs.encoder, run).to_bytes()
+        query = self.query_type.from_bytes(down)
+        digest = hashlib.sha256(down).hexdigest()
+        epsilon = releases_epsilon(self.releases(len(proxy)), run.delta)
+        payload = self.answer_payload(query, inputs.client_features, inputs.client_labels, len(names),
+                                      self.noise_seed(run))
+        up = self.make_answer(query, digest, payload, names, run.delta, epsilon, epsilon).to_bytes()
+        labels = self.absorb(query, self.answer_type.from_bytes(up), lambda: features)
+        return proxy.replace(labels=labels, class_names=names, release_hash=chain_release(proxy.release_hash, up),
+                             bytes_down=proxy.bytes_down + len(down), bytes_up=proxy.bytes_up + len(up))
+
+
+class ClientKnn(ClientExchange):
     """Private kNN: the client answers each proxy feature with the noisy majority of its nearest labelled samples.
 
     k: neighbours voting per query. noise_multiplier: noise std per vote histogram / its sensitivity.
@@ -85,60 +161,120 @@ class ClientKnn(LabelSource):
     needs = frozenset({OPEN_FEATURES, CLIENT_FEATURES, CLIENT_LABELS})
     estimates = True
     noise_stream = 1
+    query_type, answer_type = QueriesMessage, LabelsMessage
 
     def __init__(self, k: int = 20, noise_multiplier: float = 2.0, sampling_rate: float = 0.3):
         checked = PrivateKnnLabeler(k, noise_multiplier, sampling_rate)  # refuses bad parameters here
         self.k, self.noise_multiplier, self.sampling_rate = checked.k, checked.noise_multiplier, checked.sampling_rate
 
     def releases(self, proxy_size):
-        return [self.labeler(Run(budget=proxy_size)).release(proxy_size)]
+        return [self.labeler().release(proxy_size)]
 
-    def labeler(self, run: Run) -> PrivateKnnLabeler:
-        return PrivateKnnLabeler(self.k, self.noise_multiplier, self.sampling_rate, seed=self.noise_seed(run))
+    def labeler(self, seed=None) -> PrivateKnnLabeler:
+        return PrivateKnnLabeler(self.k, self.noise_multiplier, self.sampling_rate, seed=seed)
 
-    def run(self, proxy, inputs, run):
-        queries = inputs.open_features[proxy.indices]
-        labels = self.labeler(run).label(queries, inputs.client_features, inputs.client_labels, inputs.num_classes)
-        return proxy.replace(labels=labels, class_names=class_names(inputs.num_classes),
-                             release_hash=chain_release(proxy.release_hash, labels),
-                             bytes_down=proxy.bytes_down + queries.nbytes, bytes_up=proxy.bytes_up + labels.nbytes)
+    def query(self, proxy, features, encoder, run):
+        return QueriesMessage(np.ascontiguousarray(features, dtype=np.float32), encoder, stable_hash(proxy.indices))
+
+    def describe_query(self, query, proxy_size):
+        return f"{query.features.shape[0]} query features, d={query.features.shape[1]}"
+
+    def answers(self, query_blob, query, answer):
+        return answer.answers(query_blob) and len(answer.labels) == query.features.shape[0]
+
+    def absorb(self, query, answer, features):
+        return np.asarray(answer.labels, dtype=np.int64)
+
+    def check_query(self, query, max_queries, num_classes=None):
+        if query.features.shape[0] > max_queries:
+            raise ValueError(f"the query asks for {query.features.shape[0]:,} labels > --max-queries "
+                             f"{max_queries:,}; refused before any accounting or image read")
+
+    def client_release(self, query, query_digest):
+        return {**self.labeler().release(query.features.shape[0]), "k": self.k}
+
+    def answer_payload(self, query, features, labels, num_classes, seed):
+        return self.labeler(seed).label(query.features, features, np.asarray(labels), num_classes)
+
+    def make_answer(self, query, query_digest, payload, class_names, delta, epsilon, total_epsilon):
+        labels = np.zeros(query.features.shape[0], np.int64) if payload is None else payload
+        return LabelsMessage(labels, class_names, query_digest, self.noise_multiplier, self.k, self.sampling_rate,
+                             delta, epsilon, total_epsilon)
+
+    def describe_answer(self, query, num_classes):
+        return f"{query.features.shape[0]} int64 labels over {num_classes} classes"
 
 
-class ClassCoverage(LabelSource):
+class ClassCoverage(ClientExchange):
     """Class-conditional coverage: the client releases one noisy (centroid, class) histogram per resolution
     for centroids of the proxy; the cloud spreads it along the proxy's neighbourhood graph
     (:mod:`ecos_lightning.class_coverage`). Its cost does not grow with the proxy size.
 
     clusters: proxy centroids per resolution (one histogram each). noise_multiplier: noise std of each
     histogram (sensitivity 1). label_fraction: share of the proxy labelled, clearest first (the rest -1).
+    whiten_dim: dimensions of the whitened space the centroids live in.
     """
 
     name = "class_coverage"
     needs = frozenset({OPEN_FEATURES, CLIENT_FEATURES, CLIENT_LABELS})
     estimates = True
     noise_stream = 2
+    query_type, answer_type = CoverageQueryMessage, ClassHistogramMessage
 
     def __init__(self, clusters: int | Sequence[int] = (10, 20, 50), noise_multiplier: float = 7.31,
-                 label_fraction: float = 1.0):
+                 label_fraction: float = 1.0, whiten_dim: int = 48):
         self.clusters = list(class_coverage.check_clusters(plain(clusters)))  # a Hydra ListConfig too
         self.noise_multiplier = check_noise_multiplier(noise_multiplier)
         self.label_fraction = class_coverage.check_label_fraction(label_fraction)
+        self.whiten_dim = positive_int(whiten_dim, "whiten_dim")
 
     def releases(self, proxy_size):
         return [class_coverage.release(self.noise_multiplier, len(self.clusters))]
 
-    def run(self, proxy, inputs, run):
-        features = inputs.open_features[proxy.indices]
-        query = class_coverage.coverage_query(features, self.clusters, seed=run.seed)
-        counts = class_coverage.class_histogram(query, inputs.client_features, inputs.client_labels,
-                                                inputs.num_classes)
-        noisy = class_coverage.release_histogram(counts, self.noise_multiplier,
-                                                 np.random.default_rng(self.noise_seed(run)))
-        labels = class_coverage.propagate_labels(query, features, noisy, label_fraction=self.label_fraction)
-        down = query.projection.nbytes + query.bias.nbytes + query.centroids.nbytes
-        return proxy.replace(labels=labels, class_names=class_names(inputs.num_classes),
-                             release_hash=chain_release(proxy.release_hash, noisy.view(np.int32)),
-                             bytes_down=proxy.bytes_down + down, bytes_up=proxy.bytes_up + noisy.nbytes)
+    def query(self, proxy, features, encoder, run):
+        query = class_coverage.coverage_query(features, self.clusters, self.whiten_dim, run.seed)
+        return query.to_message(encoder, stable_hash(proxy.indices), matrix_digest(features))
+
+    def describe_query(self, query, proxy_size):
+        return (f"{len(query.centroids)} centroids of the proxy's {proxy_size} images at resolutions "
+                f"{query.clusters.tolist()}, d'={query.projection.shape[1]}")
+
+    def check_features(self, query, encoder, features):
+        if query.encoder != encoder or query.features != matrix_digest(features):
+            raise ValueError("the query was made from features the cloud state no longer holds (another encoder "
+                             "or a new probe): run `ecos-cloud coverage-query` again on this state and send that "
+                             "query")
+
+    def answers(self, query_blob, query, answer):
+        return answer.answers(query_blob, query)
+
+    def absorb(self, query, answer, features):
+        return class_coverage.propagate_labels(class_coverage.CoverageQuery.from_message(query), features(),
+                                               answer.counts, label_fraction=self.label_fraction)
+
+    def check_query(self, query, max_queries, num_classes=None):
+        rows = query.centroids.shape[0]
+        if num_classes is not None and rows * num_classes > MAX_CELLS:
+            raise ValueError(f"the query asks for {rows:,} centroids x {num_classes:,} classes > {MAX_CELLS:,} "
+                             "cells; refused before any feature is extracted")
+
+    def client_release(self, query, query_digest):
+        return class_coverage.release(self.noise_multiplier, int(query.clusters.size),
+                                      what=f"class coverage histograms, query {query_digest[:16]}")
+
+    def answer_payload(self, query, features, labels, num_classes, seed):
+        counts = class_coverage.class_histogram(class_coverage.CoverageQuery.from_message(query), features,
+                                                np.asarray(labels), num_classes)
+        return class_coverage.release_histogram(counts, self.noise_multiplier, np.random.default_rng(seed))
+
+    def make_answer(self, query, query_digest, payload, class_names, delta, epsilon, total_epsilon):
+        counts = np.zeros((query.centroids.shape[0], len(class_names)), np.float32) if payload is None else payload
+        return ClassHistogramMessage(counts, class_names, query_digest, self.noise_multiplier,
+                                     int(query.clusters.size), delta, epsilon, total_epsilon)
+
+    def describe_answer(self, query, num_classes):
+        return (f"{query.centroids.shape[0]} x {num_classes} float32 noisy counts ({query.clusters.size} "
+                "histograms)")
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -146,11 +282,29 @@ def class_names(num_classes: int) -> list[str]:
     return [str(c) for c in range(num_classes)]
 
 
-def chain_release(previous: str | None, labels) -> str:
-    """SHA-256 (hex) of an earlier release digest (or none) followed by released labels (int64 little-endian)."""
+def chain_release(previous: str | None, released) -> str:
+    """SHA-256 (hex) of an earlier release digest (or none) followed by what was released: a message's bytes,
+    or labels (int64 little-endian)."""
     digest = hashlib.sha256((previous or "").encode())
-    digest.update(np.asarray(labels, dtype="<i8").tobytes())
+    digest.update(released if isinstance(released, bytes) else np.asarray(released, dtype="<i8").tobytes())
     return digest.hexdigest()
+
+
+def client_exchange(spec: str | None, kind: Callable[[], str], settings: dict) -> ClientExchange:
+    """The label source that asks the client, with ``settings`` as its parameters: ``spec`` (a registered name or
+    an import path), else the registered one whose query messages are of ``kind()``."""
+    asking = {name: cls for name, cls in LABEL_SOURCES.items() if issubclass(cls, ClientExchange)}
+    if spec is not None:
+        cls = type(get_label_source(spec))
+        if not issubclass(cls, ClientExchange):
+            raise ValueError(f"label source {spec!r} does not ask the client: use one of {list(asking)}")
+    else:
+        found = [cls for cls in asking.values() if cls.query_type.KIND == kind()]
+        if not found:
+            kinds = sorted({cls.query_type.KIND for cls in asking.values()})
+            raise ValueError(f"a {kind()!r} message is not a query of any registered label source (queries: {kinds})")
+        cls = found[0]
+    return get_label_source({"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": settings})
 
 
 LABEL_SOURCES: dict[str, type] = {}

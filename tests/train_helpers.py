@@ -11,7 +11,11 @@ import lightning as L
 import pytorch_lightning as pl
 import torch
 
-from ecos_lightning.label_sources import LabelSource, chain_release, class_names
+from ecos_lightning.components import CLIENT_FEATURES, CLIENT_LABELS, OPEN_FEATURES
+from ecos_lightning.files import stable_hash
+from ecos_lightning.knn_labels import PrivateKnnLabeler
+from ecos_lightning.label_sources import ClientExchange, LabelSource, chain_release, class_names
+from ecos_lightning.protocol.label_messages import LabelsMessage, QueriesMessage
 from ecos_lightning.protocol.privacy import gaussian_release
 from ecos_lightning.proxy import Proxy
 from ecos_lightning.samplers import Sampler
@@ -100,6 +104,50 @@ class ToyLabels(LabelSource):
         labels = np.zeros(len(proxy), dtype=np.int64)
         return proxy.replace(labels=labels, class_names=class_names(inputs.num_classes),
                              release_hash=chain_release(proxy.release_hash, labels))
+
+
+class ToyVotes(ClientExchange):
+    """Asks the client: each proxy feature gets the noisy-argmax of its single nearest client sample's label
+    (one Gaussian release per query, no subsampling), through the Private kNN messages."""
+
+    name = "toy_votes"
+    needs = frozenset({OPEN_FEATURES, CLIENT_FEATURES, CLIENT_LABELS})
+    query_type, answer_type = QueriesMessage, LabelsMessage
+
+    def __init__(self, noise_multiplier: float = 4.0):
+        self.noise_multiplier = noise_multiplier
+
+    def _labeler(self, seed=None):
+        return PrivateKnnLabeler(1, self.noise_multiplier, 1.0, seed=seed)
+
+    def releases(self, proxy_size):
+        return [self._labeler().release(proxy_size)]
+
+    def query(self, proxy, features, encoder, run):
+        return QueriesMessage(np.ascontiguousarray(features, np.float32), encoder, stable_hash(proxy.indices))
+
+    def describe_query(self, query, proxy_size):
+        return f"{proxy_size} nearest-label queries"
+
+    def answers(self, query_blob, query, answer):
+        return answer.answers(query_blob) and len(answer.labels) == len(query.features)
+
+    def absorb(self, query, answer, features):
+        return np.asarray(answer.labels, np.int64)
+
+    def client_release(self, query, query_digest):
+        return self._labeler().release(len(query.features))
+
+    def answer_payload(self, query, features, labels, num_classes, seed):
+        return self._labeler(seed).label(query.features, features, labels, num_classes)
+
+    def make_answer(self, query, query_digest, payload, class_names, delta, epsilon, total_epsilon):
+        labels = np.zeros(len(query.features), np.int64) if payload is None else payload
+        return LabelsMessage(labels, class_names, query_digest, self.noise_multiplier, 1, 1.0, delta, epsilon,
+                             total_epsilon)
+
+    def describe_answer(self, query, num_classes):
+        return f"{len(query.features)} labels"
 
 
 TOY_SAMPLER = ToySampler()

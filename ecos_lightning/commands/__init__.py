@@ -14,7 +14,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from ..protocol.container import MAX_MESSAGE_BYTES, MessageError
+import yaml
+
+from ..protocol.container import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, MessageError, message_kind
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,6 +53,39 @@ def read_message(cls, path: str | Path):
         return cls.from_bytes(blob), blob
     except MessageError as exc:
         raise MessageError(f"{path}: {exc}") from None
+
+
+def read_kind(path: str | Path) -> str:
+    """The kind of the message file ``path`` (its prefix and header only; see ``container.message_kind``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with path.open("rb") as handle:
+        head = handle.read(64 + MAX_HEADER_BYTES)
+    try:
+        return message_kind(head)
+    except MessageError as exc:
+        raise MessageError(f"{path}: {exc}") from None
+
+
+def add_settings(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable): a parameter of the label source, its value read as YAML."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a parameter of the label source (e.g. --set k=20, --set clusters=[10,20]); repeatable")
+
+
+def parse_settings(items: list[str]) -> dict:
+    """``["k=20", "clusters=[10, 20]"]`` -> ``{"k": 20, "clusters": [10, 20]}``; a malformed item is a ``ValueError``."""
+    settings = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--set {item!r}: write KEY=VALUE with KEY a parameter name")
+        try:
+            settings[key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({exc.__class__.__name__})") from None
+    return settings
 
 
 def epsilon_text(epsilon: float | None) -> str:

@@ -2,8 +2,11 @@
 
     ecos-client budget --max-epsilon 3 --delta 1e-5
     ecos-client respond --centroids centroids.ecos --data <image folder> --out scores.ecos
-    ecos-client label --queries queries.ecos --data <class sub-folders of images> --out labels.ecos
-    ecos-client class-coverage --query coverage_query.ecos --data <class sub-folders of images> --out histogram.ecos
+    ecos-client answer --query query.ecos --data <class sub-folders of images> --out answer.ecos [--set k=20]
+
+``answer`` serves every registered label source that asks the client (the one its query message
+belongs to): the same calls the in-process simulation makes. ``label`` (Private kNN, ``--k``,
+``--sampling-rate``) and ``class-coverage`` are the same step under their former names and options.
 
 Images never leave the machine and features are never written: the output holds K noisy scores
 (``respond``), one noisy-argmax label per query (``label``) or noisy (centroid, class) counts
@@ -24,18 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import class_coverage
 from ..data.folders import PathImageDataset, scan_images, scan_labelled_images
 from ..encoder_policy import DEFAULT_MAX_INPUT_SIZE, EncoderPolicy
 from ..encoders import build_encoder, extract_features
 from ..files import atomic_write_bytes
-from ..knn_labels import PrivateKnnLabeler
+from ..label_sources import ClassCoverage, ClientExchange, ClientKnn, client_exchange
 from ..ledger import LedgerBook, ledger_path, ledger_snapshot, lock_path, open_ledger
 from ..protocol import CentroidsMessage, ClientResponder, ScoresMessage
-from ..protocol.coverage_messages import MAX_CELLS, ClassHistogramMessage, CoverageQueryMessage
-from ..protocol.label_messages import LabelsMessage, QueriesMessage
 from ..protocol.privacy import gaussian_release, releases_epsilon
-from . import Parser, epsilon_text, positive, read_message, run
+from . import Parser, add_settings, epsilon_text, parse_settings, positive, read_kind, read_message, run
 
 DEFAULT_LEDGER = Path.home() / ".ecos_lightning" / "privacy_ledger.json"
 DEFAULT_MAX_QUERIES = 100_000
@@ -78,69 +78,60 @@ def respond(args) -> None:
     _report(args, scan, blob, what, [release], book, before, after, start)
 
 
-def label(args) -> None:
+def answer(args, source: ClientExchange | None = None) -> None:
+    """A label source's query -> its answer (the label source is the one the query message belongs to; its
+    parameters from ``--set`` and ``--noise-multiplier``)."""
     start = time.perf_counter()
     _check_out(args)
-    queries, down = read_message(QueriesMessage, args.queries)
-    if queries.features.shape[0] > args.max_queries:
-        raise ValueError(f"{args.queries} asks for {queries.features.shape[0]:,} labels > --max-queries "
-                         f"{args.max_queries:,}; refused before any accounting or image read")
-    spec = _policy(args).accept(queries.encoder, queries.features.shape[1], args.queries)
-    labeler = PrivateKnnLabeler(k=args.k, noise_multiplier=args.noise_multiplier, sampling_rate=args.sampling_rate)
-    num_queries = queries.features.shape[0]
+    if source is None:
+        settings = parse_settings(args.set)
+        if args.noise_multiplier is not None:
+            settings["noise_multiplier"] = args.noise_multiplier
+        source = client_exchange(args.label_source, lambda: read_kind(args.query), settings)
+    query, down = read_message(source.query_type, args.query)
+    _checked(source, query, args)
+    spec = _policy(args).accept(query.encoder, query.feature_dim, args.query)
+    digest = hashlib.sha256(down).hexdigest()
     book = ledger_snapshot(args.ledger, args.delta, args.max_epsilon)
-    release = {**labeler.release(num_queries), "k": args.k, "delta": book.delta}
+    release = {**source.client_release(query, digest), "delta": book.delta}
     before, after = book.epsilon, book.check([release])
     scan = scan_labelled_images(args.data)
+    classes = len(scan.class_names)
+    _checked(source, query, args, classes)
     epsilon = releases_epsilon([release], book.delta)
 
-    def message(labels: np.ndarray, total: float) -> bytes:
-        return LabelsMessage(labels, scan.class_names, hashlib.sha256(down).hexdigest(), args.noise_multiplier,
-                             args.k, labeler.sampling_rate, book.delta, epsilon, total).to_bytes()
+    def message(payload, total: float) -> bytes:
+        return source.make_answer(query, digest, payload, scan.class_names, book.delta, epsilon, total).to_bytes()
 
-    what = f"{num_queries} int64 labels over {len(scan.class_names)} classes"
-    blob = message(np.zeros(num_queries, np.int64), after)  # a message that cannot be written fails here, unpaid
+    what = source.describe_answer(query, classes)
+    blob = message(None, after)  # a message that cannot be written fails here, unpaid
     if args.dry_run:
         _report(args, scan, blob, what, [release], book, before, after, start, dry_run=True)
         return
     features = extract_features(build_encoder(spec), PathImageDataset(scan.paths), desc="client features")
-    labels = labeler.label(queries.features, features, np.asarray(scan.labels), len(scan.class_names))
-    before, after, blob = _release(args, [release], lambda total: message(labels, total))
+    payload = source.answer_payload(query, features, scan.labels, classes, seed=None)
+    before, after, blob = _release(args, [release], lambda total: message(payload, total))
     _report(args, scan, blob, what, [release], book, before, after, start)
+
+
+def _checked(source: ClientExchange, query, args, num_classes: int | None = None) -> None:
+    """The label source's size limits for ``query``, refused naming the query file."""
+    try:
+        source.check_query(query, args.max_queries, num_classes)
+    except ValueError as exc:
+        raise ValueError(f"{args.query} {exc}") from None
+
+
+def label(args) -> None:
+    """``label``: ``answer`` a Private kNN query."""
+    args.query = args.queries
+    answer(args, ClientKnn(k=args.k, noise_multiplier=args.noise_multiplier, sampling_rate=args.sampling_rate))
 
 
 def coverage(args) -> None:
-    start = time.perf_counter()
-    _check_out(args)
-    query, down = read_message(CoverageQueryMessage, args.query)
-    spec = _policy(args).accept(query.encoder, query.feature_dim, args.query)
-    digest, resolutions = hashlib.sha256(down).hexdigest(), int(query.clusters.size)
-    book = ledger_snapshot(args.ledger, args.delta, args.max_epsilon)
-    release = {**class_coverage.release(args.noise_multiplier, resolutions,
-                                        what=f"class coverage histograms, query {digest[:16]}"), "delta": book.delta}
-    before, after = book.epsilon, book.check([release])
-    scan = scan_labelled_images(args.data)
-    rows, classes = query.centroids.shape[0], len(scan.class_names)
-    if rows * classes > MAX_CELLS:
-        raise ValueError(f"{args.query} asks for {rows:,} centroids x {classes:,} classes > {MAX_CELLS:,} cells; "
-                         "refused before any feature is extracted")
-    epsilon = releases_epsilon([release], book.delta)
-
-    def message(counts: np.ndarray, total: float) -> bytes:
-        return ClassHistogramMessage(counts, scan.class_names, digest, args.noise_multiplier, resolutions, book.delta,
-                                     epsilon, total).to_bytes()
-
-    what = f"{rows} x {classes} float32 noisy counts ({resolutions} histograms)"
-    blob = message(np.zeros((rows, classes), np.float32), after)  # a message that cannot be written fails here
-    if args.dry_run:
-        _report(args, scan, blob, what, [release], book, before, after, start, dry_run=True)
-        return
-    features = extract_features(build_encoder(spec), PathImageDataset(scan.paths), desc="client features")
-    counts = class_coverage.class_histogram(class_coverage.CoverageQuery.from_message(query), features,
-                                            np.asarray(scan.labels), classes)
-    noisy = class_coverage.release_histogram(counts, args.noise_multiplier, np.random.default_rng())
-    before, after, blob = _release(args, [release], lambda total: message(noisy, total))
-    _report(args, scan, blob, what, [release], book, before, after, start)
+    """``class-coverage``: ``answer`` a class-coverage query."""
+    args.max_queries = DEFAULT_MAX_QUERIES
+    answer(args, ClassCoverage(noise_multiplier=args.noise_multiplier))
 
 
 def _check_out(args) -> None:
@@ -198,10 +189,11 @@ def build_parser() -> Parser:
     p.add_argument("--max-epsilon", type=positive(float), help="the budget: set once, can only be lowered later")
     p.set_defaults(func=budget)
 
-    def common(p, noise: float) -> None:
+    def common(p, noise: float | None) -> None:
         p.add_argument("--out", required=True, help="message to send back to the cloud")
+        default = "the label source's" if noise is None else f"{noise:g}"
         p.add_argument("--noise-multiplier", type=float, default=noise,
-                       help=f"Gaussian noise std / sensitivity (default {noise:g}; 0 = not private)")
+                       help=f"Gaussian noise std / sensitivity (default {default}; 0 = not private)")
         ledger_options(p)
         p.add_argument("--max-epsilon", type=positive(float), help="refuse a release that would compose the "
                        "ledger past this epsilon; with no stored budget it becomes the ledger's budget, and it "
@@ -221,6 +213,18 @@ def build_parser() -> Parser:
     p.add_argument("--q", type=positive(int), default=1, help="each image covers its q nearest centroids")
     common(p, noise=8.0)
     p.set_defaults(func=respond)
+
+    p = commands.add_parser("answer", help="a label source's query -> its answer (Private kNN labels, class "
+                            "histograms or any registered label source that asks the client)")
+    p.add_argument("--query", required=True, help="query message from the cloud")
+    p.add_argument("--label-source", help="the label source answering it, a registered name or import path "
+                   "(default: the registered one whose query messages are of the query's kind)")
+    p.add_argument("--data", required=True, help="labelled private images: one sub-folder per class")
+    p.add_argument("--max-queries", type=positive(int), default=DEFAULT_MAX_QUERIES,
+                   help=f"refuse a query asking for more labels (default {DEFAULT_MAX_QUERIES:,})")
+    add_settings(p)
+    common(p, noise=None)
+    p.set_defaults(func=answer)
 
     p = commands.add_parser("label", help="queries message -> Private kNN labels")
     p.add_argument("--queries", required=True, help="queries message from the cloud")

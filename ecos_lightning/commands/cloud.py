@@ -3,10 +3,13 @@
     ecos-cloud extract --open <pool> --state cloud_state --rank r --world-size n   # optional: n processes
     ecos-cloud probe --open <image folder | digits-lite:<domain>[:<split seed>]> --out centroids.ecos
     ecos-cloud sample --scores scores.ecos --budget B --out proxy.json
-    ecos-cloud queries --proxy proxy.json --out queries.ecos
-    ecos-cloud attach-labels --proxy proxy.json --queries queries.ecos --labels labels.ecos --out proxy.json
-    ecos-cloud coverage-query --proxy proxy.json --out coverage_query.ecos
-    ecos-cloud attach-coverage --proxy proxy.json --query coverage_query.ecos --histogram histogram.ecos --out proxy.json
+    ecos-cloud query --label-source class_coverage --proxy proxy.json --out query.ecos [--set clusters=[10,20]]
+    ecos-cloud absorb --proxy proxy.json --query query.ecos --answer answer.ecos --out proxy.json
+
+``query`` and ``absorb`` serve every registered label source that asks the client
+(``label_sources.ClientExchange``): the same calls the in-process simulation makes. ``queries`` /
+``attach-labels`` (Private kNN) and ``coverage-query`` / ``attach-coverage`` (class coverage) are the
+same steps under their former names and options.
 
 ``probe`` keeps what the later steps need in a state folder (default ``cloud_state/`` next to
 ``--out``): the open-pool features (``features-<hash>.npy``, reused by a later probe of the same
@@ -39,18 +42,17 @@ from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_safetensors
 
-from .. import class_coverage
 from ..data.sources import open_source, parse_source
 from ..encoders import spec_for_model
 from ..feature_store import matrix_digest
 from ..features import cached_features, feature_path
 from ..files import atomic_write_bytes, stable_hash
+from ..components import Run
+from ..label_sources import LABEL_SOURCES, ClassCoverage, ClientExchange, ClientKnn, client_exchange
 from ..protocol import CentroidsMessage, CloudSampler, ScoresMessage
-from ..protocol.coverage_messages import ClassHistogramMessage, CoverageQueryMessage
-from ..protocol.label_messages import LabelsMessage, QueriesMessage
 from ..protocol.num_clusters import resolve_num_clusters
 from ..proxy import Proxy, is_pool_path, is_pool_root
-from . import Parser, epsilon_text, positive, read_message, run
+from . import Parser, add_settings, epsilon_text, parse_settings, positive, read_kind, read_message, run
 
 STATE_VERSION = 2
 STATE_FILE = "state.safetensors"
@@ -246,16 +248,6 @@ def sample(args) -> None:
           f"{proxy.bytes_down:,} / {proxy.bytes_up:,}")
 
 
-def queries(args) -> None:
-    out = Path(args.out)
-    proxy = Proxy.read(args.proxy)
-    state = CloudState.load(_state_dir(args, out))
-    features = _proxy_features(proxy, state, args.proxy)
-    blob = QueriesMessage(features, state.sampler.message_.encoder, stable_hash(proxy.indices)).to_bytes()
-    atomic_write_bytes(out, blob)
-    print(f"wrote {out}: {features.shape[0]} query features, d={features.shape[1]}, {len(blob):,} bytes down")
-
-
 def _proxy_features(proxy: Proxy, state: CloudState, proxy_path) -> np.ndarray:
     """The open-pool features float32 [B, d] of ``proxy``'s images, checked to be the images of the cloud state."""
     if (proxy.open, proxy.root) != (state.info["open"], state.info["root"]):
@@ -269,67 +261,75 @@ def _proxy_features(proxy: Proxy, state: CloudState, proxy_path) -> np.ndarray:
     return np.ascontiguousarray(state.features[proxy.indices], dtype=np.float32)
 
 
-def coverage_query(args) -> None:
+def query(args, source: ClientExchange | None = None) -> None:
+    """Proxy file -> the query of a label source that asks the client (``--label-source``, ``--set``)."""
+    source = source or client_exchange(args.label_source, lambda: "", parse_settings(args.set))
     out = Path(args.out)
     proxy = Proxy.read(args.proxy)
     state = CloudState.load(_state_dir(args, out))
     features = _proxy_features(proxy, state, args.proxy)
-    query = class_coverage.coverage_query(features, args.clusters, args.whiten_dim, args.seed)
-    blob = query.to_message(state.sampler.message_.encoder, stable_hash(proxy.indices),
-                            state.info["features_sha256"]).to_bytes()
+    message = source.query(proxy, features, state.sampler.message_.encoder,
+                           Run(budget=len(proxy), seed=getattr(args, "seed", 0)))
+    blob = message.to_bytes()
     atomic_write_bytes(out, blob)
-    print(f"wrote {out}: {len(query.centroids)} centroids of the proxy's {len(features)} images at resolutions "
-          f"{list(query.clusters)}, d'={query.projection.shape[1]}, {len(blob):,} bytes down")
+    print(f"wrote {out}: {source.describe_query(message, len(proxy))}, {len(blob):,} bytes down")
 
 
-def attach_coverage(args) -> None:
+def absorb(args, source: ClientExchange | None = None) -> None:
+    """The client's answer -> the labelled proxy file, after checking that the proxy, the query, the answer and
+    (for a source that reads them) the cloud state's features all belong together."""
     out = Path(args.out)
     proxy = Proxy.read(args.proxy)
-    message, query_blob = read_message(CoverageQueryMessage, args.query)
-    histogram, histogram_blob = read_message(ClassHistogramMessage, args.histogram)
+    source = source or client_exchange(args.label_source, lambda: read_kind(args.query), parse_settings(args.set))
+    message, query_blob = read_message(source.query_type, args.query)
+    answer, answer_blob = read_message(source.answer_type, args.answer)
     if proxy.labels is not None:
         raise ValueError(f"{args.proxy} already carries labels")
     if message.proxy != stable_hash(proxy.indices):
         raise ValueError(f"{args.query} was made for another proxy set than {args.proxy}")
-    if not histogram.answers(query_blob, message):
-        raise ValueError(f"{args.histogram} does not answer {args.query}")
-    state = CloudState.load(_state_dir(args, out))
-    if message.encoder != state.sampler.message_.encoder or message.features != state.info["features_sha256"]:
-        raise ValueError(f"{args.query} was made from features the cloud state no longer holds (another encoder "
-                         "or a new probe): run `ecos-cloud coverage-query` again on this state and send that query")
-    features = _proxy_features(proxy, state, args.proxy)
-    labels = class_coverage.propagate_labels(class_coverage.CoverageQuery.from_message(message), features,
-                                             histogram.counts, label_fraction=args.label_fraction)
-    proxy = proxy.replace(labels=labels, class_names=list(histogram.class_names), epsilon=histogram.total_epsilon,
-                          delta=histogram.delta, bytes_down=proxy.bytes_down + len(query_blob),
-                          bytes_up=proxy.bytes_up + len(histogram_blob))
+    if not source.answers(query_blob, message, answer):
+        raise ValueError(f"{args.answer} does not answer {args.query}")
+
+    def features() -> np.ndarray:
+        state = CloudState.load(_state_dir(args, out))
+        rows = _proxy_features(proxy, state, args.proxy)
+        source.check_features(message, state.sampler.message_.encoder, rows)
+        return rows
+
+    labels = source.absorb(message, answer, features)
+    if len(labels) != len(proxy):
+        raise ValueError(f"{args.answer} does not answer {args.query}: {len(labels)} labels for {len(proxy)} images")
+    proxy = proxy.replace(labels=labels, class_names=list(answer.class_names), epsilon=answer.total_epsilon,
+                          delta=answer.delta, bytes_down=proxy.bytes_down + len(query_blob),
+                          bytes_up=proxy.bytes_up + len(answer_blob))
     proxy.write(out)
-    counts = np.bincount(labels[labels >= 0], minlength=len(histogram.class_names))
+    counts = np.bincount(labels[labels >= 0], minlength=len(answer.class_names))
     print(f"wrote {out}: {int((labels >= 0).sum())} of {len(labels)} images labelled over "
-          f"{len(histogram.class_names)} classes (per class {counts.tolist()})")
-    print(f"client epsilon (ledger total): {epsilon_text(histogram.total_epsilon)} at delta {histogram.delta:g}; "
+          f"{len(answer.class_names)} classes (per class {counts.tolist()})")
+    print(f"client epsilon (ledger total): {epsilon_text(answer.total_epsilon)} at delta {answer.delta:g}; "
           f"bytes down/up: {proxy.bytes_down:,} / {proxy.bytes_up:,}")
+
+
+def queries(args) -> None:
+    """``queries``: ``query`` for Private kNN labels."""
+    query(args, ClientKnn())
+
+
+def coverage_query(args) -> None:
+    """``coverage-query``: ``query`` for class-coverage labels."""
+    query(args, ClassCoverage(clusters=args.clusters, whiten_dim=args.whiten_dim))
 
 
 def attach_labels(args) -> None:
-    proxy = Proxy.read(args.proxy)
-    query, query_blob = read_message(QueriesMessage, args.queries)
-    labels, label_blob = read_message(LabelsMessage, args.labels)
-    if proxy.labels is not None:
-        raise ValueError(f"{args.proxy} already carries labels")
-    if query.proxy != stable_hash(proxy.indices):
-        raise ValueError(f"{args.queries} was made for another proxy set than {args.proxy}")
-    if not labels.answers(query_blob) or len(labels.labels) != len(proxy):
-        raise ValueError(f"{args.labels} does not answer {args.queries}")
-    proxy = proxy.replace(labels=labels.labels, class_names=list(labels.class_names), epsilon=labels.total_epsilon,
-                          delta=labels.delta, bytes_down=proxy.bytes_down + len(query_blob),
-                          bytes_up=proxy.bytes_up + len(label_blob))
-    proxy.write(args.out)
-    counts = np.bincount(labels.labels, minlength=len(labels.class_names))
-    print(f"wrote {args.out}: {len(labels.labels)} labels over {len(labels.class_names)} classes "
-          f"(per class {counts.tolist()})")
-    print(f"client epsilon (ledger total): {epsilon_text(labels.total_epsilon)} at delta {labels.delta:g}; "
-          f"bytes down/up: {proxy.bytes_down:,} / {proxy.bytes_up:,}")
+    """``attach-labels``: ``absorb`` of a Private kNN answer."""
+    args.query, args.answer = args.queries, args.labels
+    absorb(args, ClientKnn())
+
+
+def attach_coverage(args) -> None:
+    """``attach-coverage``: ``absorb`` of class histograms."""
+    args.answer = args.histogram
+    absorb(args, ClassCoverage(label_fraction=args.label_fraction))
 
 
 def _open_pool(source: str):
@@ -404,6 +404,28 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, help="proxy file (JSON)")
     p.add_argument("--state", help=state_help)
     p.set_defaults(func=sample)
+
+    asking = [n for n, c in LABEL_SOURCES.items() if issubclass(c, ClientExchange)]
+    p = commands.add_parser("query", help="proxy file -> the query of a label source that asks the client")
+    p.add_argument("--label-source", required=True, help=f"a registered name or import path ({', '.join(asking)})")
+    p.add_argument("--proxy", required=True, help="proxy file written by sample")
+    p.add_argument("--out", required=True, help="query message to send to the client")
+    add_settings(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the query (k-means of the proxy)")
+    p.add_argument("--state", help=state_help)
+    p.set_defaults(func=query)
+
+    p = commands.add_parser("absorb", help="the client's answer -> labelled proxy file (the label source is the "
+                            "one the query message belongs to)")
+    p.add_argument("--proxy", required=True, help="proxy file written by sample")
+    p.add_argument("--query", required=True, help="the query message the answer answers")
+    p.add_argument("--answer", required=True, help="answer message from the client")
+    p.add_argument("--label-source", help="the label source of the query, a registered name or import path "
+                   "(default: the registered one whose query messages are of the query's kind)")
+    p.add_argument("--out", required=True, help="labelled proxy file (may be --proxy itself)")
+    add_settings(p)
+    p.add_argument("--state", help=state_help)
+    p.set_defaults(func=absorb)
 
     p = commands.add_parser("queries", help="proxy file -> queries message (proxy features to label)")
     p.add_argument("--proxy", required=True, help="proxy file written by sample")

@@ -40,8 +40,8 @@ arrays are cached to ``<cache_dir>/digits_lite_v1_seed{seed}.npz``.
 from __future__ import annotations
 
 import functools
+import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..files import default_cache_dir
+from ..files import atomic_write_bytes, default_cache_dir
 
 __all__ = [
     "DOMAINS",
@@ -256,27 +256,11 @@ def _read_cache(path: Path) -> DigitsLite:
 
 
 def _write_cache(path: Path, data: DigitsLite) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                images=data.images,
-                labels=data.labels,
-                domains=data.domains,
-                domain_names=np.asarray(data.domain_names, dtype=np.str_),
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``data`` to ``path`` atomically and durably (``files.atomic_write_bytes``)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, images=data.images, labels=data.labels, domains=data.domains,
+             domain_names=np.asarray(data.domain_names, dtype=np.str_))
+    atomic_write_bytes(path, buffer.getvalue(), durable=True)
 
 
 # --------------------------------------------------------------------------- #

@@ -121,6 +121,19 @@ def unpack(blob: bytes, kind: str, max_bytes: int | None = None) -> tuple[dict[s
     return tensors, header["meta"]
 
 
+def message_kind(blob: bytes) -> str:
+    """The kind the header of ``blob`` declares, read from its prefix and header alone (bounded by
+    ``MAX_HEADER_BYTES``); parse the message with its kind's class afterwards, which checks everything."""
+    if len(blob) < _PREFIX.size:
+        raise MessageError(f"message truncated: {len(blob)} bytes is shorter than the fixed prefix")
+    magic, version, _, header_len, _ = _PREFIX.unpack_from(blob)
+    if magic != MAGIC:
+        raise MessageError(f"magic: expected {MAGIC!r}, got {magic!r} (not an ECOS message)")
+    if header_len > MAX_HEADER_BYTES or len(blob) < _PREFIX.size + header_len:
+        raise MessageError(f"header_len: {header_len} bytes is beyond the message or the limit of {MAX_HEADER_BYTES}")
+    return _parse_header(blob[_PREFIX.size : _PREFIX.size + header_len])["kind"]
+
+
 def _parse_header(raw: bytes) -> dict:
     try:
         header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_int=_bounded_int)

@@ -37,8 +37,8 @@ class CoverageQueryMessage:
     centroids: float32 [sum C_r, d'], resolution after resolution; clusters: int64 [R], the C_r.
     encoder: the encoder spec (``EncoderSpec.to_dict()``) of the features x.
     proxy: 16 hex characters, ``stable_hash`` of the proxy indices the centroids were fitted on.
-    features: 64 hex characters, SHA-256 of the cloud's open-pool feature matrix the proxy features were
-        taken from (``feature_store.matrix_digest``): the cloud attaches the answer only to those features.
+    features: 64 hex characters, SHA-256 of the proxy's feature rows [B, d] the query was made from
+        (``feature_store.matrix_digest``): the cloud attaches the answer only to those features.
     """
 
     projection: np.ndarray
@@ -74,7 +74,7 @@ class CoverageQueryMessage:
                                "vectors the client maps its features to lie in the unit ball")
         check_encoder(self.encoder)
         check_hex(self.proxy, "proxy", 16, "the stable hash of the proxy indices")
-        check_hex(self.features, "features", 64, "the SHA-256 of the cloud's open-pool features")
+        check_hex(self.features, "features", 64, "the SHA-256 of the proxy's features")
 
     @property
     def feature_dim(self) -> int:

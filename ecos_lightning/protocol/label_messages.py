@@ -46,6 +46,11 @@ class QueriesMessage:
         check_encoder(self.encoder)
         check_hex(self.proxy, "proxy", 16, "the stable hash of the proxy indices")
 
+    @property
+    def feature_dim(self) -> int:
+        """Dimension d of the encoder features the client must supply."""
+        return int(self.features.shape[1])
+
     def to_bytes(self) -> bytes:
         return pack(self.KIND, {"features": self.features}, {"encoder": self.encoder, "proxy": self.proxy})
 

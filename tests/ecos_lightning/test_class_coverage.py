@@ -288,6 +288,7 @@ def test_label_source_declares_its_releases_and_labels_a_proxy():
     client, client_labels = blobs(np.random.default_rng(5), per=40)
     proxy = Proxy(list(range(0, 160, 2)), release_hash="f" * 64)
     inputs = Inputs(open_features=pool, client_features=client, client_labels=client_labels, client_size=160,
+                    encoder=ENCODER,
                     num_classes=4)
     labelled = source.run(proxy, inputs, Run(budget=80, seed=0))
     assert (np.asarray(labelled.labels) == truth[::2]).mean() > 0.9 and labelled.class_names == ["0", "1", "2", "3"]

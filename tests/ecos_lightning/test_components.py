@@ -13,6 +13,7 @@ from ecos_lightning.components import Run, build_proxy, planned_releases
 from ecos_lightning.datamodules import ProxyDataModule
 from ecos_lightning.files import stable_hash
 from ecos_lightning.label_sources import LABEL_SOURCES, ClientKnn, get_label_source
+from ecos_lightning.protocol.encoder_spec import EncoderSpec
 from ecos_lightning.protocol.privacy import releases_epsilon
 from ecos_lightning.samplers import SAMPLERS, Ecos, Inputs, get_sampler
 
@@ -58,7 +59,8 @@ def test_one_implementation_builds_the_proxy_for_a_run():
     rng = np.random.default_rng(0)
     inputs = Inputs(open_features=rng.normal(size=(200, 8)).astype(np.float32),
                     open_labels=np.arange(200) % 4, client_features=rng.normal(size=(60, 8)).astype(np.float32),
-                    client_labels=np.arange(60) % 4, client_size=60, num_classes=4)
+                    client_labels=np.arange(60) % 4, client_size=60, num_classes=4,
+                    encoder=EncoderSpec(input_size=32).to_dict())
     sampler, labels, run = Ecos(num_clusters=4, noise_multiplier=2.0), ClientKnn(k=3), Run(budget=40, seed=1)
     releases = planned_releases(sampler, labels, run, 200, 60)
     proxy = build_proxy(inputs, sampler, labels, run, releases)
@@ -120,3 +122,21 @@ def test_the_former_flat_keys_configure_the_components_with_a_deprecation_warnin
 def test_a_sampler_that_cannot_be_built_is_one_clear_error(spec, message):
     with pytest.raises(ValueError, match=message):
         get_sampler(spec)
+
+
+def test_a_label_source_that_asks_the_client_runs_in_the_data_module_with_its_releases_in_the_ledger(tmp_path):
+    import pytorch_lightning as pl
+
+    from ecos_lightning.callbacks import PrivacyLedger, read_ledger
+
+    dm = _module(tmp_path, sampler="random", label_source=train_helpers.ToyVotes(noise_multiplier=1.0),
+                 encoder_input_size=32, batch_size=4)
+    ledger = tmp_path / "ledger.json"
+    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               default_root_dir=tmp_path, callbacks=[PrivacyLedger(str(ledger))]).fit(
+        train_helpers.CountingModel(size=8), datamodule=dm)
+    declared = train_helpers.ToyVotes(1.0).releases(12)
+    assert dm.proxy.releases == declared and dm.epsilon == pytest.approx(releases_epsilon(declared, 1e-5))
+    assert len(dm.proxy.labels) == 12 and dm.proxy.bytes_down > 12 * 4 and dm.proxy.release_hash
+    entry, = read_ledger(ledger)["entries"]
+    assert entry["hash"] == dm.proxy.release_hash and entry["releases"] == declared

@@ -4,16 +4,20 @@ import numpy as np
 
 from ecos_lightning import class_coverage
 from ecos_lightning.label_sources import get_label_source
+from ecos_lightning.protocol.encoder_spec import EncoderSpec
+from ecos_lightning.protocol.coverage_messages import ClassHistogramMessage, CoverageQueryMessage
+from ecos_lightning.protocol.label_messages import LabelsMessage, QueriesMessage
 from ecos_lightning.proxy import Proxy
 from ecos_lightning.samplers import Inputs, Run
 
+ENCODER = EncoderSpec(input_size=32).to_dict()
 RUN = Run(budget=20, seed=3)
 COVERAGE = dict(clusters=[3, 5], noise_multiplier=2.0, label_fraction=1.0)
 KNN = dict(k=5, noise_multiplier=2.0, sampling_rate=1.0)
 
 
 def _inputs(rng):
-    return Inputs(open_features=rng.normal(size=(60, 8)).astype(np.float32),
+    return Inputs(open_features=rng.normal(size=(60, 8)).astype(np.float32), encoder=ENCODER,
                   client_features=rng.normal(size=(40, 8)).astype(np.float32),
                   client_labels=np.arange(40) % 3, client_size=40, num_classes=3)
 
@@ -31,7 +35,8 @@ def test_simulated_label_noise_shares_no_draw_with_the_ecos_query(monkeypatch):
     monkeypatch.setattr(class_coverage, "release_histogram", spy)
     proxy = Proxy(list(range(20)), bytes_down=100, bytes_up=10)
     get_label_source("class_coverage", **COVERAGE).run(proxy, _inputs(np.random.default_rng(0)), RUN)
-    knn_seed = get_label_source("client_knn", **KNN).labeler(RUN).seed
+    knn = get_label_source("client_knn", **KNN)
+    knn_seed = knn.labeler(knn.noise_seed(RUN)).seed
     draws["client_knn"] = np.random.default_rng(knn_seed).normal(size=500)
     names = list(draws)
     for i, a in enumerate(names):
@@ -39,12 +44,27 @@ def test_simulated_label_noise_shares_no_draw_with_the_ecos_query(monkeypatch):
             assert abs(np.corrcoef(draws[a], draws[b])[0, 1]) < 0.2, (a, b)
 
 
-def test_label_releases_add_their_bytes_to_the_proxys():
+def test_label_releases_add_their_messages_bytes_to_the_proxys(monkeypatch):
+    """In one process the label sources exchange the two-machine messages, and the bytes counted are those
+    messages' lengths: the payload (float32 queries, int64 labels, float32 counts) plus the frame."""
     proxy = Proxy(list(range(20)), bytes_down=100, bytes_up=10)
     inputs = _inputs(np.random.default_rng(1))
+    sent = []
+    for cls in (QueriesMessage, LabelsMessage, CoverageQueryMessage, ClassHistogramMessage):
+        monkeypatch.setattr(cls, "to_bytes", _recording(cls.to_bytes, sent))
     coverage = get_label_source("class_coverage", **COVERAGE).run(proxy, inputs, RUN)
     knn = get_label_source("client_knn", **KNN).run(proxy, inputs, RUN)
-    assert knn.bytes_down == 100 + 20 * 8 * 4 and knn.bytes_up == 10 + 20 * 8  # float32 queries, int64 labels
+    sizes = {kind: len(blob) for kind, blob in sent}
+    assert knn.bytes_down == 100 + sizes["queries"] and knn.bytes_up == 10 + sizes["labels"]
+    assert coverage.bytes_down == 100 + sizes["coverage_query"] and coverage.bytes_up == 10 + sizes["class_histogram"]
     rows = 3 + 5
-    assert coverage.bytes_up == 10 + rows * 3 * 4  # float32 (centroid, class) counts
-    assert coverage.bytes_down > 100 + rows * 4  # the whitening map and the centroids
+    assert sizes["queries"] > 20 * 8 * 4 and sizes["labels"] > 20 * 8 and sizes["class_histogram"] > rows * 3 * 4
+    assert sizes["coverage_query"] > rows * 4  # the whitening map and the centroids
+
+
+def _recording(to_bytes, sent: list):
+    def record(message):
+        blob = to_bytes(message)
+        sent.append((message.KIND, blob))
+        return blob
+    return record

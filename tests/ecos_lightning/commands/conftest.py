@@ -1,5 +1,6 @@
 """Small image folders for the command tests: three colour "domains" of circles and squares."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,32 @@ def probed(folders, tmp_path_factory) -> Path:
     cloud.main(["probe", "--open", str(folders["open"]), "--out", str(work / "centroids.ecos"),
                 "--num-clusters", "6", *ENCODER_ARGS])
     return work
+
+
+#: Proxy size of the ``sampled`` fixture.
+SAMPLED_BUDGET = 24
+
+
+@pytest.fixture(scope="module")
+def sampled_once(probed, folders, tmp_path_factory):
+    """A cloud folder with proxy.json and a client ledger holding the ECOS scores' release (made once)."""
+    from ecos_lightning.commands import client, cloud
+
+    work = tmp_path_factory.mktemp("coverage")
+    client.main(["respond", "--centroids", str(probed / "centroids.ecos"), "--data", str(folders["client"]), "--out",
+                 str(work / "scores.ecos"), "--ledger", str(work / "ledger.json")])
+    cloud.main(["sample", "--scores", str(work / "scores.ecos"), "--budget", str(SAMPLED_BUDGET), "--out",
+                str(work / "proxy.json"), "--state", str(probed / "cloud_state")])
+    return work
+
+
+@pytest.fixture
+def sampled(sampled_once, tmp_path):
+    """(cloud folder with proxy.json, client folder with scores.ecos and ledger.json), fresh copies per test."""
+    cloud_dir, client_dir = tmp_path / "cloud", tmp_path / "client"
+    cloud_dir.mkdir()
+    client_dir.mkdir()
+    shutil.copy(sampled_once / "proxy.json", cloud_dir)
+    for name in ("scores.ecos", "ledger.json"):
+        shutil.copy(sampled_once / name, client_dir)
+    return cloud_dir, client_dir

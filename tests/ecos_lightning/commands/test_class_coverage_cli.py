@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ecos_lightning import class_coverage
+from ecos_lightning import class_coverage, label_sources
 from ecos_lightning.commands import client, cloud
 from ecos_lightning.files import stable_hash
 from ecos_lightning.ledger import ledger_epsilon, read_ledger
@@ -17,34 +17,11 @@ from ecos_lightning.protocol.coverage_messages import ClassHistogramMessage, Cov
 from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
 from ecos_lightning.proxy import Proxy
 
-BUDGET = 24
+BUDGET = 24  # the proxy size of the sampled fixture (conftest.SAMPLED_BUDGET)
 
 
 def one_error_line(err: str) -> bool:
     return err.strip().splitlines()[-1].startswith("error: ") and err.count("error:") == 1
-
-
-@pytest.fixture(scope="module")
-def sampled_once(probed, folders, tmp_path_factory):
-    """A cloud folder with proxy.json and a client ledger holding the ECOS scores' release (made once)."""
-    work = tmp_path_factory.mktemp("coverage")
-    client.main(["respond", "--centroids", str(probed / "centroids.ecos"), "--data", str(folders["client"]), "--out",
-                 str(work / "scores.ecos"), "--ledger", str(work / "ledger.json")])
-    cloud.main(["sample", "--scores", str(work / "scores.ecos"), "--budget", str(BUDGET), "--out",
-                str(work / "proxy.json"), "--state", str(probed / "cloud_state")])
-    return work
-
-
-@pytest.fixture
-def sampled(sampled_once, tmp_path):
-    """(cloud folder with proxy.json, client folder with scores.ecos and ledger.json), fresh copies per test."""
-    cloud_dir, client_dir = tmp_path / "cloud", tmp_path / "client"
-    cloud_dir.mkdir()
-    client_dir.mkdir()
-    shutil.copy(sampled_once / "proxy.json", cloud_dir)
-    for name in ("scores.ecos", "ledger.json"):
-        shutil.copy(sampled_once / name, client_dir)
-    return cloud_dir, client_dir
 
 
 def query(cli, probed, cloud_dir, *extra):
@@ -134,7 +111,7 @@ def test_dry_run_and_refusals_read_no_image(cli, probed, folders, sampled, monke
     assert "would write" in out and not (client_dir / "histogram.ecos").exists()
     code, _, err = answer(cli, folders, cloud_dir, client_dir, "--max-epsilon", 0.5)
     assert code == 2 and one_error_line(err) and "refused" in err
-    monkeypatch.setattr(client, "MAX_CELLS", 11)  # 6 centroids x 2 classes = 12 cells
+    monkeypatch.setattr(label_sources, "MAX_CELLS", 11)  # 6 centroids x 2 classes = 12 cells
     code, _, err = answer(cli, folders, cloud_dir, client_dir)
     assert code == 2 and one_error_line(err) and "6 centroids x 2 classes > 11 cells" in err
     monkeypatch.undo()

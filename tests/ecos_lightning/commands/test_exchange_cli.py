@@ -1,0 +1,105 @@
+"""The generic two-machine steps (ecos-cloud query, ecos-client answer, ecos-cloud absorb) over a label source
+registered from a test file: the same calls, the same messages and the same labels as in one process, and the
+client's ledger holds exactly what it released."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ecos_lightning import label_sources
+from ecos_lightning.commands import client, cloud
+from ecos_lightning.commands.cloud import CloudState
+from ecos_lightning.components import Inputs, Run
+from ecos_lightning.data.folders import PathImageDataset, scan_labelled_images
+from ecos_lightning.encoders import build_encoder, extract_features
+from ecos_lightning.ledger import read_ledger
+from ecos_lightning.protocol.encoder_spec import EncoderSpec
+from ecos_lightning.protocol.label_messages import LabelsMessage
+from ecos_lightning.proxy import Proxy
+
+import train_helpers
+
+
+def one_error_line(err: str) -> bool:
+    return err.strip().splitlines()[-1].startswith("error: ") and err.count("error:") == 1
+
+
+@pytest.fixture
+def toy_votes(monkeypatch):
+    monkeypatch.setattr(label_sources, "LABEL_SOURCES", dict(label_sources.LABEL_SOURCES))
+    label_sources.register_label_source(train_helpers.ToyVotes)
+
+
+def test_a_label_source_from_a_test_file_runs_on_two_machines_as_in_one_process(cli, probed, folders, sampled,
+                                                                                   toy_votes):
+    cloud_dir, client_dir = sampled
+    state = ["--state", probed / "cloud_state"]
+    code, out, err = cli(cloud.main, "query", "--label-source", "toy_votes", "--proxy", cloud_dir / "proxy.json",
+                         "--out", cloud_dir / "q.ecos", *state)
+    assert code == 0 and "24 nearest-label queries" in out, err
+    entries = len(read_ledger(client_dir / "ledger.json")["entries"])
+    code, out, err = cli(client.main, "answer", "--query", cloud_dir / "q.ecos", "--label-source", "toy_votes",
+                         "--set", "noise_multiplier=0", "--data", folders["labelled"], "--out", client_dir / "a.ecos",
+                         "--ledger", client_dir / "ledger.json")
+    assert code == 0 and "24 labels" in out, err
+    [*_, entry] = read_ledger(client_dir / "ledger.json")["entries"]
+    assert len(read_ledger(client_dir / "ledger.json")["entries"]) == entries + 1
+    assert entry["releases"] == [{**train_helpers.ToyVotes(0.0).releases(24)[0], "delta": 1e-5}]
+    code, out, err = cli(cloud.main, "absorb", "--proxy", cloud_dir / "proxy.json", "--query", cloud_dir / "q.ecos",
+                         "--answer", client_dir / "a.ecos", "--label-source", "toy_votes",
+                         "--out", cloud_dir / "labelled.json", *state)
+    assert code == 0, err
+    labelled = Proxy.read(cloud_dir / "labelled.json")
+    assert labelled.class_names == ["circle", "square"] and len(labelled.labels) == 24
+
+    # the same step in one process: the same query bytes, the same labels
+    proxy, cloud_state = Proxy.read(cloud_dir / "proxy.json"), CloudState.load(probed / "cloud_state")
+    scan = scan_labelled_images(folders["labelled"])
+    encoder = cloud_state.sampler.message_.encoder
+    features = extract_features(build_encoder(EncoderSpec.from_dict(encoder)), PathImageDataset(scan.paths))
+    inputs = Inputs(open_features=cloud_state.features, client_features=features,
+                    client_labels=np.asarray(scan.labels), client_size=len(scan.labels), num_classes=2, encoder=encoder)
+    here = train_helpers.ToyVotes(0.0).run(Proxy(proxy.indices), inputs, Run(budget=24))
+    assert here.labels == labelled.labels
+    assert here.bytes_down == (cloud_dir / "q.ecos").stat().st_size
+    answer = LabelsMessage.from_bytes((client_dir / "a.ecos").read_bytes())  # the client names its classes
+    assert here.bytes_up == len(dataclasses.replace(answer, class_names=("0", "1")).to_bytes())
+
+
+def test_the_generic_steps_find_the_label_source_by_the_query_kind(cli, probed, folders, sampled):
+    cloud_dir, client_dir = sampled
+    state = ["--state", probed / "cloud_state"]
+    code, _, err = cli(cloud.main, "query", "--label-source", "class_coverage", "--set", "clusters=[2, 4]", "--set",
+                       "whiten_dim=2", "--proxy", cloud_dir / "proxy.json", "--out", cloud_dir / "q.ecos", *state)
+    assert code == 0, err
+    code, out, err = cli(client.main, "answer", "--query", cloud_dir / "q.ecos", "--noise-multiplier", 1.0, "--data",
+                         folders["labelled"], "--out", client_dir / "a.ecos", "--ledger", client_dir / "ledger.json")
+    assert code == 0 and "6 x 2 float32 noisy counts (2 histograms)" in out, err
+    code, out, err = cli(cloud.main, "absorb", "--proxy", cloud_dir / "proxy.json", "--query", cloud_dir / "q.ecos",
+                         "--answer", client_dir / "a.ecos", "--set", "label_fraction=0.5", "--out",
+                         cloud_dir / "labelled.json", *state)
+    assert code == 0 and "12 of 24 images labelled" in out, err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--label-source", "manual"], "label source 'manual' does not ask the client"),
+    (["--label-source", "client_knn", "--set", "k"], "--set 'k': write KEY=VALUE"),
+    (["--label-source", "client_knn", "--set", "kk=3"], "its parameters are ['k', 'noise_multiplier'"),
+    (["--label-source", "client_knn", "--set", "k=0"], "k must be"),
+])
+def test_bad_generic_query_options_are_one_error_line(cli, probed, sampled, argv, message):
+    cloud_dir, _ = sampled
+    code, _, err = cli(cloud.main, "query", *argv, "--proxy", cloud_dir / "proxy.json", "--out", cloud_dir / "q.ecos",
+                       "--state", probed / "cloud_state")
+    assert code == 2 and one_error_line(err) and message in err, err
+    assert not (cloud_dir / "q.ecos").exists()
+
+
+def test_an_answer_to_a_message_that_is_no_query_is_one_error_line(cli, probed, folders, sampled):
+    cloud_dir, client_dir = sampled
+    code, _, err = cli(client.main, "answer", "--query", client_dir / "scores.ecos", "--data", folders["labelled"],
+                       "--out", client_dir / "a.ecos", "--ledger", client_dir / "ledger.json")
+    assert code == 2 and one_error_line(err) and "a 'scores' message is not a query of any registered label source" \
+        in err, err
+    assert not (client_dir / "a.ecos").exists()
