@@ -76,16 +76,21 @@ FLAT_SETTINGS = {
 
 def _component(get, role: str, spec, flat: dict):
     """The ``role`` component ``spec`` names, with the deprecated flat settings ``flat`` of that role applied where
-    its class takes them (each one warned about)."""
+    its class takes them, over the component's own parameters (a command-line override of a configured object;
+    the component is rebuilt from its config), each one warned about."""
     component = get(spec)
     given = {key: value for key, value in flat.items() if FLAT_SETTINGS[key][0] == role}
-    for key in given:
-        warnings.warn(f"{key} is deprecated: set {FLAT_SETTINGS[key][1]} on the {role} ({role}: {{class_path: "
-                      f"{type(component).__name__}, init_args: {{{FLAT_SETTINGS[key][1]}: ...}}}})",
-                      DeprecationWarning, stacklevel=4)
     taken = type(component).parameters()
-    overrides = {FLAT_SETTINGS[key][1]: value for key, value in given.items()
-                 if isinstance(component, FLAT_SETTINGS[key][2]) and FLAT_SETTINGS[key][1] in taken}
+    overrides = {}
+    for key, value in given.items():
+        _, param, owner = FLAT_SETTINGS[key]
+        if isinstance(component, owner) and param in taken:
+            overrides[param] = value
+            advice = (f"set {param} on the {role} ({role}: {{class_path: {type(component).__name__}, init_args: "
+                      f"{{{param}: ...}}}})")
+        else:
+            advice = f"it does not apply to the {role} {component.display_name()!r} and is ignored"
+        warnings.warn(f"{key} is deprecated: {advice}", DeprecationWarning, stacklevel=4)
     if not overrides:
         return component
     config = component.config()
@@ -129,7 +134,8 @@ class ProxyDataModule(*bases("LightningDataModule")):
         num_clusters, q, noise_multiplier, knn_k, knn_noise_multiplier, knn_sampling_rate, coverage_clusters,
             coverage_noise_multiplier, coverage_label_fraction: deprecated: the parameters of the sampler
             (the first three) and of the ``client_knn`` / ``class_coverage`` label sources, set on those
-            objects instead (``FLAT_SETTINGS``); given, they configure a component named by a string.
+            objects instead (``FLAT_SETTINGS``); given, each sets that parameter of the component whose class
+            takes it, over its own (and is ignored, with a warning, by one that does not take it).
         max_epsilon: refuse, before any query, a run whose composed epsilon would exceed this.
         val_fraction: share of the proxy held out for validation.
         image_size: images are resized to this square side (built-in transforms only).

@@ -105,11 +105,18 @@ def build(spec, registry: dict, base: type, kind: str, overrides: Mapping | None
     named by a string, applied where its class takes them (the others are left out)."""
     if isinstance(spec, base):
         return spec
-    if isinstance(spec, Mapping) and set(spec) <= {"class_path", "init_args"} and "class_path" in spec:
+    if isinstance(spec, Mapping):
+        extra = sorted(set(spec) - {"class_path", "init_args"})
+        if extra or not isinstance(spec.get("class_path"), str):
+            raise ValueError(f"{kind} as a mapping holds a class_path (a name or import path) and optional "
+                             f"init_args, got the keys {sorted(spec)}")
         cls = _find(spec["class_path"], registry, base, kind)
         if not isinstance(cls, type):
             raise ValueError(f"{kind} class_path {spec['class_path']!r} names an object, not a class")
-        return _made(cls, dict(spec.get("init_args") or {}), kind)
+        init_args = spec.get("init_args") or {}
+        if not isinstance(init_args, Mapping):
+            raise ValueError(f"{kind} init_args must be a mapping of parameter names to values, got {init_args!r:.60}")
+        return _made(cls, dict(init_args), kind)
     if not isinstance(spec, str):
         raise ValueError(f"{kind} must be one of {tuple(registry)}, an import path, a {{class_path, init_args}} "
                          f"mapping or a {base.__name__} object, got {spec!r}")

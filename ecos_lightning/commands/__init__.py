@@ -8,13 +8,13 @@ command leaves no output behind.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import re
 import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-
-import yaml
 
 from ..protocol.container import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, MessageError, message_kind
 
@@ -69,23 +69,37 @@ def read_kind(path: str | Path) -> str:
 
 
 def add_settings(parser: argparse.ArgumentParser) -> None:
-    """``--set KEY=VALUE`` (repeatable): a parameter of the label source, its value read as YAML."""
+    """``--set KEY=VALUE`` (repeatable): a parameter of the label source, its value read as JSON."""
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a parameter of the label source (e.g. --set k=20, --set clusters=[10,20]); repeatable")
+                        help="a parameter of the label source, the value as JSON writes it, a bare word a string "
+                        "(e.g. --set k=20, --set clusters=[10,20], --set within_cluster=nearest); repeatable")
 
 
 def parse_settings(items: list[str]) -> dict:
-    """``["k=20", "clusters=[10, 20]"]`` -> ``{"k": 20, "clusters": [10, 20]}``; a malformed item is a ``ValueError``."""
+    """``["k=20", "clusters=[10, 20]", "rule=nearest"]`` -> ``{"k": 20, "clusters": [10, 20], "rule": "nearest"}``.
+
+    A value is JSON (numbers as JSON writes them: ``1e-3``, ``20``; ``true``, ``null``, lists), else a bare
+    word taken as a string; a number JSON does not read (``010``, ``0x14``, ``1:30``, ``NaN``), a key given
+    twice or a malformed item is a ``ValueError``."""
     settings = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.isidentifier():
             raise ValueError(f"--set {item!r}: write KEY=VALUE with KEY a parameter name")
+        if key in settings:
+            raise ValueError(f"--set {key} is given twice: give each parameter once")
         try:
-            settings[key] = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"--set {item!r}: the value is not valid YAML ({exc.__class__.__name__})") from None
+            settings[key] = json.loads(text, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError):
+            if not re.fullmatch(r"[A-Za-z_][\w.-]*", text):
+                raise ValueError(f"--set {item!r}: the value is neither JSON (e.g. 20, 1e-3, [10, 20], true) nor a "
+                                 "bare word") from None
+            settings[key] = text
     return settings
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
 
 
 def epsilon_text(epsilon: float | None) -> str:

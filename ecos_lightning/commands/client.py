@@ -86,6 +86,8 @@ def answer(args, source: ClientExchange | None = None) -> None:
     if source is None:
         settings = parse_settings(args.set)
         if args.noise_multiplier is not None:
+            if "noise_multiplier" in settings:
+                raise ValueError("--noise-multiplier and --set noise_multiplier both given: give it once")
             settings["noise_multiplier"] = args.noise_multiplier
         source = client_exchange(args.label_source, lambda: read_kind(args.query), settings)
     query, down = read_message(source.query_type, args.query)

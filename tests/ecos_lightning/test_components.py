@@ -104,8 +104,8 @@ def test_the_former_flat_keys_configure_the_components_with_a_deprecation_warnin
     with pytest.warns(DeprecationWarning, match="knn_k is deprecated"):
         knn = _module(tmp_path, label_source="client_knn", knn_k=7, knn_sampling_rate=0.5)
     assert (knn.label_source.k, knn.label_source.sampling_rate) == (7, 0.5)
-    with pytest.warns(DeprecationWarning):  # a key of another component's class is left out, as before
-        manual = _module(tmp_path, knn_k=7)
+    with pytest.warns(DeprecationWarning, match="knn_k is deprecated: it does not apply to the label_source 'manual'"):
+        manual = _module(tmp_path, knn_k=7)  # a key of another component's class is left out, as before
     assert manual.proxy_hash() == _module(tmp_path).proxy_hash()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -118,6 +118,8 @@ def test_the_former_flat_keys_configure_the_components_with_a_deprecation_warnin
     ("train_helpers.CountingModel", "neither a Sampler class nor a Sampler object"),
     ({"class_path": "ecos", "init_args": {"threshold": 2}}, r"Ecos: .*threshold.*its parameters are \['num_clusters'"),
     (3, "sampler must be one of"),
+    ({"class_path": "ecos", "init_args": [1]}, "init_args must be a mapping"),
+    ({"class_path": "ecos", "init_args": {}, "extra": 1}, r"holds a class_path .* got the keys \['class_path', 'extra'"),
 ])
 def test_a_sampler_that_cannot_be_built_is_one_clear_error(spec, message):
     with pytest.raises(ValueError, match=message):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ecos_lightning import label_sources
-from ecos_lightning.commands import client, cloud
+from ecos_lightning.commands import client, cloud, parse_settings
 from ecos_lightning.commands.cloud import CloudState
 from ecos_lightning.components import Inputs, Run
 from ecos_lightning.data.folders import PathImageDataset, scan_labelled_images
@@ -103,3 +103,32 @@ def test_an_answer_to_a_message_that_is_no_query_is_one_error_line(cli, probed, 
     assert code == 2 and one_error_line(err) and "a 'scores' message is not a query of any registered label source" \
         in err, err
     assert not (client_dir / "a.ecos").exists()
+
+
+@pytest.mark.parametrize(("items", "expected"), [
+    (["sampling_rate=1e-3", "k=20", "clusters=[10, 20]", "rule=nearest", "pca_dim=null", "fp16=true"],
+     {"sampling_rate": 0.001, "k": 20, "clusters": [10, 20], "rule": "nearest", "pca_dim": None, "fp16": True}),
+])
+def test_set_values_read_as_json_writes_them(items, expected):
+    assert parse_settings(items) == expected
+
+
+@pytest.mark.parametrize(("items", "message"), [
+    (["k=010"], "neither JSON"), (["k=0x14"], "neither JSON"), (["k=1:30"], "neither JSON"),
+    (["k=1", "k=2"], "given twice"), (["k"], "write KEY=VALUE"), (["1k=2"], "write KEY=VALUE"),
+])
+def test_set_values_a_user_would_misread_are_refused(items, message):
+    with pytest.raises(ValueError, match=message):
+        parse_settings(items)
+
+
+def test_the_noise_multiplier_given_twice_is_refused_before_anything_is_released(cli, probed, folders, sampled):
+    cloud_dir, client_dir = sampled
+    assert cli(cloud.main, "queries", "--proxy", cloud_dir / "proxy.json", "--out", cloud_dir / "q.ecos",
+               "--state", probed / "cloud_state")[0] == 0
+    ledger = (client_dir / "ledger.json").read_bytes()
+    code, _, err = cli(client.main, "answer", "--query", cloud_dir / "q.ecos", "--set", "noise_multiplier=0",
+                       "--noise-multiplier", 5, "--data", folders["labelled"], "--out", client_dir / "a.ecos",
+                       "--ledger", client_dir / "ledger.json")
+    assert code == 2 and one_error_line(err) and "both given" in err
+    assert (client_dir / "ledger.json").read_bytes() == ledger and not (client_dir / "a.ecos").exists()
