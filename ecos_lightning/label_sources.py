@@ -91,6 +91,10 @@ class ClientExchange(LabelSource):
 
     query_type: type
     answer_type: type
+    #: The parameters each step reads (None: all of them); ``--set`` of another one is refused on that side.
+    query_parameters: tuple[str, ...] | None = None
+    answer_parameters: tuple[str, ...] | None = None
+    absorb_parameters: tuple[str, ...] | None = None
 
     # cloud side
     def query(self, proxy: Proxy, features: np.ndarray, encoder: dict, run: Run):
@@ -162,6 +166,7 @@ class ClientKnn(ClientExchange):
     estimates = True
     noise_stream = 1
     query_type, answer_type = QueriesMessage, LabelsMessage
+    query_parameters, answer_parameters, absorb_parameters = (), ("k", "noise_multiplier", "sampling_rate"), ()
 
     def __init__(self, k: int = 20, noise_multiplier: float = 2.0, sampling_rate: float = 0.3):
         checked = PrivateKnnLabeler(k, noise_multiplier, sampling_rate)  # refuses bad parameters here
@@ -220,6 +225,8 @@ class ClassCoverage(ClientExchange):
     estimates = True
     noise_stream = 2
     query_type, answer_type = CoverageQueryMessage, ClassHistogramMessage
+    query_parameters, answer_parameters, absorb_parameters = ("clusters", "whiten_dim"), ("noise_multiplier",), \
+        ("label_fraction",)
 
     def __init__(self, clusters: int | Sequence[int] = (10, 20, 50), noise_multiplier: float = 7.31,
                  label_fraction: float = 1.0, whiten_dim: int = 48):
@@ -290,9 +297,10 @@ def chain_release(previous: str | None, released) -> str:
     return digest.hexdigest()
 
 
-def client_exchange(spec: str | None, kind: Callable[[], str], settings: dict) -> ClientExchange:
+def client_exchange(spec: str | None, kind: Callable[[], str], settings: dict, step: str) -> ClientExchange:
     """The label source that asks the client, with ``settings`` as its parameters: ``spec`` (a registered name or
-    an import path), else the registered one whose query messages are of ``kind()``."""
+    an import path), else the registered one whose query messages are of ``kind()``. ``step`` (query, answer,
+    absorb): a setting that step does not read is refused."""
     asking = {name: cls for name, cls in LABEL_SOURCES.items() if issubclass(cls, ClientExchange)}
     if spec is not None:
         cls = type(get_label_source(spec))
@@ -304,6 +312,11 @@ def client_exchange(spec: str | None, kind: Callable[[], str], settings: dict) -
             kinds = sorted({cls.query_type.KIND for cls in asking.values()})
             raise ValueError(f"a {kind()!r} message is not a query of any registered label source (queries: {kinds})")
         cls = found[0]
+    read = getattr(cls, f"{step}_parameters")
+    unread = sorted(set(settings) - set(cls.parameters() if read is None else read))
+    if unread and set(unread) <= set(cls.parameters()):
+        raise ValueError(f"--set {', '.join(unread)}: the {step} step of {cls.__name__} does not read it (it reads "
+                         f"{', '.join(read) or 'no parameter'})")
     return get_label_source({"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": settings})
 
 

@@ -86,7 +86,7 @@ def test_the_generic_steps_find_the_label_source_by_the_query_kind(cli, probed, 
     (["--label-source", "manual"], "label source 'manual' does not ask the client"),
     (["--label-source", "client_knn", "--set", "k"], "--set 'k': write KEY=VALUE"),
     (["--label-source", "client_knn", "--set", "kk=3"], "its parameters are ['k', 'noise_multiplier'"),
-    (["--label-source", "client_knn", "--set", "k=0"], "k must be"),
+    (["--label-source", "class_coverage", "--set", "whiten_dim=0"], "whiten_dim must be"),
 ])
 def test_bad_generic_query_options_are_one_error_line(cli, probed, sampled, argv, message):
     cloud_dir, _ = sampled
@@ -132,3 +132,17 @@ def test_the_noise_multiplier_given_twice_is_refused_before_anything_is_released
                        "--ledger", client_dir / "ledger.json")
     assert code == 2 and one_error_line(err) and "both given" in err
     assert (client_dir / "ledger.json").read_bytes() == ledger and not (client_dir / "a.ecos").exists()
+
+
+def test_a_setting_the_step_does_not_read_is_refused(cli, probed, folders, sampled):
+    """The client never reads the query's clusters from --set (the query fixes them), the cloud never reads the
+    client's noise: a user setting one there would believe they changed something."""
+    cloud_dir, client_dir = sampled
+    assert cli(cloud.main, "coverage-query", "--proxy", cloud_dir / "proxy.json", "--out", cloud_dir / "q.ecos",
+               "--clusters", 2, 4, "--whiten-dim", 2, "--state", probed / "cloud_state")[0] == 0
+    code, _, err = cli(client.main, "answer", "--query", cloud_dir / "q.ecos", "--set", "clusters=[1000]", "--data",
+                       folders["labelled"], "--out", client_dir / "a.ecos", "--ledger", client_dir / "ledger.json")
+    assert code == 2 and one_error_line(err) and "--set clusters: the answer step of ClassCoverage does not read it"         in err, err
+    code, _, err = cli(cloud.main, "query", "--label-source", "client_knn", "--set", "k=3", "--proxy",
+                       cloud_dir / "proxy.json", "--out", cloud_dir / "k.ecos", "--state", probed / "cloud_state")
+    assert code == 2 and one_error_line(err) and "(it reads no parameter)" in err, err
