@@ -81,11 +81,11 @@ def _component(get, role: str, spec, flat: dict):
     component = get(spec)
     given = {key: value for key, value in flat.items() if FLAT_SETTINGS[key][0] == role}
     taken = type(component).parameters()
-    overrides = {}
+    overrides, flat_key = {}, {}
     for key, value in given.items():
         _, param, owner = FLAT_SETTINGS[key]
         if isinstance(component, owner) and param in taken:
-            overrides[param] = value
+            overrides[param], flat_key[param] = value, key
             advice = (f"set {param} on the {role} ({role}: {{class_path: {type(component).__name__}, init_args: "
                       f"{{{param}: ...}}}})")
         else:
@@ -97,10 +97,9 @@ def _component(get, role: str, spec, flat: dict):
     try:
         return get({"class_path": config["class_path"], "init_args": {**config["init_args"], **overrides}})
     except ValueError as exc:  # name the setting as the user wrote it
-        message = str(exc)
-        for key in given:
-            if message.startswith(FLAT_SETTINGS[key][1] + " ") and FLAT_SETTINGS[key][1] in overrides:
-                raise ValueError(key + message[len(FLAT_SETTINGS[key][1]):]) from None
+        param, _, rest = str(exc).partition(" ")
+        if param in flat_key:
+            raise ValueError(f"{flat_key[param]} {rest}") from None
         raise
 
 

@@ -76,13 +76,18 @@ class Component:
         return tuple(name for name, p in inspect.signature(cls.__init__).parameters.items()
                      if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
+    @classmethod
+    def class_path(cls) -> str:
+        """The import path of the class: what a config's ``class_path`` names it by."""
+        return f"{cls.__module__}.{cls.__qualname__}"
+
     def config(self) -> dict:
         """``{"class_path": ..., "init_args": {...}}``: what rebuilds this object and keys its proxy."""
         missing = [name for name in self.parameters() if not hasattr(self, name)]
         if missing:
             raise TypeError(f"{type(self).__qualname__} must keep its __init__ parameters {missing} as attributes "
                             "of the same name: they key its proxy")
-        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+        return {"class_path": self.class_path(),
                 "init_args": {name: plain(getattr(self, name)) for name in self.parameters()}}
 
     def display_name(self) -> str:

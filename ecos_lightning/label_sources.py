@@ -120,7 +120,8 @@ class ClientExchange(LabelSource):
 
     # client side
     def check_query(self, query, max_queries: int, num_classes: int | None = None) -> None:
-        """Refuse (``ValueError``) a query the client should not answer (too large); ``num_classes`` once known."""
+        """Refuse (``ValueError``, worded to follow the query's file name: "asks for ...") a query the client
+        should not answer (too large); ``num_classes`` once known."""
 
     def client_release(self, query, query_digest: str) -> dict:
         """The privacy record of answering ``query`` (SHA-256 ``query_digest``)."""
@@ -132,7 +133,7 @@ class ClientExchange(LabelSource):
         raise NotImplementedError
 
     def make_answer(self, query, query_digest: str, payload, class_names, delta: float, epsilon: float,
-                       total_epsilon: float):
+                    total_epsilon: float):
         """The answer message; ``payload`` None: zeros of the right shape (a dry run)."""
         raise NotImplementedError
 
@@ -192,7 +193,7 @@ class ClientKnn(ClientExchange):
 
     def check_query(self, query, max_queries, num_classes=None):
         if query.features.shape[0] > max_queries:
-            raise ValueError(f"the query asks for {query.features.shape[0]:,} labels > --max-queries "
+            raise ValueError(f"asks for {query.features.shape[0]:,} labels > --max-queries "
                              f"{max_queries:,}; refused before any accounting or image read")
 
     def client_release(self, query, query_digest):
@@ -262,8 +263,8 @@ class ClassCoverage(ClientExchange):
     def check_query(self, query, max_queries, num_classes=None):
         rows = query.centroids.shape[0]
         if num_classes is not None and rows * num_classes > MAX_CELLS:
-            raise ValueError(f"the query asks for {rows:,} centroids x {num_classes:,} classes > {MAX_CELLS:,} "
-                             "cells; refused before any feature is extracted")
+            raise ValueError(f"asks for {rows:,} centroids x {num_classes:,} classes > {MAX_CELLS:,} cells; "
+                             "refused before any feature is extracted")
 
     def client_release(self, query, query_digest):
         return class_coverage.release(self.noise_multiplier, int(query.clusters.size),
@@ -297,27 +298,30 @@ def chain_release(previous: str | None, released) -> str:
     return digest.hexdigest()
 
 
-def client_exchange(spec: str | None, kind: Callable[[], str], settings: dict, step: str) -> ClientExchange:
+def client_exchange(spec: str | None, settings: dict, step: str,
+                    kind: Callable[[], str] | None = None) -> ClientExchange:
     """The label source that asks the client, with ``settings`` as its parameters: ``spec`` (a registered name or
-    an import path), else the registered one whose query messages are of ``kind()``. ``step`` (query, answer,
-    absorb): a setting that step does not read is refused."""
+    an import path), else the registered one whose query messages are of ``kind()`` (the query file's kind, read
+    only then). ``step`` (query, answer, absorb): a setting that step does not read is refused."""
     asking = {name: cls for name, cls in LABEL_SOURCES.items() if issubclass(cls, ClientExchange)}
     if spec is not None:
         cls = type(get_label_source(spec))
         if not issubclass(cls, ClientExchange):
             raise ValueError(f"label source {spec!r} does not ask the client: use one of {list(asking)}")
     else:
-        found = [cls for cls in asking.values() if cls.query_type.KIND == kind()]
+        declared = kind()
+        found = [cls for cls in asking.values() if cls.query_type.KIND == declared]
         if not found:
             kinds = sorted({cls.query_type.KIND for cls in asking.values()})
-            raise ValueError(f"a {kind()!r} message is not a query of any registered label source (queries: {kinds})")
+            raise ValueError(f"a {declared!r} message is not a query of any registered label source (queries: "
+                             f"{kinds})")
         cls = found[0]
     read = getattr(cls, f"{step}_parameters")
     unread = sorted(set(settings) - set(cls.parameters() if read is None else read))
     if unread and set(unread) <= set(cls.parameters()):
         raise ValueError(f"--set {', '.join(unread)}: the {step} step of {cls.__name__} does not read it (it reads "
                          f"{', '.join(read) or 'no parameter'})")
-    return get_label_source({"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": settings})
+    return get_label_source({"class_path": cls.class_path(), "init_args": settings})
 
 
 LABEL_SOURCES: dict[str, type] = {}

@@ -89,7 +89,7 @@ def answer(args, source: ClientExchange | None = None) -> None:
             if "noise_multiplier" in settings:
                 raise ValueError("--noise-multiplier and --set noise_multiplier both given: give it once")
             settings["noise_multiplier"] = args.noise_multiplier
-        source = client_exchange(args.label_source, lambda: read_kind(args.query), settings, "answer")
+        source = client_exchange(args.label_source, settings, "answer", lambda: read_kind(args.query))
     query, down = read_message(source.query_type, args.query)
     _checked(source, query, args)
     spec = _policy(args).accept(query.encoder, query.feature_dim, args.query)

@@ -263,7 +263,7 @@ def _proxy_features(proxy: Proxy, state: CloudState, proxy_path) -> np.ndarray:
 
 def query(args, source: ClientExchange | None = None) -> None:
     """Proxy file -> the query of a label source that asks the client (``--label-source``, ``--set``)."""
-    source = source or client_exchange(args.label_source, lambda: "", parse_settings(args.set), "query")
+    source = source or client_exchange(args.label_source, parse_settings(args.set), "query")
     out = Path(args.out)
     proxy = Proxy.read(args.proxy)
     state = CloudState.load(_state_dir(args, out))
@@ -280,8 +280,8 @@ def absorb(args, source: ClientExchange | None = None) -> None:
     (for a source that reads them) the cloud state's features all belong together."""
     out = Path(args.out)
     proxy = Proxy.read(args.proxy)
-    source = source or client_exchange(args.label_source, lambda: read_kind(args.query), parse_settings(args.set),
-                                       "absorb")
+    source = source or client_exchange(args.label_source, parse_settings(args.set), "absorb",
+                                       lambda: read_kind(args.query))
     message, query_blob = read_message(source.query_type, args.query)
     answer, answer_blob = read_message(source.answer_type, args.answer)
     if proxy.labels is not None:
