@@ -176,15 +176,16 @@ def finetune(case: Case, proxy: Proxy, seed: int, root: Path, epochs: int, cache
     """Client test accuracy after fine-tuning FineTuneModule on the proxy with its true labels."""
     import pytorch_lightning as pl
 
-    from ecos_lightning.datamodules import ProxyDataModule
+    from ecos_lightning.datamodules import Datasets, Loaders, ProxyDataModule
     from ecos_lightning.modules import FineTuneModule
 
     labels = case.labels[np.asarray(proxy.indices)]
     path = root / f"proxy-{seed}-{stable_hash(proxy.indices)}.json"
     proxy.replace(labels=labels.tolist(), class_names=[str(c) for c in range(10)], open=case.open_name).write(path)
     pl.seed_everything(seed, workers=True, verbose=False)
-    dm = ProxyDataModule(open_dataset=case.pool_dataset, client_test_dataset=case.test_dataset, proxy_file=str(path),
-                         image_size=32, batch_size=BATCH_SIZE, val_fraction=0.0, seed=seed, cache_dir=cache_dir)
+    dm = ProxyDataModule(dataset=Datasets(open=case.pool_dataset, client_test=case.test_dataset), proxy_file=str(path),
+                         loaders=Loaders(image_size=32, batch_size=BATCH_SIZE, val_fraction=0.0), seed=seed,
+                         cache_dir=cache_dir)
     module = FineTuneModule(num_classes=10, **RECIPE)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 
-from ecos_lightning.datamodules import ProxyDataModule
+from ecos_lightning.datamodules import Loaders, ProxyDataModule
 from ecos_lightning.data import DOMAINS
 from ecos_lightning.modules import AutoLabelModule, DistillModule, FineTuneModule
 from ecos_lightning.protocol import noise_multiplier_for_epsilon
+from ecos_lightning.samplers import get_sampler
 
 SAMPLERS = {
     "finetune": ("ecos", "random", "kcenter", "upload", "local"),
@@ -49,9 +50,9 @@ TEACHER = dict(model_name="efficientnet_lite0", weights="offline", input_size=64
 
 def data_module(domain: str, seed: int, sampler: str, label_source: str, sigma: float, budget: int,
                 cache: str) -> ProxyDataModule:
-    return ProxyDataModule(client_domain=domain, data_seed=seed, seed=seed, sampler=sampler,
-                           label_source=label_source, noise_multiplier=sigma, budget=budget,
-                           cache_dir=cache, batch_size=64, val_fraction=0.0)
+    return ProxyDataModule(dataset=f"digits-lite:{domain}:{seed}", seed=seed,
+                           sampler=get_sampler(sampler, noise_multiplier=sigma), label_source=label_source,
+                           budget=budget, cache_dir=cache, loaders=Loaders(batch_size=64, val_fraction=0.0))
 
 
 def fit_and_test(module, dm, epochs: int, root: Path) -> float:
@@ -66,7 +67,7 @@ def teacher_checkpoint(domain: str, seed: int, cache: str, root: Path) -> str:
     """A teacher fine-tuned on the labelled open pool of this split (cached as a Lightning checkpoint)."""
     path = root / "teachers" / f"{domain}-seed{seed}.ckpt"
     if not path.exists():
-        dm = data_module(domain, seed, "full", "open", 0.0, 1, cache)
+        dm = data_module(domain, seed, "full", "manual", 0.0, 1, cache)
         recipe = {k: v for k, v in TEACHER.items() if k != "epochs"}
         module = FineTuneModule(num_classes=10, **recipe)
         trainer = pl.Trainer(max_epochs=TEACHER["epochs"], logger=False, enable_checkpointing=False,

@@ -37,7 +37,7 @@ from ecos_lightning.data import (DigitsLiteSource, FolderSource, PathImageDatase
                                  stated_fields)
 from ecos_lightning.data.litdata_pool import LitDataSource
 from ecos_lightning.data.shards import WebDatasetSource
-from ecos_lightning.encoders import spec_for_model
+from ecos_lightning.encoders import Encoder
 from ecos_lightning.feature_store import DEFAULT_CHUNK_ROWS, digest_of
 from ecos_lightning.files import atomic_write_bytes, default_cache_dir, plain, stable_hash
 from ecos_lightning.frameworks import bases, framework_of
@@ -50,19 +50,15 @@ from ecos_lightning.proxy import PROXY_VERSION, Proxy
 from ecos_lightning.proxy_file import proxy_image_files
 from ecos_lightning.samplers import Inputs, Sampler, get_sampler
 
+from .options import Datasets, Loaders, as_dataclass
 from .images import (ImageSubset, TwoViewSubset, UnitImage, check_raw_images, dataset_domains, dataset_labels,
                      fingerprint)
 from .simulation import extract_shard, simulated_inputs
 
 log = logging.getLogger(__name__)
 
-#: ``__init__`` arguments that are objects, not settings: never hashed or saved as hyperparameters.
-_NOT_SETTINGS = ("self", "__class__", "open_dataset", "client_dataset", "client_test_dataset", "train_transform",
-                 "eval_transform")
-
-
-
-#: Former flat settings (deprecated) -> (the component they configure, its parameter, the class that takes it).
+#: Former flat settings of the components (deprecated) -> (the component they configure, its parameter, the
+#: class that takes it).
 FLAT_SETTINGS = {
     "num_clusters": ("sampler", "num_clusters", Sampler), "q": ("sampler", "q", Sampler),
     "noise_multiplier": ("sampler", "noise_multiplier", Sampler),
@@ -72,6 +68,42 @@ FLAT_SETTINGS = {
     "coverage_noise_multiplier": ("label_source", "noise_multiplier", ClassCoverage),
     "coverage_label_fraction": ("label_source", "label_fraction", ClassCoverage),
 }
+
+#: Former arguments (deprecated) -> (the argument that holds them now, its field).
+RENAMED = {
+    "open_dataset": ("dataset", "open"), "client_dataset": ("dataset", "client"),
+    "client_test_dataset": ("dataset", "client_test"), "dataset_id": ("dataset", "id"),
+    "encoder_weights": ("encoder", "weights"), "encoder_input_size": ("encoder", "input_size"),
+    "encoder_pooling": ("encoder", "pooling"),
+    **{name: ("loaders", name) for name in Loaders.__dataclass_fields__},
+}
+
+#: Former arguments (deprecated) that a source name states: ``digits-lite:<domain>[:<seed>]``,
+#: ``<kind>:client=<domain>:seed=<seed>:<root>``.
+NAMED_IN_SOURCE = ("client_domain", "data_seed")
+
+def former_arguments(open_dataset: Dataset | None = None, client_dataset: Dataset | None = None,
+                     client_test_dataset: Dataset | None = None, dataset_id: str | None = None,
+                     client_domain: str | None = None, data_seed: int | None = None,
+                     encoder_weights: str | None = None, encoder_input_size: int | None = None,
+                     encoder_pooling: str | None = None, batch_size: int | None = None,
+                     num_workers: int | Literal["auto"] | None = None, val_fraction: float | None = None,
+                     image_size: int | None = None, augment: bool | None = None,
+                     train_transform: Callable | None = None, eval_transform: Callable | None = None,
+                     unlabelled_batch_size: int | None = None, keep_unlabelled: bool | None = None,
+                     num_clusters: int | Literal["auto"] | None = None, q: int | None = None,
+                     noise_multiplier: float | None = None, knn_k: int | None = None,
+                     knn_noise_multiplier: float | None = None, knn_sampling_rate: float | None = None,
+                     coverage_clusters: int | Sequence[int] | None = None,
+                     coverage_noise_multiplier: float | None = None,
+                     coverage_label_fraction: float | None = None) -> dict:
+    """The former flat arguments of :class:`ProxyDataModule` that were given (not None), by name.
+
+    Deprecated, each one warned about: the data module takes them as ``**deprecated`` and LightningCLI
+    and jsonargparse read their types here, so old configs and command lines still load. See
+    ``RENAMED``, ``NAMED_IN_SOURCE`` and ``FLAT_SETTINGS`` for where each one goes now.
+    """
+    return {key: value for key, value in locals().items() if value is not None}
 
 
 def _component(get, role: str, spec, flat: dict):
@@ -90,7 +122,7 @@ def _component(get, role: str, spec, flat: dict):
                       f"{{{param}: ...}}}})")
         else:
             advice = f"it does not apply to the {role} {component.display_name()!r} and is ignored"
-        warnings.warn(f"{key} is deprecated: {advice}", DeprecationWarning, stacklevel=4)
+        _deprecated(key, advice)
     if not overrides:
         return component
     config = component.config()
@@ -103,23 +135,34 @@ def _component(get, role: str, spec, flat: dict):
         raise
 
 
+def _deprecated(key: str, advice: str) -> None:
+    warnings.warn(f"{key} is deprecated: {advice}", DeprecationWarning, stacklevel=5)
+
+
+def _grouped(cls, value, argument: str, renamed: dict):
+    """The ``argument`` object (``cls``, or a mapping of its fields) with the deprecated arguments of its fields
+    in ``renamed`` applied over them, each one warned about."""
+    value = as_dataclass(cls, value, argument)
+    fields = {RENAMED[key][1]: given for key, given in renamed.items() if RENAMED[key][0] == argument}
+    for key in (key for key in renamed if RENAMED[key][0] == argument):
+        field = RENAMED[key][1]
+        _deprecated(key, f"pass dataset=Datasets({field}=...)" if cls is Datasets else
+                    f"set {argument}.{field} ({argument}: {{{field}: ...}})")
+    return dataclasses.replace(value, **fields) if fields else value
+
+
 class ProxyDataModule(*bases("LightningDataModule")):
     """Selects a proxy set from an open pool for a client and serves it for training.
 
     Args:
-        open_dataset, client_dataset, client_test_dataset: map-style datasets of ``(image, label)``
-            (image: PIL, uint8 HWC array or tensor CHW, or floats in [0, 1]: the raw images the encoder
-            reads; a dataset whose first image is already normalised is refused, naming the argument);
-            None = the datasets of the source ``dataset`` names.
-            Labels are read through the items (so a ``target_transform`` applies; see
-            ``dataset_labels`` for the datasets read without images) and hashed into the artifact's
-            key; the proxy carries the labels of the selected images only (``manual``).
-        dataset: the data source when no datasets are given: a name ``ecos_lightning.data.parse_source``
-            reads (``digits-lite``, ``domainnet:<root>``, ``digits5:<root>``, ``office-caltech10:<root>``,
-            ``folders:<root>``, ``imagefolder:<root>``, with ``<key>=<value>:`` options before the root).
-        client_domain, data_seed: the client domain and split seed, replacing the ones ``dataset`` names
-            (None: the name's, else the source's default: ``handwritten`` and 0 for digits-lite).
-        encoder, encoder_weights, encoder_input_size, encoder_pooling: the feature encoder both sides use.
+        dataset: the data: a source name ``ecos_lightning.data.parse_source`` reads (``digits-lite``,
+            ``digits-lite:printed:1``, ``domainnet:<root>``, ``digits5:<root>``, ``office-caltech10:<root>``,
+            ``folders:<root>``, ``imagefolder:<root>``, with ``<key>=<value>:`` options before the root, such
+            as ``client=`` and ``seed=``), or :class:`~ecos_lightning.datamodules.options.Datasets` given in code.
+            Labels are hashed into the artifact's key; the proxy carries the labels of the selected images
+            only (``manual``).
+        encoder: the feature encoder both sides use: :class:`~ecos_lightning.encoders.Encoder` (name, weights,
+            input_size, pooling), its fields as a mapping, or a timm model name (the other fields default).
         sampler: the sampler object (``ecos_lightning.samplers``: ``Ecos(num_clusters, q, noise_multiplier,
             fp16, pca_dim, noise_z, ...)``, ``Random()``, ``KCenter()``, ``Full()``, ``Upload()``, ``Local()``:
             train on the client's own data), or what names one: a registered name (``ecos``: ``Ecos()`` with
@@ -128,106 +171,93 @@ class ProxyDataModule(*bases("LightningDataModule")):
             selected images only, ``ClientKnn(k, noise_multiplier, sampling_rate)``: Private kNN by the client,
             ``ClassCoverage(clusters, noise_multiplier, label_fraction)``, ``Unlabelled()``: labels -1), or
             what names one, as for ``sampler``; ``open`` is a deprecated name of ``manual``.
-        delta: the delta of every epsilon reported (the client ledger's).
         budget: proxy size B.
-        num_clusters, q, noise_multiplier, knn_k, knn_noise_multiplier, knn_sampling_rate, coverage_clusters,
-            coverage_noise_multiplier, coverage_label_fraction: deprecated: the parameters of the sampler
-            (the first three) and of the ``client_knn`` / ``class_coverage`` label sources, set on those
-            objects instead (``FLAT_SETTINGS``); given, each sets that parameter of the component whose class
-            takes it, over its own (and is ignored, with a warning, by one that does not take it).
+        delta: the delta of every epsilon reported (the client ledger's).
         max_epsilon: refuse, before any query, a run whose composed epsilon would exceed this.
-        val_fraction: share of the proxy held out for validation.
-        image_size: images are resized to this square side (built-in transforms only).
-        augment: random crop/affine augmentation of training images (built-in transform only).
-        train_transform, eval_transform: the image as the dataset gives it (PIL, array or tensor) -> the
-            tensor the model gets, replacing the built-in resize to ``image_size`` (+ augmentation) and
-            scaling to [0, 1]: ``train_transform`` for the training loader, ``eval_transform`` for the
-            validation, test and predict loaders; labels are untouched. The protocol's features always
-            use the encoder's own preprocessing.
-        unlabelled_batch_size: > 0 adds a FixMatch stream of (weak, strong) views of the unselected pool,
-            built-in (``image_size``, [0, 1]); it refuses a ``train_transform``.
-        batch_size, num_workers: loader settings; ``num_workers="auto"``: the CPUs this process may use,
-            shared among the node's ranks, one left for the main process (at least 1, at most 8). Loaders
-            pin memory when training on a GPU and keep their workers between epochs.
-        cache_dir: features and artifacts.
+        loaders: :class:`~ecos_lightning.datamodules.options.Loaders`: batch size, workers, validation share,
+            image size, augmentation, transforms, the FixMatch stream and the label contract
+            (``keep_unlabelled``), or a mapping of its fields.
         seed: seeds the protocol, the noise, the validation split.
-        dataset_id: names custom datasets in the artifact hash (default: a content fingerprint).
+        cache_dir: features and artifacts.
+        proxy_file: train on a proxy chosen by ``ecos-cloud sample`` with a real client instead of
+            running the protocol here. Its images are its ``paths`` (an image-folder pool) or its indices
+            into ``Datasets.open`` / the digits-lite pool it names; its labels are used as they are.
         faiss_gpu: run the cloud's k-means and assignment on the GPUs faiss sees (None: when it sees one);
             False is the switch for bit-reproducible proxies (a GPU rounds differently; a proxy chosen on
             a GPU is keyed apart from the CPU's).
         feature_chunk_rows: rows per chunk of the on-disk feature stores (a multiple of 256): the unit an
             interrupted extraction resumes at, and that the ranks of a distributed run share out.
-        proxy_file: train on a proxy chosen by ``ecos-cloud sample`` with a real client instead of
-            running the protocol here. Its images are its ``paths`` (an image-folder pool) or its indices
-            into ``open_dataset`` / the digits-lite pool it names; its labels are used as they are.
-        keep_unlabelled: the label contract. Every proxy image carries a class index in ``[0, num_classes)``
-            or -1 (no label: a ``none`` label source, labels a label source left out, a pool without labels);
-            ``num_classes`` comes from the data (the classes of the pool, or a proxy file's ``class_names``).
-            None (default): the train and val batches carry the -1 images only for a module that declares
-            ``accepts_unlabelled = True`` (this project's modules, which leave them out of the supervised
-            loss and use them where they can, e.g. distillation); any other module never sees a -1. True:
-            always keep them (use ``cross_entropy(..., ignore_index=-1)``); False: always leave them out.
+        **deprecated: the former flat arguments (:func:`former_arguments`), each with a ``DeprecationWarning``: the
+            components' parameters (``num_clusters``, ``q``, ``noise_multiplier``, ``knn_*``, ``coverage_*``:
+            ``FLAT_SETTINGS``) set that parameter of the component whose class takes it; ``open_dataset``,
+            ``client_dataset``, ``client_test_dataset``, ``dataset_id``, ``encoder_*`` and the loader
+            settings set their field of ``dataset``, ``encoder`` or ``loaders`` (``RENAMED``);
+            ``client_domain`` and ``data_seed`` replace the client domain and split seed the source names
+            (a value the name states itself and the argument contradicts is refused). None is "not given".
     """
 
-    def __init__(self, open_dataset: Dataset | None = None, client_dataset: Dataset | None = None,
-                 client_test_dataset: Dataset | None = None, dataset: str = "digits-lite",
-                 client_domain: str | None = None, data_seed: int | None = None,
-                 encoder: str = "efficientnet_lite0", encoder_weights: str = "offline",
-                 encoder_input_size: int = 64, encoder_pooling: str = "style",
-                 sampler: str | Sampler = "ecos", label_source: str | LabelSource = "manual",
-                 delta: float = 1e-5, budget: int = 1000,
-                 num_clusters: int | Literal["auto"] | None = None, q: int | None = None,
-                 noise_multiplier: float | None = None, knn_k: int | None = None,
-                 knn_noise_multiplier: float | None = None, knn_sampling_rate: float | None = None,
-                 coverage_clusters: int | Sequence[int] | None = None, coverage_noise_multiplier: float | None = None,
-                 coverage_label_fraction: float | None = None,
-                 max_epsilon: float | None = None, val_fraction: float = 0.1, image_size: int = 32,
-                 augment: bool = True, train_transform: Callable | None = None,
-                 eval_transform: Callable | None = None, unlabelled_batch_size: int = 0, batch_size: int = 64,
-                 num_workers: int | Literal["auto"] = "auto", cache_dir: str | None = None, seed: int = 0,
-                 dataset_id: str | None = None, proxy_file: str | None = None,
-                 feature_chunk_rows: int = DEFAULT_CHUNK_ROWS, faiss_gpu: bool | None = None,
-                 keep_unlabelled: bool | None = None):
-        settings = {name: plain(value) for name, value in locals().items()
-                    if name not in _NOT_SETTINGS + tuple(FLAT_SETTINGS)}
+    def __init__(self, dataset: str | Datasets = "digits-lite", encoder: str | Encoder = "efficientnet_lite0",
+                 sampler: str | Sampler = "ecos", label_source: str | LabelSource = "manual", budget: int = 1000,
+                 delta: float = 1e-5, max_epsilon: float | None = None, loaders: Loaders = Loaders(), seed: int = 0,
+                 cache_dir: str | None = None, proxy_file: str | None = None, faiss_gpu: bool | None = None,
+                 feature_chunk_rows: int = DEFAULT_CHUNK_ROWS, **deprecated):
         super().__init__()
-        flat = {name: value for name, value in locals().items() if name in FLAT_SETTINGS and value is not None}
+        given = former_arguments(**deprecated)
+        flat = {key: value for key, value in given.items() if key in FLAT_SETTINGS}
+        renamed = {key: value for key, value in given.items() if key in RENAMED}
         self.sampler = _component(get_sampler, "sampler", sampler, flat)
         self.label_source = _component(get_label_source, "label_source", label_source, flat)
         if self.sampler.source == "client" and not self.label_source.labels_client_data:
             usable = [name for name, cls in LABEL_SOURCES.items() if cls.labels_client_data]
             raise ValueError(f"sampler={self.sampler.display_name()!r} trains on the client's own labels: use "
                              f"label_source={usable}")
-        settings.update(sampler=self.sampler.config(), label_source=self.label_source.config())
+        if isinstance(dataset, str) and not any(RENAMED[key][0] == "dataset" for key in renamed):
+            self.datasets = None
+        else:
+            self.datasets = _grouped(Datasets, Datasets() if isinstance(dataset, str) else dataset, "dataset", renamed)
+        self.encoder = _grouped(Encoder, Encoder(encoder) if isinstance(encoder, str) else encoder, "encoder",
+                                renamed)
+        self.loaders = _grouped(Loaders, loaders, "loaders", renamed)
         positive_int(budget, "budget")
-        positive_int(batch_size, "batch_size")
-        if num_workers != "auto" and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
-            raise ValueError(f"num_workers must be 'auto' or an integer >= 0, got {num_workers!r}")
         if positive_int(feature_chunk_rows, "feature_chunk_rows") % 256:
             raise ValueError(f"feature_chunk_rows must be a multiple of 256 (the extraction batch), got {feature_chunk_rows}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
         if max_epsilon is not None and not max_epsilon > 0:
             raise ValueError(f"max_epsilon must be > 0, got {max_epsilon!r}")
-        if train_transform is not None and unlabelled_batch_size > 0:
-            raise ValueError("unlabelled_batch_size > 0 (FixMatch) trains on built-in views of image_size in [0, 1]: "
-                             "leave train_transform unset, or set unlabelled_batch_size=0")
-        for name, ds in (("open_dataset", open_dataset), ("client_dataset", client_dataset),
-                         ("client_test_dataset", client_test_dataset)):
-            if ds is not None:
-                check_raw_images(ds, name)
-        self.save_hyperparameters(settings)  # plain Python values: one hash and a weights-only checkpoint
-        self.train_transform, self.eval_transform = train_transform, eval_transform
-        self.spec = spec_for_model(encoder, weights=encoder_weights, input_size=encoder_input_size,
-                                   pooling=encoder_pooling)
-        self._datasets = (open_dataset, client_dataset, client_test_dataset)
-        self.source = self._source_record() if open_dataset is None and client_dataset is None and \
-            client_test_dataset is None and not proxy_file else None
+        #: how each given dataset is named in errors: as the user wrote it
+        self._dataset_names = {field: next((key for key in renamed if RENAMED[key] == ("dataset", field)),
+                                           f"dataset.{field}") for field in ("open", "client", "client_test")}
+        if self.datasets is not None:
+            for field, ds in zip(self._dataset_names, self._datasets):
+                if ds is not None:
+                    check_raw_images(ds, self._dataset_names[field])
+        named = {key: given[key] for key in NAMED_IN_SOURCE if key in given}
+        for key in named:
+            _deprecated(key, "name the client domain and split seed in dataset (digits-lite:<domain>:<seed>, "
+                        "<kind>:client=<domain>:seed=<seed>:<root>)")
+        self.save_hyperparameters({  # plain Python values: one hash and a weights-only checkpoint
+            "dataset": dataset if self.datasets is None else None, **named, "encoder": dataclasses.asdict(self.encoder),
+            "sampler": self.sampler.config(), "label_source": self.label_source.config(), "budget": budget,
+            "delta": delta, "max_epsilon": max_epsilon, "loaders": plain(self.loaders.settings()), "seed": seed,
+            "cache_dir": cache_dir, "proxy_file": proxy_file, "faiss_gpu": faiss_gpu,
+            "feature_chunk_rows": feature_chunk_rows})
+        self.spec = self.encoder.spec()
+        self.source = self._source_record(named.get("client_domain"), named.get("data_seed")) \
+            if self.datasets is None and not proxy_file else None
         self._sources = None
         self._label_cache: dict[int, np.ndarray] = {}
         self._fingerprints: dict[int, str] = {}
         self._proxy_record: Proxy | None = None  # made, read or restored on first need (see ``proxy``)
         self._told_unlabelled = False
+
+    @property
+    def _datasets(self) -> tuple:
+        """(open, client, client_test) datasets given in code (Nones when the data is a source name)."""
+        d = self.datasets or Datasets()
+        return d.open, d.client, d.client_test
+
+    @property
+    def _dataset_id(self) -> str | None:
+        return self.datasets.id if self.datasets is not None else None
 
     # --------------------------------------------------------------- sources
     @property
@@ -245,19 +275,19 @@ class ProxyDataModule(*bases("LightningDataModule")):
                 self._sources = (src.open, src.client, src.client_test, src.data_id)
             else:
                 if open_ds is None or (client_ds is None and not self.hparams.proxy_file):
-                    raise ValueError("pass both open_dataset and client_dataset (client_test_dataset optional), "
-                                     "or none of them for digits-lite")
-                for name, ds in (("open_dataset", open_ds), ("client_dataset", client_ds)):
+                    raise ValueError("dataset: Datasets needs both open and client (client_test optional); or "
+                                     "name a source, such as digits-lite")
+                for field, ds in (("open", open_ds), ("client", client_ds)):
                     if ds is not None and len(ds) == 0:
-                        raise ValueError(f"{name} is empty: it must hold at least one image")
-                data_id = self.hparams.dataset_id or "/".join(
+                        raise ValueError(f"{self._dataset_names[field]} is empty: it must hold at least one image")
+                data_id = self._dataset_id or "/".join(
                     self.fingerprint(ds) for ds in (open_ds, client_ds, test_ds) if ds is not None)
                 self._sources = (open_ds, client_ds, test_ds, data_id)
         return self._sources
 
-    def _source_record(self):
-        """The source ``dataset`` names, with ``client_domain`` and ``data_seed`` applied when given; a value
-        the name itself states and the argument contradicts is refused, naming both."""
+    def _source_record(self, client_domain: str | None, data_seed: int | None):
+        """The source ``dataset`` names, with the deprecated ``client_domain`` and ``data_seed`` applied when
+        given; a value the name itself states and the argument contradicts is refused, naming both."""
         h = self.hparams
         record = parse_source(h.dataset)
         if isinstance(record, (FolderSource, WebDatasetSource, LitDataSource)):
@@ -266,11 +296,11 @@ class ProxyDataModule(*bases("LightningDataModule")):
                              "client_dataset")
         client = "domain" if isinstance(record, DigitsLiteSource) else "client"
         named = stated_fields(h.dataset)
-        for argument, value, field in (("client_domain", h.client_domain, client), ("data_seed", h.data_seed, "seed")):
+        for argument, value, field in (("client_domain", client_domain, client), ("data_seed", data_seed, "seed")):
             if value is not None and field in named and getattr(record, field) != value:
                 raise ValueError(f"{argument}={value!r} contradicts dataset {h.dataset!r}, which names {field} "
                                  f"{getattr(record, field)!r}: set one of them (e.g. {argument}: null)")
-        changes = {client: h.client_domain, "seed": h.data_seed}
+        changes = {client: client_domain, "seed": data_seed}
         return dataclasses.replace(record, **{k: v for k, v in changes.items() if v is not None})
 
     def feature_ids(self) -> tuple[str, str]:
@@ -278,7 +308,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
         alone: changing only the client re-extracts nothing of the pool (digits-lite and a given
         ``dataset_id`` name both parts of one split)."""
         open_ds, client_ds, _, data_id = self.sources()
-        if self.hparams.dataset_id or self._datasets[0] is None:
+        if self._dataset_id or self._datasets[0] is None:
             return f"{data_id}/open", f"{data_id}/client"
         return f"{self.fingerprint(open_ds)}/open", f"{self.fingerprint(client_ds)}/client"
 
@@ -292,7 +322,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
         source = parse_source(proxy.open)
         if isinstance(source, FolderSource):
             raise ValueError(f"proxy file {self.hparams.proxy_file} indexes the pool {proxy.open!r}: pass that "
-                             "pool as open_dataset")
+                             "pool as dataset=Datasets(open=...)")
         src = open_source(source, self.hparams.cache_dir)
         return (src.open, None, test_ds if test_ds is not None else src.client_test, src.data_id)
 
@@ -541,7 +571,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
         unlabelled ones unless :meth:`keeps_unlabelled`."""
         proxy = self.proxy
         order = np.random.default_rng(self.hparams.seed).permutation(len(proxy))
-        n_val = int(round(self.hparams.val_fraction * len(proxy))) if len(proxy) > 1 else 0
+        n_val = int(round(self.loaders.val_fraction * len(proxy))) if len(proxy) > 1 else 0
         train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
         labelled = np.asarray(proxy.label_list()) >= 0
         if self.keeps_unlabelled() or labelled.all():
@@ -559,8 +589,8 @@ class ProxyDataModule(*bases("LightningDataModule")):
     def keeps_unlabelled(self) -> bool:
         """Whether the train and val batches carry the proxy's unlabelled images (label -1): ``keep_unlabelled``,
         else whether the trainer's module declares ``accepts_unlabelled`` (this project's modules do)."""
-        if self.hparams.keep_unlabelled is not None:
-            return bool(self.hparams.keep_unlabelled)
+        if self.loaders.keep_unlabelled is not None:
+            return bool(self.loaders.keep_unlabelled)
         module = self.trainer.lightning_module if self.trainer is not None else None
         return bool(getattr(module, "accepts_unlabelled", False))
 
@@ -573,42 +603,42 @@ class ProxyDataModule(*bases("LightningDataModule")):
     def _transform(self, train: bool):
         """The user's train or eval transform, else the built-in one (weak augmentation when training with
         ``augment``)."""
-        given = self.train_transform if train else self.eval_transform
+        given = self.loaders.train_transform if train else self.loaders.eval_transform
         if given is not None:
             return given
-        size = self.hparams.image_size
-        return UnitImage(size, _weak_augmentation(size) if train and self.hparams.augment else None)
+        size = self.loaders.image_size
+        return UnitImage(size, _weak_augmentation(size) if train and self.loaders.augment else None)
 
     # ----------------------------------------------------------- dataloaders
     def _loader(self, dataset, shuffle: bool, batch_size: int | None = None, sampler=None,
                 drop_last: bool = False) -> DataLoader:
         workers = self.num_workers()
         on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return DataLoader(dataset, batch_size=batch_size or self.hparams.batch_size, shuffle=shuffle,
+        return DataLoader(dataset, batch_size=batch_size or self.loaders.batch_size, shuffle=shuffle,
                           sampler=sampler, num_workers=workers, drop_last=drop_last, pin_memory=on_gpu,
                           persistent_workers=workers > 0)
 
     def num_workers(self) -> int:
         """The loaders' worker processes (see ``num_workers``)."""
-        if self.hparams.num_workers != "auto":
-            return int(self.hparams.num_workers)
+        if self.loaders.num_workers != "auto":
+            return int(self.loaders.num_workers)
         ranks_here = self.trainer.world_size // max(1, self.trainer.num_nodes) if self.trainer is not None else 1
         return max(1, min(8, len(os.sched_getaffinity(0)) // max(1, ranks_here) - 1))
 
     def train_dataloader(self):
         train = self._subset(self._train_val_positions()[0], train=True)
         # a last batch of a single image breaks BatchNorm in training: drop it
-        single = len(train) > 1 and len(train) % self.hparams.batch_size == 1
+        single = len(train) > 1 and len(train) % self.loaders.batch_size == 1
         proxy_loader = self._loader(train, shuffle=True, drop_last=single)
-        if self.hparams.unlabelled_batch_size <= 0:
+        if self.loaders.unlabelled_batch_size <= 0:
             return proxy_loader
         open_ds = self.sources()[0]
         rest = np.setdiff1d(np.arange(len(open_ds)), self.proxy_indices() if self.proxy.source == "open"
                             else np.empty(0, np.int64))
-        size = self.hparams.image_size
+        size = self.loaders.image_size
         views = TwoViewSubset(open_ds, rest, size, _weak_augmentation(size), _strong_augmentation(size))
-        draws = len(proxy_loader) * self.hparams.unlabelled_batch_size
-        unlabelled = self._loader(views, shuffle=False, batch_size=self.hparams.unlabelled_batch_size,
+        draws = len(proxy_loader) * self.loaders.unlabelled_batch_size
+        unlabelled = self._loader(views, shuffle=False, batch_size=self.loaders.unlabelled_batch_size,
                                   sampler=RandomSampler(views, replacement=True, num_samples=draws))
         combined = framework_of(self.trainer).utilities.combined_loader.CombinedLoader
         return combined({"proxy": proxy_loader, "unlabelled": unlabelled}, mode="max_size_cycle")
@@ -624,7 +654,8 @@ class ProxyDataModule(*bases("LightningDataModule")):
         (no padding), so the synced test metrics count every image once."""
         test_ds = self.sources()[2]
         if test_ds is None:
-            raise ValueError("no client_test_dataset was given: pass one to evaluate on the client's data")
+            raise ValueError("no client test set was given: pass dataset=Datasets(..., client_test=...) to evaluate "
+                             "on the client's data")
         test = ImageSubset(test_ds, np.arange(len(test_ds)), self.labels(test_ds), self._transform(train=False))
         trainer = self.trainer
         sampler = None
@@ -692,4 +723,4 @@ def _strong_augmentation(size: int):
                        v2.RandomErasing(p=1.0, scale=(0.02, 0.15), value=127)])
 
 
-__all__ = ["ProxyDataModule", "load_artifact"]
+__all__ = ["Datasets", "Loaders", "ProxyDataModule", "former_arguments", "load_artifact"]

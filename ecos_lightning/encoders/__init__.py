@@ -10,11 +10,12 @@ in the protocol (no torch).
 """
 
 from .extract import FeatureEncoder, build_encoder, encoder_feature_dim, extract_features
-from .factory import (create_timm_model, load_offline_efficientnet_lite0_state_dict, map_state_dict_by_position,
+from .factory import (Encoder, create_timm_model, load_offline_efficientnet_lite0_state_dict, map_state_dict_by_position,
                       spec_for_model)
 from .preprocess import item_image, resize_normalise, resize_square
 
 __all__ = [
+    "Encoder",
     "FeatureEncoder",
     "build_encoder",
     "create_timm_model",

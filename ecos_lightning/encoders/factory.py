@@ -24,6 +24,7 @@ import difflib
 import numbers
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from ..protocol.encoder_spec import (INTERPOLATIONS, OFFLINE_MODEL_NAME, WEIGHT_
                                      EncoderSpec, offline_only_message)
 
 __all__ = [
+    "Encoder",
     "check_timm_name",
     "create_timm_model",
     "load_offline_efficientnet_lite0_state_dict",
@@ -263,3 +265,22 @@ def create_timm_model(name: str, num_classes: int, weights: str = "offline") -> 
         )
     _load_into_model(model, _load_weights_file(weights), repr(weights))
     return model
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """The feature encoder both parties use, as a data module configures it.
+
+    name: a timm model name. weights: ``offline``, ``hub``, ``none`` or a state-dict path (see the module
+    docstring). input_size: square side in pixels. pooling: ``style`` (per-stage channel statistics) or
+    ``avg`` (pooled pre-logit features; see ``EncoderSpec``).
+    """
+
+    name: str = OFFLINE_MODEL_NAME
+    weights: str = "offline"
+    input_size: int = 64
+    pooling: str = "style"
+
+    def spec(self) -> EncoderSpec:
+        """The encoder's spec, with timm's preprocessing for ``name`` (``ValueError`` for a bad field)."""
+        return spec_for_model(self.name, weights=self.weights, input_size=self.input_size, pooling=self.pooling)

@@ -65,7 +65,7 @@ class FineTuneModule(ClassifierModule):
             raise RuntimeError(
                 "FineTuneModule(fixmatch=True) needs dict batches with an 'unlabelled' (weak, strong) stream, "
                 "but got a plain (images, labels) batch: enable the data module's unlabelled stream "
-                "(data.unlabelled_batch_size > 0) or set model.fixmatch=false."
+                "(data.loaders.unlabelled_batch_size > 0) or set model.fixmatch=false."
             )
         weak, strong = unlabelled
         n, u = x.shape[0], weak.shape[0]

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 import torch
 
 from ecos_lightning.components import Run, build_proxy, planned_releases
-from ecos_lightning.datamodules import ProxyDataModule
+from ecos_lightning.datamodules import Datasets, Loaders, ProxyDataModule
 from ecos_lightning.files import stable_hash
 from ecos_lightning.label_sources import LABEL_SOURCES, ClientKnn, get_label_source
 from ecos_lightning.protocol.encoder_spec import EncoderSpec
@@ -80,8 +80,8 @@ def test_fp16_centroids_halve_the_bytes_down():
 
 def _module(tmp_path, **kwargs):
     data = TensorDataset(torch.rand(40, 3, 8, 8), torch.arange(40) % 4)
-    args = dict(open_dataset=data, client_dataset=data, client_test_dataset=data, budget=12, image_size=8,
-                cache_dir=str(tmp_path / "cache"), dataset_id="toy")
+    args = dict(dataset=Datasets(data, data, data, id="toy"), budget=12, loaders=Loaders(image_size=8),
+                cache_dir=str(tmp_path / "cache"))
     return ProxyDataModule(**{**args, **kwargs})
 
 
