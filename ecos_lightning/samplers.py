@@ -31,7 +31,8 @@ from .proxy import Proxy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLIENT_FEATURES", "CLIENT_LABELS", "OPEN_FEATURES", "ECOS_RULES", "SAMPLERS", "Baseline", "Ecos",
+__all__ = ["CLIENT_FEATURES", "CLIENT_LABELS", "OPEN_FEATURES", "ECOS_RULES", "SAMPLERS", "Baseline", "CoverageSampler",
+           "Ecos",
            "Full", "Inputs", "KCenter", "Local", "Random", "Run", "Sampler", "Upload", "get_sampler",
            "register_sampler", "select_proxy"]
 
@@ -61,7 +62,68 @@ class Sampler(Component):
 ECOS_RULES = {"noise_z": 3.0, "neighbour_z": None, "candidate_factor": 3.0, "within_cluster": "kcenter"}
 
 
-class Ecos(Sampler):
+class CoverageSampler(Sampler):
+    """A sampler over ECOS's exchange with the client: the cloud sends centroids (a ``CentroidsMessage``), the
+    client answers each one with a noisy coverage score (a ``ScoresMessage`` from ``ClientResponder``: its
+    ``q`` nearest centroids per sample, Gaussian noise of sigma ``noise_multiplier``), the cloud selects.
+
+    One implementation of each step, for one process (:meth:`run` chains them over the messages' bytes) and
+    two machines (``ecos-cloud probe --sampler NAME`` calls :meth:`fit`, ``ecos-client respond`` answers,
+    ``ecos-cloud sample`` calls :meth:`restore` and :meth:`select`). A subclass chooses the centroids
+    (``num_clusters``, ``fp16``, ``pca_dim``, :meth:`rules`) and the selection (:meth:`select`); the
+    class attributes below are the values of those it does not take as parameters.
+    """
+
+    needs = frozenset({OPEN_FEATURES, CLIENT_FEATURES})
+    num_clusters: int | str = 100
+    q: int = 1
+    noise_multiplier: float = 8.0
+    fp16: bool = False
+    pca_dim: int | None = None
+
+    def releases(self):
+        return [gaussian_release(self.noise_multiplier, what="ecos_coverage_scores")]
+
+    def rules(self) -> dict:
+        """The cloud's sampling rules (``CloudSampler`` keyword arguments) :meth:`select` applies."""
+        return {}
+
+    def fit(self, open_features: np.ndarray, encoder: dict | None, run: Run, client_size: int) -> CloudSampler:
+        """Cloud, step 1: k-means of the open pool float32 [N, d]; the fitted ``CloudSampler`` holds the
+        centroids message (``message_``) for a client of ``client_size`` images (for ``num_clusters="auto"``)."""
+        pool = len(open_features)
+        k = resolve_num_clusters(self.num_clusters, pool, client_size, self.noise_multiplier, self.q)
+        if self.num_clusters == "auto":
+            log.info("num_clusters=auto: K=%d for %d open samples, %d client samples, sigma %g, q %d", k, pool,
+                     client_size, self.noise_multiplier, self.q)
+        cloud = CloudSampler(num_clusters=k, seed=run.seed, fp16=self.fp16, pca_dim=self.pca_dim, encoder=encoder,
+                             use_gpu=run.faiss_gpu, progress=run.progress, auto_k=self.num_clusters == "auto",
+                             **self.rules())
+        cloud.fit(open_features)
+        return cloud
+
+    def restore(self, message: CentroidsMessage, open_features: np.ndarray, assignment: np.ndarray,
+                members: np.ndarray, seed: int) -> CloudSampler:
+        """The ``CloudSampler`` :meth:`fit` gave, rebuilt in another process from what it saved."""
+        return CloudSampler.restore(message, open_features, assignment, members, seed=seed, **self.rules())
+
+    def select(self, cloud: CloudSampler, scores: ScoresMessage, run: Run) -> Proxy:
+        """Cloud, step 2: the proxy (indices, provenance, ``cluster_scores``) for the client's scores."""
+        selection = cloud.select(scores, run.budget)
+        return Proxy(selection.indices, selection.clusters, selection.scores,
+                     cluster_scores=np.clip(scores.scores, 0, None))
+
+    def run(self, inputs, run):
+        client = inputs.client_size or len(inputs.client_features)
+        cloud = self.fit(inputs.open_features, inputs.encoder, run, client)
+        down = cloud.message_.to_bytes()
+        responder = ClientResponder(noise_multiplier=self.noise_multiplier, q=self.q, delta=run.delta, seed=run.seed)
+        up = responder.respond(CentroidsMessage.from_bytes(down), inputs.client_features).to_bytes()
+        proxy = self.select(cloud, ScoresMessage.from_bytes(up), run)
+        return proxy.replace(bytes_down=len(down), bytes_up=len(up), release_hash=hashlib.sha256(up).hexdigest())
+
+
+class Ecos(CoverageSampler):
     """ECOS: centroids down, noisy centroid-coverage scores up, budget allocated by score.
 
     num_clusters: K centroids, or ``"auto"``: K from the pool size, the client size, sigma and q
@@ -73,7 +135,6 @@ class Ecos(Sampler):
     """
 
     name = "ecos"
-    needs = frozenset({OPEN_FEATURES, CLIENT_FEATURES})
 
     def __init__(self, num_clusters: int | Literal["auto"] = "auto", q: int = 1, noise_multiplier: float = 8.0,
                  fp16: bool = True, pca_dim: int | None = None, noise_z: float = ECOS_RULES["noise_z"],
@@ -88,27 +149,9 @@ class Ecos(Sampler):
         self.noise_z, self.neighbour_z, self.candidate_factor = noise_z, neighbour_z, candidate_factor
         self.within_cluster = within_cluster
 
-    def releases(self):
-        return [gaussian_release(self.noise_multiplier, what="ecos_coverage_scores")]
-
-    def run(self, inputs, run):
-        pool, client = len(inputs.open_features), inputs.client_size or len(inputs.client_features)
-        k = resolve_num_clusters(self.num_clusters, pool, client, self.noise_multiplier, self.q)
-        if self.num_clusters == "auto":
-            log.info("num_clusters=auto: K=%d for %d open samples, %d client samples, sigma %g, q %d", k, pool,
-                     client, self.noise_multiplier, self.q)
-        cloud = CloudSampler(num_clusters=k, seed=run.seed, fp16=self.fp16, pca_dim=self.pca_dim,
-                             encoder=inputs.encoder, use_gpu=run.faiss_gpu, progress=run.progress,
-                             auto_k=self.num_clusters == "auto", noise_z=self.noise_z, neighbour_z=self.neighbour_z,
-                             candidate_factor=self.candidate_factor, within_cluster=self.within_cluster)
-        down = cloud.fit(inputs.open_features).to_bytes()
-        responder = ClientResponder(noise_multiplier=self.noise_multiplier, q=self.q, delta=run.delta, seed=run.seed)
-        up = responder.respond(CentroidsMessage.from_bytes(down), inputs.client_features).to_bytes()
-        scores = ScoresMessage.from_bytes(up)
-        selection = cloud.select(scores, run.budget)
-        return Proxy(selection.indices, selection.clusters, selection.scores, bytes_down=len(down),
-                     bytes_up=len(up), cluster_scores=np.clip(scores.scores, 0, None),
-                     release_hash=hashlib.sha256(up).hexdigest())
+    def rules(self):
+        return {"noise_z": self.noise_z, "neighbour_z": self.neighbour_z, "candidate_factor": self.candidate_factor,
+                "within_cluster": self.within_cluster}
 
 
 class Baseline(Sampler):

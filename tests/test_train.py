@@ -108,6 +108,21 @@ def test_a_sampler_and_label_source_from_the_command_line_are_counted_in_epsilon
     assert entry["releases"] == declared and entry["what"] == ["toy_scores", "toy_labels"]
 
 
+def test_a_coverage_sampler_and_a_label_source_from_a_test_file_train_through_train_py(tmp_path, cache_dir):
+    import train_helpers
+
+    proc = run_train(["fit", *config("finetune_digits"), "--data.encoder.input_size", "32", "--data.budget", "200",
+                      "--data.loaders.batch_size", "32", "--model.init_args.input_size", "32",
+                      "--trainer.fast_dev_run", "true", "--data.cache_dir", cache_dir,
+                      "--data.sampler", "train_helpers.TopClusters", "--data.label_source", "train_helpers.ToyVotes",
+                      "--data.max_epsilon", "100"], tmp_path, cache_dir)
+    assert "proxy                : 200 images from sampler 'top_clusters'" in proc.stdout
+    assert "DeprecationWarning" not in proc.stderr
+    ledger, = tmp_path.rglob("privacy_ledger.json")
+    entry, = json.loads(ledger.read_text())["entries"]
+    assert entry["releases"] == [*train_helpers.TopClusters().releases(), *train_helpers.ToyVotes().releases(200)]
+
+
 def _summaries(proc):
     """The client test accuracies of the run summaries printed by a train.py run."""
     return [float(line.split(":")[1]) for line in proc.stdout.splitlines() if line.startswith("client test accuracy")]

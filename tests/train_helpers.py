@@ -18,7 +18,7 @@ from ecos_lightning.label_sources import ClientExchange, LabelSource, chain_rele
 from ecos_lightning.protocol.label_messages import LabelsMessage, QueriesMessage
 from ecos_lightning.protocol.privacy import gaussian_release
 from ecos_lightning.proxy import Proxy
-from ecos_lightning.samplers import Sampler
+from ecos_lightning.samplers import CoverageSampler, Sampler
 
 
 class CrashAtEpoch(pl.Callback):
@@ -90,6 +90,22 @@ class ToySampler(Sampler):
 
     def run(self, inputs, run):
         return Proxy(np.arange(run.budget), release_hash=chain_release(None, [run.budget]))
+
+
+class TopClusters(CoverageSampler):
+    """Over ECOS's exchange (K=4 centroids, q=1): the whole budget from the highest-scoring clusters, each
+    one's members nearest to its centroid first; ``noise_multiplier`` is the client's sigma."""
+
+    name = "top_clusters"
+    num_clusters = 4
+
+    def __init__(self, noise_multiplier: float = 8.0):
+        self.noise_multiplier = noise_multiplier
+
+    def select(self, cloud, scores, run):
+        order = np.argsort(-np.asarray(scores.scores), kind="stable")
+        indices = np.concatenate([cloud.members(int(c)) for c in order])[:run.budget]
+        return Proxy(indices, clusters=cloud.assignment_[indices].tolist())
 
 
 class ToyLabels(LabelSource):

@@ -69,9 +69,9 @@ def read_kind(path: str | Path) -> str:
 
 
 def add_settings(parser: argparse.ArgumentParser) -> None:
-    """``--set KEY=VALUE`` (repeatable): a parameter of the label source, its value read as JSON."""
+    """``--set KEY=VALUE`` (repeatable): a parameter of the component (sampler or label source), its value read as JSON."""
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a parameter of the label source, the value as JSON writes it, a bare word a string "
+                        help="a parameter of the component, the value as JSON writes it, a bare word a string "
                         "(e.g. --set k=20, --set clusters=[10,20], --set within_cluster=nearest); repeatable")
 
 

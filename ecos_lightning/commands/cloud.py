@@ -1,11 +1,13 @@
 """``ecos-cloud``: the cloud's side of ECOS, one sub-command per step.
 
     ecos-cloud extract --open <pool> --state cloud_state --rank r --world-size n   # optional: n processes
-    ecos-cloud probe --open <image folder | digits-lite:<domain>[:<split seed>]> --out centroids.ecos
+    ecos-cloud probe --open <image folder | digits-lite:<domain>[:<split seed>]> --out centroids.ecos [--sampler ecos]
     ecos-cloud sample --scores scores.ecos --budget B --out proxy.json
     ecos-cloud query --label-source class_coverage --proxy proxy.json --out query.ecos [--set clusters=[10,20]]
     ecos-cloud absorb --proxy proxy.json --query query.ecos --answer answer.ecos --out proxy.json
 
+``probe`` and ``sample`` serve every sampler over ECOS's exchange (``samplers.CoverageSampler``, named by
+``--sampler``): its ``fit`` and its ``select``, the calls the in-process simulation makes.
 ``query`` and ``absorb`` serve every registered label source that asks the client
 (``label_sources.ClientExchange``): the same calls the in-process simulation makes. ``queries`` /
 ``attach-labels`` (Private kNN) and ``coverage-query`` / ``attach-coverage`` (class coverage) are the
@@ -16,9 +18,10 @@ same steps under their former names and options.
 pool and encoder) and ``state.safetensors``, one file written atomically: tensors ``assignment``
 (int64 [N], the cluster of each pool image), ``members`` (int64 [N], pool indices grouped by
 cluster, nearest to the centroid first) and ``centroids`` (uint8, the exact bytes of the centroids
-message sent), and metadata ``info``: JSON ``{"version": 2, "open", "root", "paths", "features",
-"features_sha256"}`` (the pool as given to ``--open``, its absolute root and the image paths relative
-to it, or nulls for digits-lite; the features file's name and the SHA-256 of its array). ``sample``
+message sent), and metadata ``info``: JSON ``{"version": 3, "open", "root", "paths", "features",
+"features_sha256", "sampler", "seed"}`` (the pool as given to ``--open``, its absolute root and the image
+paths relative to it, or nulls for digits-lite; the features file's name and the SHA-256 of its array;
+the sampler's config and the k-means seed, which ``sample`` selects with). ``sample``
 and ``queries`` refuse a state whose parts do not agree, or whose features file changed, with one
 line. Nothing is pickled.
 
@@ -50,13 +53,13 @@ from ..files import atomic_write_bytes, stable_hash
 from ..components import Run
 from ..label_sources import LABEL_SOURCES, ClassCoverage, ClientExchange, ClientKnn, client_exchange
 from ..protocol import CentroidsMessage, CloudSampler, ScoresMessage
-from ..protocol.num_clusters import resolve_num_clusters
+from ..samplers import SAMPLERS, CoverageSampler, get_sampler
 from ..proxy import Proxy, is_pool_path, is_pool_root
 from . import Parser, add_settings, epsilon_text, parse_settings, positive, read_kind, read_message, run
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 STATE_FILE = "state.safetensors"
-STATE_INFO = ("version", "open", "root", "paths", "features", "features_sha256")
+STATE_INFO = ("version", "open", "root", "paths", "features", "features_sha256", "sampler", "seed")
 SCORE_RULE = (
     "Scores are clipped at 0 and used as allocation weights, uncapped (the cloud does not know the "
     "client's size): an enormous score can at most give its cluster all of its members; the rest of "
@@ -67,10 +70,12 @@ SCORE_RULE = (
 class CloudState:
     """What ``probe`` leaves for ``sample`` and ``queries`` (see the module docstring).
 
-    sampler: the fitted CloudSampler (features, assignment, member order, centroids message).
-    message_bytes: the exact bytes of the centroids message sent. info: the metadata ``info``.
+    strategy: the sampler that probed (``CoverageSampler``, rebuilt from its config). sampler: its fitted
+    CloudSampler (features, assignment, member order, centroids message). message_bytes: the exact bytes
+    of the centroids message sent. info: the metadata ``info``.
     """
 
+    strategy: CoverageSampler
     sampler: CloudSampler
     message_bytes: bytes
     info: dict
@@ -118,14 +123,46 @@ class CloudState:
         features = np.array(features)
         if matrix_digest(features) != info["features_sha256"]:
             raise ValueError(f"the features file {info['features']} changed after probe")
+        if isinstance(info["seed"], bool) or not isinstance(info["seed"], int):
+            raise ValueError(f"info 'seed' must be an integer, got {info['seed']!r}")
+        strategy = _coverage_sampler(info["sampler"], "the state's sampler")
         blob = tensors["centroids"].tobytes()
-        sampler = CloudSampler.restore(CentroidsMessage.from_bytes(blob), features, tensors["assignment"],
-                                       tensors["members"])
-        return cls(sampler, blob, info)
+        sampler = strategy.restore(CentroidsMessage.from_bytes(blob), features, tensors["assignment"],
+                                   tensors["members"], info["seed"])
+        return cls(strategy, sampler, blob, info)
+
+
+def _coverage_sampler(spec, what: str) -> CoverageSampler:
+    """The sampler ``spec`` names, refused unless it asks the client for coverage scores."""
+    sampler = get_sampler(spec)
+    if not isinstance(sampler, CoverageSampler):
+        raise ValueError(f"{what} {sampler.display_name()!r} does not ask the client for coverage scores (it is not "
+                         "a CoverageSampler): run it in one process (train.py, select_proxy)")
+    return sampler
+
+
+def _probe_sampler(args) -> CoverageSampler:
+    """The sampler ``--sampler`` names, with the probe's flags and ``--set`` parameters where its class takes them."""
+    settings = parse_settings(args.set)
+    flags = {"num_clusters": args.num_clusters, "q": args.q, "noise_multiplier": args.noise_multiplier,
+             "fp16": args.fp16, "pca_dim": args.pca_dim}
+    both = sorted(set(settings) & set(flags))
+    if both:
+        raise ValueError(f"--set {both[0]}: give it as --{both[0].replace('_', '-')}")
+    chosen = _coverage_sampler(args.sampler, "--sampler")
+    config = chosen.config()
+    taken = type(chosen).parameters()
+    unknown = sorted(set(settings) - set(taken))
+    if unknown:
+        raise ValueError(f"--set {unknown[0]}: the sampler {chosen.display_name()!r} takes {list(taken)}")
+    overrides = {key: value for key, value in {**flags, **settings}.items() if key in taken}
+    return _coverage_sampler({"class_path": config["class_path"], "init_args": {**config["init_args"], **overrides}},
+                             "--sampler")
 
 
 def probe(args) -> None:
-    if args.num_clusters == "auto" and args.client_size is None:
+    sampler = _probe_sampler(args)
+    if sampler.num_clusters == "auto" and args.client_size is None:
         raise ValueError("--num-clusters auto needs --client-size: the number of images the client will score "
                          "(and --noise-multiplier if it answers with another sigma than 8)")
     out = Path(args.out)
@@ -138,17 +175,15 @@ def probe(args) -> None:
     features = cached_features(spec, data, data_id, state_dir, desc="open-pool features",
                                **{key: split[key] for key in ("batch_size", "chunk_rows") if key in split})
     _release_layout(path)
-    k = resolve_num_clusters(args.num_clusters, len(features), args.client_size or 1, args.noise_multiplier, args.q)
-    sampler = CloudSampler(num_clusters=k, seed=args.seed, fp16=args.fp16, pca_dim=args.pca_dim,
-                           encoder=spec.to_dict(), use_gpu=False if args.faiss_cpu else None, progress=True,
-                           auto_k=args.num_clusters == "auto")
-    message = sampler.fit(features)
+    run = Run(budget=1, seed=args.seed, progress=True, faiss_gpu=False if args.faiss_cpu else None)
+    cloud = sampler.fit(features, spec.to_dict(), run, args.client_size or 1)
+    message = cloud.message_
     blob = message.to_bytes()
     info = {"version": STATE_VERSION, "open": args.open, "root": root, "paths": paths,
             # the file cached_features wrote for this pool and encoder
             "features": path.name,
-            "features_sha256": matrix_digest(features)}
-    state = {"assignment": sampler.assignment_.astype(np.int64), "members": sampler.member_order_.astype(np.int64),
+            "features_sha256": matrix_digest(features), "sampler": sampler.config(), "seed": args.seed}
+    state = {"assignment": cloud.assignment_.astype(np.int64), "members": cloud.member_order_.astype(np.int64),
              "centroids": np.frombuffer(blob, dtype=np.uint8)}
     atomic_write_bytes(state_dir / STATE_FILE, save_safetensors(state, metadata={"info": json.dumps(info)}))
     atomic_write_bytes(out, blob)
@@ -234,16 +269,15 @@ def sample(args) -> None:
     pool = len(state.features)
     if args.budget > pool:
         raise ValueError(f"--budget {args.budget} is larger than the open pool ({pool} images)")
-    selection = state.sampler.select(scores, args.budget)
+    selected = state.strategy.select(state.sampler, scores, Run(budget=args.budget, seed=state.info["seed"]))
     paths = state.info["paths"]
-    proxy = Proxy(selection.indices, selection.clusters, selection.scores, root=state.info["root"],
-                  paths=None if paths is None else [paths[i] for i in selection.indices], epsilon=scores.epsilon,
-                  delta=scores.delta, bytes_down=len(state.message_bytes), bytes_up=len(blob),
-                  open=state.info["open"], cluster_scores=np.clip(scores.scores, 0, None))
+    proxy = selected.replace(root=state.info["root"], paths=None if paths is None else [paths[i] for i in selected.indices],
+                             epsilon=scores.epsilon, delta=scores.delta, bytes_down=len(state.message_bytes),
+                             bytes_up=len(blob), open=state.info["open"])
     proxy.write(out)
-    print(f"wrote {out}: {len(selection.indices)} of {pool} open images from "
-          f"{int((selection.allocation > 0).sum())} of {len(selection.kept)} clusters "
-          f"({int(selection.kept.sum())} clusters kept)")
+    drawn = len(set(selected.clusters or ()))
+    print(f"wrote {out}: {len(selected.indices)} of {pool} open images from {drawn} of "
+          f"{state.sampler.message_.num_clusters} clusters ({state.strategy.display_name()})")
     print(f"client epsilon: {epsilon_text(scores.epsilon)} at delta {scores.delta:g}; bytes down/up: "
           f"{proxy.bytes_down:,} / {proxy.bytes_up:,}")
 
@@ -382,9 +416,13 @@ def build_parser() -> Parser:
                    "a multiple of --batch-size; the unit of resumption and of sharding (default 32768)")
     p.set_defaults(func=extract)
 
+    coverage = [n for n, c in SAMPLERS.items() if issubclass(c, CoverageSampler)]
     p = commands.add_parser("probe", help="features and k-means of the open pool -> centroids message")
     _add_pool_arguments(p)
     p.add_argument("--out", required=True, help="centroids message to send to the client")
+    p.add_argument("--sampler", default="ecos", help=f"the sampler: a registered name or import path of a "
+                   f"CoverageSampler ({', '.join(coverage)}; default ecos); the flags below and --set set its "
+                   "parameters where its class takes them, and sample selects as it says")
     p.add_argument("--num-clusters", type=_num_clusters, default=100, help="K, or auto: K from the pool size, "
                    "--client-size, --noise-multiplier and --q so covered clusters clear the noise (default 100)")
     p.add_argument("--faiss-cpu", action="store_true", help="k-means and assignment on the CPU even where faiss "
@@ -396,6 +434,7 @@ def build_parser() -> Parser:
     p.add_argument("--fp16", action="store_true", help="send centroids as float16")
     p.add_argument("--pca-dim", type=positive(int), help="send centroids projected to this many PCA dimensions")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    add_settings(p)
     p.add_argument("--state", help=state_help)
     p.set_defaults(func=probe)
 

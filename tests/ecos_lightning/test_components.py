@@ -11,6 +11,7 @@ import torch
 
 from ecos_lightning.components import Run, build_proxy, planned_releases
 from ecos_lightning.datamodules import Datasets, Loaders, ProxyDataModule
+from ecos_lightning.encoders import Encoder
 from ecos_lightning.files import stable_hash
 from ecos_lightning.label_sources import LABEL_SOURCES, ClientKnn, get_label_source
 from ecos_lightning.protocol.encoder_spec import EncoderSpec
@@ -132,7 +133,7 @@ def test_a_label_source_that_asks_the_client_runs_in_the_data_module_with_its_re
     from ecos_lightning.callbacks import PrivacyLedger, read_ledger
 
     dm = _module(tmp_path, sampler="random", label_source=train_helpers.ToyVotes(noise_multiplier=1.0),
-                 encoder_input_size=32, batch_size=4)
+                 encoder=Encoder(input_size=32), loaders=Loaders(batch_size=4, image_size=8))
     ledger = tmp_path / "ledger.json"
     pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                default_root_dir=tmp_path, callbacks=[PrivacyLedger(str(ledger))]).fit(
@@ -142,3 +143,23 @@ def test_a_label_source_that_asks_the_client_runs_in_the_data_module_with_its_re
     assert len(dm.proxy.labels) == 12 and dm.proxy.bytes_down > 12 * 4 and dm.proxy.release_hash
     entry, = read_ledger(ledger)["entries"]
     assert entry["hash"] == dm.proxy.release_hash and entry["releases"] == declared
+
+
+def test_a_coverage_sampler_from_a_test_file_runs_in_the_data_module_with_its_releases_in_the_ledger(tmp_path):
+    """One class and no registry line: named by import path, its releases counted, the same proxy as its own run."""
+    import pytorch_lightning as pl
+
+    from ecos_lightning.callbacks import PrivacyLedger, read_ledger
+
+    dm = _module(tmp_path, sampler="train_helpers.TopClusters", label_source=train_helpers.ToyVotes(1.0),
+                 encoder=Encoder(input_size=32), loaders=Loaders(batch_size=4, image_size=8))
+    ledger = tmp_path / "ledger.json"
+    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               default_root_dir=tmp_path, callbacks=[PrivacyLedger(str(ledger))]).fit(
+        train_helpers.CountingModel(size=8), datamodule=dm)
+    declared = [*train_helpers.TopClusters().releases(), *train_helpers.ToyVotes(1.0).releases(12)]
+    assert dm.proxy.releases == declared and dm.epsilon == pytest.approx(releases_epsilon(declared, 1e-5))
+    entry, = read_ledger(ledger)["entries"]
+    assert entry["hash"] == dm.proxy.release_hash and entry["releases"] == declared
+    alone = train_helpers.TopClusters().run(dm._inputs(), Run(budget=12))
+    assert dm.proxy.indices == alone.indices and dm.proxy.bytes_down > alone.bytes_down  # + the label queries

@@ -11,7 +11,7 @@ from ecos_lightning import label_sources
 from ecos_lightning.commands import client, cloud, parse_settings
 from ecos_lightning.commands.cloud import CloudState
 from ecos_lightning.components import Inputs, Run
-from ecos_lightning.data.folders import PathImageDataset, scan_labelled_images
+from ecos_lightning.data.folders import PathImageDataset, scan_images, scan_labelled_images
 from ecos_lightning.encoders import build_encoder, extract_features
 from ecos_lightning.ledger import read_ledger
 from ecos_lightning.protocol.encoder_spec import EncoderSpec
@@ -146,3 +146,44 @@ def test_a_setting_the_step_does_not_read_is_refused(cli, probed, folders, sampl
     code, _, err = cli(cloud.main, "query", "--label-source", "client_knn", "--set", "k=3", "--proxy",
                        cloud_dir / "proxy.json", "--out", cloud_dir / "k.ecos", "--state", probed / "cloud_state")
     assert code == 2 and one_error_line(err) and "(it reads no parameter)" in err, err
+
+
+def test_a_sampler_from_a_test_file_runs_on_two_machines_as_in_one_process(cli, folders, tmp_path):
+    state = ["--state", tmp_path / "state"]
+    code, out, err = cli(cloud.main, "probe", "--sampler", "train_helpers.TopClusters", "--open", folders["open"],
+                         "--out", tmp_path / "c.ecos", "--input-size", "32", *state)
+    assert code == 0 and "K=4 centroids" in out, err
+    code, out, err = cli(client.main, "respond", "--centroids", tmp_path / "c.ecos", "--data", folders["client"],
+                         "--noise-multiplier", "0", "--out", tmp_path / "s.ecos", "--ledger", tmp_path / "ledger.json")
+    assert code == 0, err
+    [entry] = read_ledger(tmp_path / "ledger.json")["entries"]
+    assert [r["noise_multiplier"] for r in entry["releases"]] == [0.0]
+    code, out, err = cli(cloud.main, "sample", "--scores", tmp_path / "s.ecos", "--budget", "10", "--out",
+                         tmp_path / "proxy.json", *state)
+    assert code == 0 and "(top_clusters)" in out, err
+    across = Proxy.read(tmp_path / "proxy.json")
+
+    # the same steps in one process: the same centroids, the same proxy
+    cloud_state = CloudState.load(tmp_path / "state")
+    assert cloud_state.info["sampler"] == train_helpers.TopClusters(8.0).config()
+    encoder = cloud_state.sampler.message_.encoder
+    features = extract_features(build_encoder(EncoderSpec.from_dict(encoder)),
+                                PathImageDataset(scan_images(folders["client"]).paths))
+    inputs = Inputs(open_features=cloud_state.features, client_features=features, client_size=len(features),
+                    encoder=encoder)
+    here = train_helpers.TopClusters(0.0).run(inputs, Run(budget=10))
+    assert here.indices == across.indices and here.clusters == across.clusters
+    assert here.bytes_down == (tmp_path / "c.ecos").stat().st_size == across.bytes_down
+    assert here.bytes_up == (tmp_path / "s.ecos").stat().st_size == across.bytes_up
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--sampler", "random"], "sampler 'random' does not ask the client for coverage scores"),
+    (["--sampler", "train_helpers.TopClusters", "--set", "threshold=2"],
+     "--set threshold: the sampler 'top_clusters' takes ['noise_multiplier']"),
+    (["--set", "num_clusters=5"], "--set num_clusters: give it as --num-clusters"),
+])
+def test_a_probe_sampler_that_cannot_probe_is_one_line(cli, folders, tmp_path, args, message):
+    code, _, err = cli(cloud.main, "probe", "--open", folders["open"], "--out", tmp_path / "c.ecos", *args)
+    assert code == 2 and one_error_line(err) and message in err, err
+    assert not (tmp_path / "c.ecos").exists()
