@@ -48,7 +48,7 @@ import numpy as np
 
 from ecos_lightning.data import DOMAINS, PathImageDataset, paper_split, scan_labelled_images
 from ecos_lightning.encoders import spec_for_model
-from ecos_lightning.features import cached_features
+from ecos_lightning.features.cache import cached_features
 from ecos_lightning.files import atomic_write_bytes, default_cache_dir, stable_hash
 from ecos_lightning.protocol import ClientResponder, CloudSampler
 from ecos_lightning.protocol.num_clusters import FAISS_MIN_POINTS_PER_CENTROID, auto_num_clusters, expected_count_ratio

@@ -17,7 +17,7 @@ import tracemalloc
 
 import numpy as np
 
-from ecos_lightning import class_coverage
+from ecos_lightning.protocol import class_coverage
 
 
 def measure(size: int, classes: int, seed: int = 0) -> tuple[float, float]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ecos_lightning.data import DOMAINS, DigitsLite, load_digits_lite
 from ecos_lightning.encoders import spec_for_model
-from ecos_lightning.features import cached_features
+from ecos_lightning.features.cache import cached_features
 from ecos_lightning.files import default_cache_dir
 
 

@@ -174,7 +174,7 @@ def finetune_accuracy(data, train_idx, labels, test_idx, seed: int, root: Path) 
 
 INTRO = """# Auto-labels at a privacy cost worth paying
 
-`class_coverage` (label source, `ecos_lightning/class_coverage.py`): the cloud whitens the proxy's own features
+`class_coverage` (label source, `ecos_lightning/protocol/class_coverage.py`): the cloud whitens the proxy's own features
 (PCA to 48 dimensions, unit variance, fitted on the public proxy) and clusters the proxy three times (10, 20 and
 50 centroids); the client releases one noisy histogram over (centroid, class) cells per clustering. One client
 sample adds 1 to one cell of each histogram, so each histogram is one Gaussian mechanism of sensitivity 1 whatever

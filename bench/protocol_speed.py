@@ -6,7 +6,7 @@ three steps relative to the feature matrix, and bytes each way. Each configurati
 a fresh process so peak memory is its own.
 
 With ``--store DIR`` the pool's features are written chunk by chunk into a feature store in DIR
-(``ecos_lightning.feature_store``, N x d x 4 bytes of disk) and the protocol reads them memory-mapped;
+(``ecos_lightning.features.store``, N x d x 4 bytes of disk) and the protocol reads them memory-mapped;
 the table then gives the peak *anonymous* memory of fit + respond + sample (RssAnon, sampled every
 20 ms: resident memory minus file-backed pages), against the target of 2 GB + K x d floats.
 
@@ -57,7 +57,7 @@ def synthetic_features(n: int, d: int, components: int, seed: int, chunk: int = 
 
 def stored_features(n: int, d: int, folder: str):
     """The same mixture in a feature store under ``folder`` (written once, chunk by chunk), memory-mapped."""
-    from ecos_lightning.feature_store import FeatureStore
+    from ecos_lightning.features.store import FeatureStore
 
     store = FeatureStore(f"{folder}/synthetic-n{n}-d{d}.npy", n, d, chunk_rows=1 << 18)
     store.fill(lambda rows: mixture_rows(rows, d, components=50, seed=0))

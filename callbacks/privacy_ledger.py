@@ -1,6 +1,6 @@
 """PrivacyLedger: a JSON record of every proxy release a client made, with a composed-epsilon budget.
 
-The ledger (:mod:`ecos_lightning.ledger`) holds one entry per distinct release (by the hash of what the
+The ledger (:mod:`ecos_lightning.client.ledger`) holds one entry per distinct release (by the hash of what the
 client released, or of the proxy artifact): rerunning or resuming a run on the same proxy reuses
 releases already made and costs nothing more.
 The composed epsilon of all entries (dp-accounting PLD) must stay within the ledger's budget. Check and
@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from ecos_lightning.frameworks import bases
-from ecos_lightning.ledger import ledger_epsilon, open_ledger, read_ledger
+from ecos_lightning.client.ledger import ledger_epsilon, open_ledger, read_ledger
 from ecos_lightning.protocol.validation import probability
 
 __all__ = ["PrivacyLedger", "ledger_epsilon", "read_ledger"]

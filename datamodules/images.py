@@ -17,7 +17,7 @@ from ecos_lightning.data import ArrayImageDataset, PathImageDataset
 from ecos_lightning.data.litdata_pool import LitDataImageDataset
 from ecos_lightning.data.shards import TarShardDataset
 from ecos_lightning.encoders.preprocess import FLOAT_RANGE_TOL, is_pil, item_image, pil_to_chw
-from ecos_lightning.feature_store import matrix_digest
+from ecos_lightning.features.store import matrix_digest
 from ecos_lightning.files import file_stamp, stable_hash
 
 

@@ -38,7 +38,7 @@ from ecos_lightning.data import (DigitsLiteSource, FolderSource, PathImageDatase
 from ecos_lightning.data.litdata_pool import LitDataSource
 from ecos_lightning.data.shards import WebDatasetSource
 from ecos_lightning.encoders import Encoder
-from ecos_lightning.feature_store import DEFAULT_CHUNK_ROWS, digest_of
+from ecos_lightning.features.store import DEFAULT_CHUNK_ROWS, digest_of
 from ecos_lightning.files import atomic_write_bytes, default_cache_dir, plain, stable_hash
 from ecos_lightning.frameworks import bases, framework_of
 from ecos_lightning.components import Run, build_proxy, planned_releases

@@ -12,8 +12,8 @@ from typing import Callable
 import numpy as np
 from torch.utils.data import Dataset
 
-from ecos_lightning.feature_store import DEFAULT_CHUNK_ROWS
-from ecos_lightning.features import cached_features
+from ecos_lightning.features.store import DEFAULT_CHUNK_ROWS
+from ecos_lightning.features.cache import cached_features
 from ecos_lightning.components import CLIENT_FEATURES, CLIENT_LABELS, OPEN_FEATURES, Inputs
 
 

@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import class_coverage
+from .protocol import class_coverage
 from .files import plain
 from .components import CLIENT_FEATURES, CLIENT_LABELS, OPEN_FEATURES, Component, Inputs, Run, build, register
-from .knn_labels import PrivateKnnLabeler
-from .feature_store import matrix_digest
+from .protocol.knn_labels import PrivateKnnLabeler
+from .features.store import matrix_digest
 from .files import stable_hash
 from .protocol.coverage_messages import MAX_CELLS, ClassHistogramMessage, CoverageQueryMessage
 from .protocol.label_messages import LabelsMessage, QueriesMessage
@@ -214,7 +214,7 @@ class ClientKnn(ClientExchange):
 class ClassCoverage(ClientExchange):
     """Class-conditional coverage: the client releases one noisy (centroid, class) histogram per resolution
     for centroids of the proxy; the cloud spreads it along the proxy's neighbourhood graph
-    (:mod:`ecos_lightning.class_coverage`). Its cost does not grow with the proxy size.
+    (:mod:`ecos_lightning.protocol.class_coverage`). Its cost does not grow with the proxy size.
 
     clusters: proxy centroids per resolution (one histogram each). noise_multiplier: noise std of each
     histogram (sensitivity 1). label_fraction: share of the proxy labelled, clearest first (the rest -1).

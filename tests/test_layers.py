@@ -13,10 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGHTNING = ("pytorch_lightning", "lightning")
-TORCH_FREE = ("ecos_lightning.protocol", "ecos_lightning.protocol.encoder_spec", "ecos_lightning.ledger",
+TORCH_FREE = ("ecos_lightning.protocol", "ecos_lightning.protocol.encoder_spec", "ecos_lightning.client.ledger",
               "ecos_lightning.proxy", "ecos_lightning.samplers", "ecos_lightning.label_sources",
-              "ecos_lightning.proxy_file", "ecos_lightning.files", "ecos_lightning.knn_labels",
-              "ecos_lightning.class_coverage", "ecos_lightning.components")
+              "ecos_lightning.proxy_file", "ecos_lightning.files", "ecos_lightning.protocol.knn_labels",
+              "ecos_lightning.protocol.class_coverage", "ecos_lightning.components", "ecos_lightning.features.store")
 ADAPTERS = ("datamodules", "callbacks", "ecos_lightning.datamodules", "ecos_lightning.callbacks")
 COMMANDS = ("ecos_lightning.commands.cloud", "ecos_lightning.commands.client")
 

@@ -13,7 +13,7 @@ import torch
 
 from ecos_lightning.components import CLIENT_FEATURES, CLIENT_LABELS, OPEN_FEATURES
 from ecos_lightning.files import stable_hash
-from ecos_lightning.knn_labels import PrivateKnnLabeler
+from ecos_lightning.protocol.knn_labels import PrivateKnnLabeler
 from ecos_lightning.label_sources import ClientExchange, LabelSource, chain_release, class_names
 from ecos_lightning.protocol.label_messages import LabelsMessage, QueriesMessage
 from ecos_lightning.protocol.privacy import gaussian_release

@@ -12,9 +12,9 @@ Images never leave the machine and features are never written: the output holds 
 (``respond``), one noisy-argmax label per query (``label``) or noisy (centroid, class) counts
 (``class-coverage``). Every release is recorded in one JSON
 privacy ledger per client (default ``~/.ecos_lightning/privacy_ledger.json``, see
-:mod:`ecos_lightning.ledger`) with one delta and one budget: a release that would pass it is refused
+:mod:`ecos_lightning.client.ledger`) with one delta and one budget: a release that would pass it is refused
 before any image is read, and checked again and recorded under the ledger's lock before the output is
-written. The client runs only an encoder its own policy allows (:mod:`ecos_lightning.encoder_policy`).
+written. The client runs only an encoder its own policy allows (:mod:`ecos_lightning.client.encoder_policy`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from ..data.folders import PathImageDataset, scan_images, scan_labelled_images
-from ..encoder_policy import DEFAULT_MAX_INPUT_SIZE, EncoderPolicy
+from ..client.encoder_policy import DEFAULT_MAX_INPUT_SIZE, EncoderPolicy
 from ..encoders import build_encoder, extract_features
 from ..files import atomic_write_bytes
 from ..label_sources import ClassCoverage, ClientExchange, ClientKnn, client_exchange
-from ..ledger import LedgerBook, ledger_path, ledger_snapshot, lock_path, open_ledger
+from ..client.ledger import LedgerBook, ledger_path, ledger_snapshot, lock_path, open_ledger
 from ..protocol import CentroidsMessage, ClientResponder, ScoresMessage
 from ..protocol.privacy import gaussian_release, releases_epsilon
 from . import Parser, add_settings, epsilon_text, parse_settings, positive, read_kind, read_message, run

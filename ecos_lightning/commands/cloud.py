@@ -47,8 +47,8 @@ from safetensors.numpy import save as save_safetensors
 
 from ..data.sources import open_source, parse_source
 from ..encoders import spec_for_model
-from ..feature_store import matrix_digest
-from ..features import cached_features, feature_path
+from ..features.store import matrix_digest
+from ..features.cache import cached_features, feature_path
 from ..files import atomic_write_bytes, stable_hash
 from ..components import Run
 from ..label_sources import LABEL_SOURCES, ClassCoverage, ClientExchange, ClientKnn, client_exchange

@@ -2,7 +2,7 @@
 
 Both travel in the container of :mod:`.container`; ``from_bytes`` treats its input as untrusted and
 raises :class:`MessageError` naming the field. A query names its proxy set (``proxy``); a histogram
-names the query it answers (``query_digest``). The maths is :mod:`ecos_lightning.class_coverage`.
+names the query it answers (``query_digest``). The maths is :mod:`ecos_lightning.protocol.class_coverage`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class CoverageQueryMessage:
     encoder: the encoder spec (``EncoderSpec.to_dict()``) of the features x.
     proxy: 16 hex characters, ``stable_hash`` of the proxy indices the centroids were fitted on.
     features: 64 hex characters, SHA-256 of the proxy's feature rows [B, d] the query was made from
-        (``feature_store.matrix_digest``): the cloud attaches the answer only to those features.
+        (``features.store.matrix_digest``): the cloud attaches the answer only to those features.
     """
 
     projection: np.ndarray

@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import TensorDataset
 
-from ecos_lightning import class_coverage
+from ecos_lightning.protocol import class_coverage
 from ecos_lightning.datamodules import ProxyDataModule
 from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
 from train_helpers import CountingModel

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ecos_lightning import class_coverage
+from ecos_lightning.protocol import class_coverage
 from ecos_lightning.label_sources import get_label_source
 from ecos_lightning.protocol.encoder_spec import EncoderSpec
 from ecos_lightning.protocol.coverage_messages import ClassHistogramMessage, CoverageQueryMessage

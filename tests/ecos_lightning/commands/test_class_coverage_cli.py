@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from ecos_lightning import class_coverage, label_sources
+from ecos_lightning.protocol import class_coverage, label_sources
 from ecos_lightning.commands import client, cloud
 from ecos_lightning.files import stable_hash
-from ecos_lightning.ledger import ledger_epsilon, read_ledger
+from ecos_lightning.client.ledger import ledger_epsilon, read_ledger
 from ecos_lightning.protocol.container import pack
 from ecos_lightning.protocol.coverage_messages import ClassHistogramMessage, CoverageQueryMessage
 from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon

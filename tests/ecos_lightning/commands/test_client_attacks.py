@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ecos_lightning.commands import client
-from ecos_lightning.ledger import read_ledger
+from ecos_lightning.client.ledger import read_ledger
 from ecos_lightning.protocol import CentroidsMessage, ScoresMessage
 from ecos_lightning.protocol.container import MAX_MESSAGE_BYTES, MessageError
 

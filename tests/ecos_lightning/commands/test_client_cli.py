@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from dp_accounting.pld import PLDAccountant
 
-from ecos_lightning.ledger import ledger_epsilon, open_ledger, read_ledger
+from ecos_lightning.client.ledger import ledger_epsilon, open_ledger, read_ledger
 from ecos_lightning.commands import client
 from ecos_lightning.protocol import CentroidsMessage, ScoresMessage
 from ecos_lightning.protocol.label_messages import LabelsMessage, QueriesMessage

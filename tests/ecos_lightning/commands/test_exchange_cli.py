@@ -13,7 +13,7 @@ from ecos_lightning.commands.cloud import CloudState
 from ecos_lightning.components import Inputs, Run
 from ecos_lightning.data.folders import PathImageDataset, scan_images, scan_labelled_images
 from ecos_lightning.encoders import build_encoder, extract_features
-from ecos_lightning.ledger import read_ledger
+from ecos_lightning.client.ledger import read_ledger
 from ecos_lightning.protocol.encoder_spec import EncoderSpec
 from ecos_lightning.protocol.label_messages import LabelsMessage
 from ecos_lightning.proxy import Proxy

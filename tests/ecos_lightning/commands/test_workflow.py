@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ecos_lightning.ledger import ledger_epsilon, read_ledger
+from ecos_lightning.client.ledger import ledger_epsilon, read_ledger
 from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
 from ecos_lightning.proxy import Proxy
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ecos_lightning.features as features
+from ecos_lightning.features import cache as features
 from ecos_lightning.encoders import spec_for_model
-from ecos_lightning.feature_store import FeatureStore, matrix_digest
+from ecos_lightning.features.store import FeatureStore, matrix_digest
 from ecos_lightning.protocol import ClientResponder, CloudSampler
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SPEC = spec_for_model("efficientnet_lite0", weights="offline", input_size=16)
 IMAGES = np.random.default_rng(0).integers(0, 255, size=(37, 16, 16, 3), dtype=np.uint8)
 
@@ -22,7 +22,7 @@ RANK = textwrap.dedent("""
     import sys
     import numpy as np
     from ecos_lightning.encoders import spec_for_model
-    from ecos_lightning.features import cached_features
+    from ecos_lightning.features.cache import cached_features
 
     rank, world_size, cache = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     images = np.random.default_rng(0).integers(0, 255, size=(37, 16, 16, 3), dtype=np.uint8)

@@ -37,8 +37,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .files import atomic_write_bytes
-from .protocol.privacy import check_release, epsilon_to_json, releases_epsilon
+from ..files import atomic_write_bytes
+from ..protocol.privacy import check_release, epsilon_to_json, releases_epsilon
 
 LEDGER_VERSION = 2
 DEFAULT_DELTA = 1e-5

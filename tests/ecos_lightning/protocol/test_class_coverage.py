@@ -10,7 +10,7 @@ import pytest
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
-from ecos_lightning import class_coverage as cc
+from ecos_lightning.protocol import class_coverage as cc
 from ecos_lightning.encoders import spec_for_model
 from ecos_lightning.components import Run
 from ecos_lightning.label_sources import get_label_source

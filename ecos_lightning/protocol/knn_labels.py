@@ -14,9 +14,9 @@ import numbers
 
 import numpy as np
 
-from .protocol import faiss_ops
-from .protocol.privacy import check_noise_multiplier, gaussian_release
-from .protocol.validation import as_features, positive_int
+from . import faiss_ops
+from .privacy import check_noise_multiplier, gaussian_release
+from .validation import as_features, positive_int
 
 VOTE_SENSITIVITY = math.sqrt(2.0)
 

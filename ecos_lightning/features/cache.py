@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Subset
 
-from .encoders import build_encoder, encoder_feature_dim, extract_features
-from .feature_store import DEFAULT_CHUNK_ROWS, FeatureStore
-from .files import stable_hash
-from .protocol.encoder_spec import EncoderSpec
+from ..encoders import build_encoder, encoder_feature_dim, extract_features
+from .store import DEFAULT_CHUNK_ROWS, FeatureStore
+from ..files import stable_hash
+from ..protocol.encoder_spec import EncoderSpec
 
 
 def feature_path(spec: EncoderSpec, data_id: str, cache_dir: str | os.PathLike) -> Path:
@@ -24,7 +24,7 @@ def cached_features(spec: EncoderSpec, data, data_id: str, cache_dir: str | os.P
                     device=None, rank: int = 0, world_size: int = 1,
                     chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray | None:
     """Encoder features float32 [N, d] of ``data`` (see ``extract_features``), memory-mapped from the
-    :class:`~ecos_lightning.feature_store.FeatureStore` at :func:`feature_path`.
+    :class:`~ecos_lightning.features.store.FeatureStore` at :func:`feature_path`.
 
     ``data_id`` must identify the data (e.g. dataset name, version, seed and subset). Extraction runs chunk
     by chunk (``chunk_rows`` rows, a multiple of ``batch_size``) and resumes at the first unfinished chunk

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from .protocol import faiss_ops
-from .protocol.coverage_messages import MAX_RESOLUTIONS, CoverageQueryMessage
-from .protocol.privacy import check_noise_multiplier, gaussian_release
-from .protocol.validation import as_features, positive_int
+from . import faiss_ops
+from .coverage_messages import MAX_RESOLUTIONS, CoverageQueryMessage
+from .privacy import check_noise_multiplier, gaussian_release
+from .validation import as_features, positive_int
 
 #: L2 sensitivity of the class histogram (add/remove-one adjacency: one sample changes one cell by 1).
 SENSITIVITY = 1.0

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from dp_accounting.pld import PLDAccountant
 
-from ecos_lightning.knn_labels import PrivateKnnLabeler
+from ecos_lightning.protocol.knn_labels import PrivateKnnLabeler
 from ecos_lightning.protocol.privacy import releases_epsilon
 
 

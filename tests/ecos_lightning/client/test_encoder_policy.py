@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecos_lightning import encoder_policy
-from ecos_lightning.encoder_policy import DEFAULT_MAX_INPUT_SIZE, EncoderPolicy
+from ecos_lightning.client import encoder_policy
+from ecos_lightning.client.encoder_policy import DEFAULT_MAX_INPUT_SIZE, EncoderPolicy
 from ecos_lightning.encoders import spec_for_model
 
 LITE0_STYLE_64 = 352  # efficientnet_lite0, style pooling, any input size

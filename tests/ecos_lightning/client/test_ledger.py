@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ecos_lightning.ledger import (ledger_epsilon, ledger_snapshot, open_ledger, read_ledger,
+from ecos_lightning.client.ledger import (ledger_epsilon, ledger_snapshot, open_ledger, read_ledger,
                                    record_releases)
 from ecos_lightning.protocol.privacy import gaussian_release, releases_epsilon
 
@@ -25,7 +25,7 @@ RELEASER = textwrap.dedent("""
     import hashlib, os, sys, time
     from pathlib import Path
     from ecos_lightning.files import atomic_write_bytes
-    from ecos_lightning.ledger import open_ledger
+    from ecos_lightning.client.ledger import open_ledger
     from ecos_lightning.protocol.privacy import gaussian_release
 
     ledger, out, start, sigma, budget, tries = sys.argv[1:7]

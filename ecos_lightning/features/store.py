@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from .files import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 #: Rows per chunk: a multiple of every extraction batch size in use, so chunked extraction runs exactly the
 #: batches a single pass would (the same floats); about 32 MB of float32 features at d = 256.

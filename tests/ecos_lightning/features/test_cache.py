@@ -1,6 +1,6 @@
 import numpy as np
 
-import ecos_lightning.features as features
+from ecos_lightning.features import cache as features
 from ecos_lightning.encoders import spec_for_model
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from .encoders import encoder_feature_dim
-from .protocol.encoder_spec import WEIGHT_KEYWORDS, EncoderSpec
+from ..encoders import encoder_feature_dim
+from ..protocol.encoder_spec import WEIGHT_KEYWORDS, EncoderSpec
 
 #: timm model -> the weights a client loads for it, when the client names no encoder of its own.
 ALLOWED_ENCODERS: Mapping[str, str] = {"efficientnet_lite0": "offline"}
