@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -91,7 +92,9 @@ __all__ = [
     "DomainNetSource",
     "FolderSource",
     "LitDataSource",
+    "SOURCE_KINDS",
     "SourceData",
+    "SourceKind",
     "WebDatasetSource",
     "digits_lite_sources",
     "open_source",
@@ -187,13 +190,30 @@ class DomainFoldersSource:
 
 
 # ------------------------------------------------------------------------------------------ parsing
-_KEYS = {"domainnet": ("client", "seed", "rule", "domains", "classes"),
-         "digits5": ("client", "seed", "rule", "domains", "size", "allow_pickle"),
-         "office-caltech10": ("client", "seed", "rule", "domains"),
-         "folders": ("client", "seed", "rule", "domains"),
-         "imagefolder": ("seed",),
-         "wds": ("image", "label"),
-         "litdata": ("image", "label", "allow_pickle")}
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of source name, ``<kind>:[<key>=<value>:]...<root>``: the option keys it takes and the record
+    it gives (``make(root, options)``; where it takes ``domains`` and ``client`` is not given, the first
+    domain is the client)."""
+
+    keys: tuple[str, ...]
+    make: Callable[[str, dict], object]
+
+
+_SPLIT_KEYS = ("client", "seed", "rule", "domains")
+
+#: Every kind of source name but digits-lite and a bare folder.
+SOURCE_KINDS: dict[str, SourceKind] = {
+    "domainnet": SourceKind((*_SPLIT_KEYS, "classes"), lambda root, o: DomainNetSource(Path(root), **o)),
+    "digits5": SourceKind((*_SPLIT_KEYS, "size", "allow_pickle"), lambda root, o: Digits5Source(Path(root), **o)),
+    "office-caltech10": SourceKind(_SPLIT_KEYS, lambda root, o: DomainFoldersSource(
+        Path(root), **{"domains": OFFICE_CALTECH10_DOMAINS, "client": "amazon", **o}, kind="office-caltech10")),
+    "folders": SourceKind(_SPLIT_KEYS, lambda root, o: DomainFoldersSource(Path(root), **o)),
+    "imagefolder": SourceKind(("seed",), lambda root, o: DomainFoldersSource(Path(root), **o, layout="classes",
+                                                                            kind="imagefolder")),
+    "wds": SourceKind(("image", "label"), lambda root, o: WebDatasetSource(root, **o)),
+    "litdata": SourceKind(("image", "label", "allow_pickle"), lambda root, o: LitDataSource(Path(root), **o)),
+}
 _OPTION = re.compile(r"([a-z_]+)=([^:/\\]*)")
 
 
@@ -209,28 +229,14 @@ def parse_source(name: str):
             raise ValueError(f"source {name!r}: the split seed after the domain must be a non-negative integer")
         return DigitsLiteSource(domain, int(seed or 0))
     kind, sep, rest = name.partition(":")
-    if not sep or kind not in _KEYS:
+    if not sep or kind not in SOURCE_KINDS:
         return FolderSource(Path(name))
     options, rest = _options(name, kind, rest)
     if not rest:
         raise ValueError(f"source {name!r}: the data folder is missing (write {kind}:<folder>)")
-    if kind == "wds":
-        return WebDatasetSource(rest, **options)
-    if kind == "litdata":
-        return LitDataSource(Path(rest), **options)
-    root = Path(rest)
     if "domains" in options and "client" not in options:
         options["client"] = options["domains"][0]
-    if kind == "domainnet":
-        return DomainNetSource(root, **options)
-    if kind == "digits5":
-        return Digits5Source(root, **options)
-    if kind == "office-caltech10":
-        options.setdefault("client", "amazon")
-        return DomainFoldersSource(root, **{"domains": OFFICE_CALTECH10_DOMAINS, **options}, kind=kind)
-    if kind == "folders":
-        return DomainFoldersSource(root, **options)
-    return DomainFoldersSource(root, **options, layout="classes", kind=kind)
+    return SOURCE_KINDS[kind].make(rest, options)
 
 
 def _options(name: str, kind: str, rest: str) -> tuple[dict, str]:
@@ -246,8 +252,9 @@ def _options(name: str, kind: str, rest: str) -> tuple[dict, str]:
             raise ValueError(f"source {name!r}: the data folder is missing after the options (write "
                              f"{kind}:<key>=<value>:<folder>)")
         key, value = match.groups()
-        if key not in _KEYS[kind]:
-            raise ValueError(f"source {name!r}: unknown key {key!r}; {kind} takes {', '.join(_KEYS[kind])}")
+        keys = SOURCE_KINDS[kind].keys
+        if key not in keys:
+            raise ValueError(f"source {name!r}: unknown key {key!r}; {kind} takes {', '.join(keys)}")
         if key in options:
             raise ValueError(f"source {name!r}: {key} is given twice")
         options[key] = _value(name, key, value)
@@ -260,7 +267,7 @@ def stated_fields(name: str) -> frozenset[str]:
     if name.startswith(DIGITS_LITE + ":"):
         return frozenset({"domain", "seed"} if ":" in name[len(DIGITS_LITE) + 1:] else {"domain"})
     kind, sep, rest = name.partition(":")
-    return frozenset(_options(name, kind, rest)[0]) if sep and kind in _KEYS else frozenset()
+    return frozenset(_options(name, kind, rest)[0]) if sep and kind in SOURCE_KINDS else frozenset()
 
 
 def _value(name: str, key: str, value: str):
@@ -332,31 +339,42 @@ def open_source(source, cache_dir: str | os.PathLike | None = None, progress: bo
     """
     if isinstance(source, str):
         source = parse_source(source)
-    if isinstance(source, DigitsLiteSource):
-        return digits_lite_sources(source.domain, source.seed, cache_dir)
-    if isinstance(source, FolderSource):
-        scan = scan_images(source.root, progress)
-        root = str(scan.root.resolve())
-        paths = [p.relative_to(scan.root).as_posix() for p in scan.paths]
-        files = [(p, *file_stamp(f)) for p, f in zip(paths, scan.paths)]
-        return SourceData(PathImageDataset(scan.paths), None, None, stable_hash([root, files]), root, paths,
-                          scan.skipped)
-    if isinstance(source, WebDatasetSource):
-        shards = open_webdataset(source, cache_dir, progress)
-        return SourceData(shards.dataset, None, None, shards.data_id, skipped=shards.skipped)
-    if isinstance(source, LitDataSource):
-        pool = open_litdata(source, cache_dir, progress)
-        return SourceData(pool.dataset, None, None, pool.data_id)
-    skipped = []
-    if isinstance(source, DomainNetSource):
-        kind, data = "domainnet", load_domainnet(source.root, source.domains, source.classes)
-    elif isinstance(source, Digits5Source):
-        kind, data = "digits5", load_digits5(source.root, source.domains, source.size, source.allow_pickle)
-    elif isinstance(source, DomainFoldersSource):
-        kind, (data, skipped) = source.kind, _read_folders(source, progress)
-    else:
+    opener = _OPENERS.get(type(source))
+    if opener is None:
         raise TypeError(f"source must be a source name or a record parse_source gives, got {type(source).__name__}")
-    return _split(source, kind, data, skipped)
+    return opener(source, cache_dir, progress)
+
+
+def _open_folder(source: FolderSource, cache_dir, progress: bool) -> SourceData:
+    scan = scan_images(source.root, progress)
+    root = str(scan.root.resolve())
+    paths = [p.relative_to(scan.root).as_posix() for p in scan.paths]
+    files = [(p, *file_stamp(f)) for p, f in zip(paths, scan.paths)]
+    return SourceData(PathImageDataset(scan.paths), None, None, stable_hash([root, files]), root, paths, scan.skipped)
+
+
+def _open_shards(source: WebDatasetSource, cache_dir, progress: bool) -> SourceData:
+    shards = open_webdataset(source, cache_dir, progress)
+    return SourceData(shards.dataset, None, None, shards.data_id, skipped=shards.skipped)
+
+
+def _open_litdata(source: LitDataSource, cache_dir, progress: bool) -> SourceData:
+    pool = open_litdata(source, cache_dir, progress)
+    return SourceData(pool.dataset, None, None, pool.data_id)
+
+
+#: How each kind of source record opens: (record, cache_dir, progress) -> its datasets.
+_OPENERS: dict[type, Callable[..., SourceData]] = {
+    DigitsLiteSource: lambda s, cache_dir, progress: digits_lite_sources(s.domain, s.seed, cache_dir),
+    FolderSource: _open_folder,
+    WebDatasetSource: _open_shards,
+    LitDataSource: _open_litdata,
+    DomainNetSource: lambda s, cache_dir, progress: _split(s, "domainnet", load_domainnet(s.root, s.domains,
+                                                                                        s.classes), []),
+    Digits5Source: lambda s, cache_dir, progress: _split(s, "digits5", load_digits5(s.root, s.domains, s.size,
+                                                                                    s.allow_pickle), []),
+    DomainFoldersSource: lambda s, cache_dir, progress: _split(s, s.kind, *_read_folders(s, progress)),
+}
 
 
 def _read_folders(source: DomainFoldersSource, progress: bool) -> tuple[ReadData, list[Path]]:
