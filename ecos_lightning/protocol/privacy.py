@@ -13,6 +13,7 @@ dp-accounting's RDP at sigma 6.69 (:func:`noise_multiplier_for_epsilon` with ``a
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import numbers
@@ -170,8 +171,28 @@ def release_event(release: dict) -> dp_accounting.DpEvent | None:
 
 
 def releases_epsilon(releases: Iterable[dict], delta: float, accountant: str = "pld") -> float:
-    """Composed epsilon at ``delta`` of release records (see :func:`gaussian_release`) by ``accountant``."""
-    return events_epsilon([release_event(r) for r in releases], delta, accountant)
+    """Composed epsilon at ``delta`` of release records (see :func:`gaussian_release`) by ``accountant``.
+
+    The records are checked every call; their accounting (the slow part) is computed once per distinct
+    (mechanisms, delta, accountant) in a process: the budget check, the proxy and the ledger ask for the same."""
+    key = tuple(_accounted(check_release(r)) for r in releases)
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {sorted(ACCOUNTANTS)}, got {accountant!r}")
+    return _composed(key, probability(delta, "delta"), accountant)
+
+
+def _accounted(release: dict) -> tuple:
+    """What of a checked release record its epsilon depends on."""
+    if release["mechanism"] == "non_private":
+        return ("non_private",)
+    return ("gaussian", float(release["noise_multiplier"]), int(release["count"]), float(release["sampling_rate"]))
+
+
+@functools.lru_cache(maxsize=512)
+def _composed(key: tuple, delta: float, accountant: str) -> float:
+    records = [{"mechanism": "non_private", "count": 1, "what": ""} if item[0] == "non_private" else
+               gaussian_release(item[1], item[2], item[3]) for item in key]
+    return events_epsilon([release_event(r) for r in records], delta, accountant)
 
 
 def _integer(value, low: int, high: int) -> bool:
