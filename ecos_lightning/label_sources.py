@@ -174,7 +174,7 @@ class ClientKnn(ClientExchange):
         self.k, self.noise_multiplier, self.sampling_rate = checked.k, checked.noise_multiplier, checked.sampling_rate
 
     def releases(self, proxy_size):
-        return [self.labeler().release(proxy_size)]
+        return [{**self.labeler().release(proxy_size), "k": self.k}]
 
     def labeler(self, seed=None) -> PrivateKnnLabeler:
         return PrivateKnnLabeler(self.k, self.noise_multiplier, self.sampling_rate, seed=seed)
@@ -197,7 +197,7 @@ class ClientKnn(ClientExchange):
                              f"{max_queries:,}; refused before any accounting or image read")
 
     def client_release(self, query, query_digest):
-        return {**self.labeler().release(query.features.shape[0]), "k": self.k}
+        return self.releases(query.features.shape[0])[0]
 
     def answer_payload(self, query, features, labels, num_classes, seed):
         return self.labeler(seed).label(query.features, features, np.asarray(labels), num_classes)
