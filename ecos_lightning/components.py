@@ -29,6 +29,7 @@ from .proxy import Proxy
 
 CLIENT_FEATURES = "client_features"
 CLIENT_LABELS = "client_labels"
+FLEET_FEATURES = "fleet_features"
 OPEN_FEATURES = "open_features"
 
 
@@ -39,7 +40,8 @@ class Inputs:
     open_features: float32 [N, d] of the open pool. open_labels: int64 [N], the pool's labels as a
     labeller would reveal them (-1: unknown). client_features: float32 [M, d]; client_labels: int64 [M]
     (the client's, in a simulation read in-process). client_size: M. num_classes: label classes.
-    encoder: the encoder spec (dict) both sides use.
+    encoder: the encoder spec (dict) both sides use. fleet_features: one float32 [M_i, d] per device of a
+    fleet (many clients answering one probe).
     """
 
     open_features: np.ndarray | None = None
@@ -49,6 +51,7 @@ class Inputs:
     client_size: int = 0
     num_classes: int = 0
     encoder: dict | None = None
+    fleet_features: tuple[np.ndarray, ...] | None = None
 
 
 @dataclass(frozen=True)

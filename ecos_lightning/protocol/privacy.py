@@ -20,9 +20,11 @@ import numbers
 from collections.abc import Iterable
 
 import dp_accounting
-from dp_accounting.pld import PLDAccountant
+from dp_accounting.pld import PLDAccountant, privacy_loss_distribution
 from dp_accounting.rdp import RdpAccountant
+from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
+from .skellam import skellam_pld, skellam_rdp
 from .validation import non_negative_float, probability
 
 
@@ -123,7 +125,16 @@ def gaussian_release(noise_multiplier: float, count: int = 1, sampling_rate: flo
             "sampling_rate": float(sampling_rate), "what": what}
 
 
+def skellam_sum_release(noise_multiplier: float, q: int, shares: int, what: str = "") -> dict:
+    """A JSON-able record of one sum of integer answers under secure aggregation, each honest client adding a
+    Skellam share (:mod:`.skellam`) so that ``shares`` honest shares carry the noise of a Gaussian release at
+    ``noise_multiplier`` (one sample adds 1 to ``q`` coordinates). ``noise_multiplier == 0``: no noise."""
+    return {"mechanism": "skellam_sum", "noise_multiplier": float(noise_multiplier), "q": int(q),
+            "shares": int(shares), "count": 1, "what": what}
+
+
 _RELEASE_KEYS = {"gaussian": {"mechanism", "noise_multiplier", "count", "sampling_rate", "what"},
+                 "skellam_sum": {"mechanism", "noise_multiplier", "q", "shares", "count", "what"},
                  "non_private": {"mechanism", "count", "what"}}
 _OPTIONAL_RELEASE_KEYS = {"q", "k", "delta"}
 
@@ -136,7 +147,7 @@ def check_release(release) -> dict:
     ``sampling_rate`` in (0, 1].
     """
     if not isinstance(release, dict) or release.get("mechanism") not in _RELEASE_KEYS:
-        raise ValueError("a release record must be an object with mechanism 'gaussian' or 'non_private'")
+        raise ValueError(f"a release record must be an object with mechanism {' or '.join(map(repr, _RELEASE_KEYS))}")
     required = _RELEASE_KEYS[release["mechanism"]]
     if not required <= set(release) <= required | _OPTIONAL_RELEASE_KEYS:
         raise ValueError(f"a {release['mechanism']} release record needs keys {sorted(required)} "
@@ -150,6 +161,11 @@ def check_release(release) -> dict:
             raise ValueError(f"release {key} must be an integer in [1, {MAX_RELEASE_COUNT}], got {release[key]!r:.40}")
     if "delta" in release:
         probability(release["delta"], "release delta")
+    if release["mechanism"] == "skellam_sum":
+        check_noise_multiplier(release["noise_multiplier"], "release noise_multiplier")
+        if not _integer(release["shares"], 1, MAX_RELEASE_COUNT):
+            raise ValueError(f"release shares must be an integer in [1, {MAX_RELEASE_COUNT}], got "
+                             f"{release['shares']!r:.40}")
     if release["mechanism"] == "gaussian":
         check_noise_multiplier(release["noise_multiplier"], "release noise_multiplier")
         rate = release["sampling_rate"]
@@ -159,15 +175,15 @@ def check_release(release) -> dict:
 
 
 def release_event(release: dict) -> dp_accounting.DpEvent | None:
-    """The dp-accounting event of a release record (None for a non-private one); ``ValueError`` if malformed."""
+    """The dp-accounting event of a Gaussian or non-private release record (None for a non-private one);
+    ``ValueError`` if malformed or of another mechanism."""
     check_release(release)
+    if release["mechanism"] == "skellam_sum":
+        raise ValueError("a skellam_sum release has no dp-accounting event: compose it with releases_epsilon")
     sigma = 0.0 if release["mechanism"] == "non_private" else float(release["noise_multiplier"])
     if sigma == 0.0:
         return None
-    event = dp_accounting.GaussianDpEvent(sigma)
-    if release["sampling_rate"] < 1.0:
-        event = dp_accounting.PoissonSampledDpEvent(float(release["sampling_rate"]), event)
-    return dp_accounting.SelfComposedDpEvent(event, int(release["count"]))
+    return dp_accounting.SelfComposedDpEvent(_subsampled(sigma, float(release["sampling_rate"])), int(release["count"]))
 
 
 def releases_epsilon(releases: Iterable[dict], delta: float, accountant: str = "pld") -> float:
@@ -183,16 +199,39 @@ def releases_epsilon(releases: Iterable[dict], delta: float, accountant: str = "
 
 def _accounted(release: dict) -> tuple:
     """What of a checked release record its epsilon depends on."""
-    if release["mechanism"] == "non_private":
+    if release["mechanism"] == "non_private" or release["noise_multiplier"] == 0:
         return ("non_private",)
+    if release["mechanism"] == "skellam_sum":
+        return ("skellam_sum", float(release["noise_multiplier"]), release["q"], release["shares"], release["count"])
     return ("gaussian", float(release["noise_multiplier"]), int(release["count"]), float(release["sampling_rate"]))
 
 
 @functools.lru_cache(maxsize=512)
 def _composed(key: tuple, delta: float, accountant: str) -> float:
-    records = [{"mechanism": "non_private", "count": 1, "what": ""} if item[0] == "non_private" else
-               gaussian_release(item[1], item[2], item[3]) for item in key]
-    return events_epsilon([release_event(r) for r in records], delta, accountant)
+    if any(item[0] == "non_private" for item in key):
+        return math.inf
+    gaussian = [dp_accounting.SelfComposedDpEvent(_subsampled(item[1], item[3]), item[2])
+                for item in key if item[0] == "gaussian"]
+    skellam = [item[1:] for item in key if item[0] == "skellam_sum"]
+    if not skellam:
+        return events_epsilon(gaussian, delta, accountant)
+    if accountant == "rdp":  # dp-accounting's RDP of the Gaussian events, plus the Skellam bound at its orders
+        book = RdpAccountant()
+        book.compose(dp_accounting.ComposedDpEvent(gaussian))
+        rdp = book.rdp + sum(skellam_rdp(*item[:3], book.orders, count=item[3]) for item in skellam)
+        return float(compute_epsilon(book.orders, rdp, delta)[0])
+    losses = [skellam_pld(*item) for item in skellam]
+    losses += [privacy_loss_distribution.from_gaussian_mechanism(
+        item[1], sampling_prob=item[3]).self_compose(item[2]) for item in key if item[0] == "gaussian"]
+    total = losses[0]
+    for loss in losses[1:]:
+        total = total.compose(loss)
+    return float(total.get_epsilon_for_delta(delta))
+
+
+def _subsampled(noise_multiplier: float, sampling_rate: float) -> dp_accounting.DpEvent:
+    event = dp_accounting.GaussianDpEvent(noise_multiplier)
+    return dp_accounting.PoissonSampledDpEvent(sampling_rate, event) if sampling_rate < 1.0 else event
 
 
 def _integer(value, low: int, high: int) -> bool:

@@ -1,0 +1,104 @@
+"""Secure aggregation of the devices' integer answers on Flower: SecAgg+ reveals only their sum.
+
+The cloud is a Flower ``ServerApp`` running ``SecAggPlusWorkflow`` on a complete graph (every device shares
+its mask secrets with all others, ``reconstruction_threshold`` = the fleet's threshold): SecAgg+ halts a round
+in which fewer devices stay than that, before the sum is unmasked. Each device is a ``ClientApp`` behind
+``secaggplus_mod`` whose ``fit`` returns its answer. Answers are integers in [-clip, clip] sent with weight 1
+and quantization step 1, so SecAgg+'s quantization and its weighting are exact: the sum is exact.
+
+:func:`secure_sum` runs this in Flower's simulation engine (virtual devices on one machine, Ray backend).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+from flwr.client import ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Context, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.simulation import run_simulation
+
+from ..protocol.fleet import SECAGG_CLIP, RoundAborted
+
+#: SecAgg+'s modulus: the masked sum of n answers of range 2 * clip must stay below it.
+MODULUS = 1 << 32
+
+
+class _Device(NumPyClient):
+    def __init__(self, answer: Callable[[int], np.ndarray], index: int):
+        self.answer, self.index = answer, index
+
+    def fit(self, parameters, config):
+        return [np.asarray(self.answer(self.index), dtype=np.float64)], 1, {}
+
+
+class _CaptureSum(FedAvg):
+    """FedAvg whose aggregate (SecAgg+ hands every result the same unmasked mean) is kept as a sum."""
+
+    def __init__(self, out: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.out = out
+
+    def aggregate_fit(self, server_round, results, failures):
+        if results:
+            mean = parameters_to_ndarrays(results[0][1].parameters)[0]
+            self.out["sum"], self.out["answered"] = mean * len(results), len(results)
+        return super().aggregate_fit(server_round, results, failures)
+
+
+def secure_sum(answer: Callable[[int], np.ndarray], devices: int, num_clusters: int, threshold: int,
+               timeout: float = 120.0, clip: int = SECAGG_CLIP) -> tuple[np.ndarray, int]:
+    """The exact sum int64 [K] of ``answer(i)`` (float64 [K] of integers in [-clip, clip]) over the devices
+    ``i < devices`` that answered, under SecAgg+, and how many answered; :class:`RoundAborted` when fewer
+    than ``threshold`` did (nothing is revealed). A device that raises or stays silent past ``timeout``
+    seconds counts as dropped. ``answer`` runs in Flower's client workers, so it must pickle."""
+    if not 2 <= threshold < devices:
+        raise ValueError(f"secure aggregation needs 2 <= threshold < devices (SecAgg+ shares each device's secrets "
+                         f"with the others), got threshold {threshold} for {devices} devices")
+    if devices * 2 * clip >= MODULUS:
+        raise ValueError(f"{devices} devices of answers in [-{clip}, {clip}] overflow SecAgg+'s modulus 2^32")
+    out: dict = {}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = _CaptureSum(out, fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=devices,
+                               min_available_clients=devices,
+                               initial_parameters=ndarrays_to_parameters([np.zeros(num_clusters)]))
+        workflow = SecAggPlusWorkflow(num_shares=devices, reconstruction_threshold=threshold, max_weight=1.0,
+                                      clipping_range=float(clip), quantization_range=2 * clip, modulus_range=MODULUS,
+                                      timeout=timeout)
+        DefaultWorkflow(fit_workflow=workflow)(grid, LegacyContext(context=context, config=ServerConfig(num_rounds=1),
+                                                                   strategy=strategy))
+
+    def client_fn(context: Context):
+        return _Device(answer, int(context.node_config["partition-id"])).to_client()
+
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.ERROR)  # Flower's round-by-round INFO lines and its deprecation notices
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Ray's deprecation notices
+            run_simulation(server_app=server, client_app=ClientApp(client_fn=client_fn, mods=[secaggplus_mod]),
+                           num_supernodes=devices, verbose_logging=False,
+                           backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    finally:
+        flwr_log.setLevel(level)
+    if "sum" not in out or out["answered"] < threshold:
+        raise RoundAborted(f"secure aggregation: fewer than {threshold} of {devices} devices answered; the round "
+                           "was aborted and nothing was revealed")
+    total = np.rint(out["sum"])
+    if np.abs(out["sum"] - total).max(initial=0) > 1e-3:
+        raise RuntimeError("secure aggregation returned a sum that is not an integer vector: the quantization "
+                           "settings are not exact")
+    return total.astype(np.int64), int(out["answered"])
+
+
+__all__ = ["MODULUS", "secure_sum"]

@@ -1,0 +1,126 @@
+"""FleetEcos: one probe for a fleet of devices, one proxy from the sum of their coverage answers."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..client.ledger import record_releases
+from ..components import FLEET_FEATURES, OPEN_FEATURES
+from ..protocol import CentroidsMessage, ClientResponder, ScoresMessage
+from ..protocol.fleet import FleetPrivacy, RoundAborted, sum_answers
+from ..protocol.privacy import releases_epsilon
+from ..protocol.validation import positive_int
+from ..samplers import CoverageSampler, register_sampler
+
+log = logging.getLogger(__name__)
+
+
+class DeviceAnswers:
+    """What every device of a simulated fleet does with the centroids message ``blob``: count its coverage,
+    record its release in its own ledger (``<ledger_dir>/device-<i>.json``, when given) before the answer
+    leaves, and answer with the noise of ``privacy`` drawn from its own stream (``seed``, device index).
+    Picklable, so Flower's client workers can run it."""
+
+    def __init__(self, blob: bytes, fleet: tuple[np.ndarray, ...], privacy: FleetPrivacy, q: int, delta: float,
+                 seed: int, ledger_dir: str | None = None):
+        self.blob, self.fleet, self.privacy, self.q, self.delta, self.seed = blob, fleet, privacy, q, delta, seed
+        self.ledger_dir = ledger_dir
+
+    def release(self, centroids: CentroidsMessage) -> dict:
+        return {**self.privacy.release(self.q, f"fleet coverage, centroids {centroids.digest()[:16]}"),
+                "delta": self.delta}
+
+    def __call__(self, index: int) -> np.ndarray:
+        centroids = CentroidsMessage.from_bytes(self.blob)
+        counts = ClientResponder(noise_multiplier=0.0, q=self.q).coverage(centroids, self.fleet[index])
+        answer = self.privacy.answer(counts.astype(np.int64), self.q, np.random.default_rng([self.seed, index]))
+        if self.ledger_dir is not None:
+            path = Path(self.ledger_dir) / f"device-{index}.json"
+            record_releases(path, hashlib.sha256(answer.tobytes()).hexdigest(), [self.release(centroids)], self.delta)
+        return answer
+
+    def scores_message(self, index: int) -> bytes:
+        """The local-noise path's answer of device ``index`` as the scores message it sends."""
+        centroids = CentroidsMessage.from_bytes(self.blob)
+        epsilon = releases_epsilon([self.release(centroids)], self.delta)
+        return ScoresMessage(self(index).astype(np.float32), self.privacy.noise_multiplier, self.q, self.delta,
+                             epsilon, centroids.digest()).to_bytes()
+
+
+class FleetEcos(CoverageSampler):
+    """ECOS for a fleet: the cloud probes once, every device answers the same centroids, the cloud samples one
+    proxy from the sum of the answers.
+
+    num_clusters, q, fp16: as :class:`~ecos_lightning.samplers.Ecos` (``auto`` sizes K for the fleet's images).
+    noise_multiplier, secure, threshold, colluding: :class:`~ecos_lightning.protocol.fleet.FleetPrivacy`.
+    engine: ``flower`` (secure: Flower's SecAgg+ in its simulation engine) or ``numpy`` (the same sums in this
+    process: exact integer sums under secure aggregation, the checked scores messages under local noise).
+    timeout: seconds a secure round waits for a device. ledger_dir: each device's own ledger
+    (``device-<i>.json``) records its release before its answer leaves (None: the caller's ledger records the
+    one release each device makes).
+    """
+
+    name = "fleet_ecos"
+    needs = frozenset({OPEN_FEATURES, FLEET_FEATURES})
+
+    def __init__(self, num_clusters: int | Literal["auto"] = "auto", q: int = 1, noise_multiplier: float = 8.0,
+                 secure: bool = True, threshold: int = 2, colluding: int = 0, fp16: bool = True,
+                 engine: Literal["flower", "numpy"] = "numpy", timeout: float = 120.0, ledger_dir: str | None = None):
+        if num_clusters != "auto":
+            positive_int(num_clusters, "num_clusters")
+        if engine not in ("flower", "numpy"):
+            raise ValueError(f"engine must be 'flower' or 'numpy', got {engine!r}")
+        if engine == "flower" and not secure:
+            raise ValueError("engine='flower' runs secure aggregation: set secure=True, or engine='numpy' for "
+                             "local noise")
+        self.num_clusters, self.q, self.fp16 = num_clusters, positive_int(q, "q"), bool(fp16)
+        self.noise_multiplier, self.secure, self.threshold, self.colluding = noise_multiplier, secure, threshold, colluding
+        self.privacy = FleetPrivacy(noise_multiplier, secure, threshold, colluding)
+        self.engine, self.timeout, self.ledger_dir = engine, timeout, ledger_dir
+
+    def releases(self):
+        return [self.privacy.release(self.q)]
+
+    def run(self, inputs, run):
+        fleet = tuple(inputs.fleet_features or ())
+        if len(fleet) < self.threshold:
+            raise RoundAborted(f"the fleet holds {len(fleet)} devices, fewer than the threshold {self.threshold}: "
+                               "nothing is asked")
+        cloud = self.fit(inputs.open_features, inputs.encoder, run, sum(len(f) for f in fleet))
+        down = cloud.message_.to_bytes()
+        devices = DeviceAnswers(down, fleet, self.privacy, self.q, run.delta, run.seed, self.ledger_dir)
+        k = cloud.message_.num_clusters
+        if not self.secure:
+            total, refused = sum_answers({str(i): devices.scores_message(i) for i in range(len(fleet))},
+                                         cloud.message_.digest(), k)
+            answered = len(fleet) - len(refused)
+            for line in refused.values():
+                log.warning("refused: %s", line)
+            if answered < self.threshold:
+                raise RoundAborted(f"{answered} of {len(fleet)} devices gave usable answers, fewer than the "
+                                   f"threshold {self.threshold}")
+        elif self.engine == "flower":
+            from .flower import secure_sum  # Flower and Ray load only for a secure round on them
+            total, answered = secure_sum(devices, len(fleet), k, self.threshold, self.timeout)
+        else:
+            total, answered = np.sum([devices(i) for i in range(len(fleet))], axis=0), len(fleet)
+        noise = self.privacy.sum_noise_std(answered, self.q) / math.sqrt(self.q)
+        epsilon = releases_epsilon(self.releases(), run.delta)
+        scores = ScoresMessage(np.asarray(total, np.float32), noise, self.q, run.delta, epsilon,
+                               cloud.message_.digest())
+        log.info("fleet: %d of %d devices answered %d centroids (%s); sum noise std %.3g", answered, len(fleet), k,
+                 "secure aggregation" if self.secure else "local noise", noise * math.sqrt(self.q))
+        proxy = self.select(cloud, scores, run)
+        summed = np.asarray(total, np.float64).tobytes()
+        return proxy.replace(bytes_down=len(down), bytes_up=k * 8, release_hash=hashlib.sha256(summed).hexdigest())
+
+
+register_sampler(FleetEcos)
+
+__all__ = ["DeviceAnswers", "FleetEcos"]
