@@ -16,7 +16,8 @@ LIGHTNING = ("pytorch_lightning", "lightning")
 TORCH_FREE = ("ecos_lightning.protocol", "ecos_lightning.protocol.encoder_spec", "ecos_lightning.client.ledger",
               "ecos_lightning.proxy", "ecos_lightning.samplers", "ecos_lightning.label_sources",
               "ecos_lightning.proxy_file", "ecos_lightning.files", "ecos_lightning.protocol.knn_labels",
-              "ecos_lightning.protocol.class_coverage", "ecos_lightning.components", "ecos_lightning.features.store")
+              "ecos_lightning.protocol.class_coverage", "ecos_lightning.components", "ecos_lightning.features.store",
+              "ecos_lightning.protocol.fleet", "ecos_lightning.protocol.skellam", "ecos_lightning.fleet")
 ADAPTERS = ("datamodules", "callbacks", "ecos_lightning.datamodules", "ecos_lightning.callbacks")
 COMMANDS = ("ecos_lightning.commands.cloud", "ecos_lightning.commands.client")
 
@@ -33,6 +34,10 @@ def loaded_after_import(module: str, watched: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_protocol_ledger_and_proxy_file_import_neither_torch_timm_nor_lightning(module):
     assert loaded_after_import(module, ("torch", "timm") + LIGHTNING) == []
+
+
+def test_the_fleet_loads_flower_only_for_a_secure_round_on_it():
+    assert loaded_after_import("ecos_lightning.fleet", ("flwr", "ray")) == []
 
 
 @pytest.mark.parametrize("module", COMMANDS)

@@ -99,20 +99,30 @@ def events_epsilon(events: Iterable[dp_accounting.DpEvent | None], delta: float,
 def noise_multiplier_for_epsilon(epsilon: float, delta: float, releases: int = 1, accountant: str = "pld") -> float:
     """Smallest noise multiplier (to 1e-3 relative) whose ``releases`` releases cost at most ``epsilon``
     by ``accountant`` (pld | rdp)."""
+    return calibrated_noise(epsilon, delta, lambda sigma: [gaussian_release(sigma, releases)], accountant)
+
+
+def calibrated_noise(epsilon: float, delta: float, releases_of, accountant: str = "pld") -> float:
+    """Smallest noise multiplier (to 1e-3 relative, at least 0.1) whose releases ``releases_of(sigma)`` (a
+    list of release records) cost at most ``epsilon`` at ``delta`` by ``accountant``."""
     if not epsilon > 0 or not math.isfinite(epsilon):
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+
+    def cost(sigma: float) -> float:
+        return releases_epsilon(releases_of(max(sigma, MIN_NOISE_MULTIPLIER)), delta, accountant)
+
     low, high = 1e-2, 1.0
-    while gaussian_epsilon(high, delta, releases, accountant) > epsilon:
+    while cost(high) > epsilon:
         low, high = high, high * 2
         if high > 1e6:
             raise ValueError(f"epsilon {epsilon} is too small to reach at delta {delta}")
     while (high - low) / high > 1e-3:
         mid = (low + high) / 2
-        if gaussian_epsilon(mid, delta, releases, accountant) > epsilon:
+        if cost(mid) > epsilon:
             low = mid
         else:
             high = mid
-    return high
+    return max(high, MIN_NOISE_MULTIPLIER)
 
 
 def gaussian_release(noise_multiplier: float, count: int = 1, sampling_rate: float = 1.0,

@@ -18,6 +18,7 @@ from ecos_lightning.protocol.encoder_spec import EncoderSpec
 from ecos_lightning.protocol.privacy import releases_epsilon
 from ecos_lightning.samplers import SAMPLERS, Ecos, Inputs, get_sampler
 
+import ecos_lightning.fleet  # noqa: F401  registers fleet_ecos, so the contract runs over it
 import train_helpers
 
 REGISTERED = [(get_sampler, name) for name in SAMPLERS] + [(get_label_source, name) for name in LABEL_SOURCES]
