@@ -123,6 +123,20 @@ def test_a_coverage_sampler_and_a_label_source_from_a_test_file_train_through_tr
     assert entry["releases"] == [*train_helpers.TopClusters().releases(), *train_helpers.ToyVotes().releases(200)]
 
 
+def test_the_fleet_config_trains_on_a_proxy_of_thirty_devices_under_secure_aggregation(tmp_path, cache_dir):
+    from ecos_lightning.protocol.privacy import releases_epsilon, skellam_sum_release
+
+    proc = run_train(["fit", *config("fleet_digits"), *SMALL, "--trainer.fast_dev_run", "true",
+                      "--data.cache_dir", cache_dir], tmp_path, cache_dir)
+    declared = skellam_sum_release(6.85, 1, 24, "fleet coverage")
+    epsilon = releases_epsilon([declared], 1e-5)
+    assert f"privacy              : epsilon {epsilon:.3f} at delta 1e-05" in proc.stdout and 0.49 < epsilon <= 0.5
+    assert "proxy                : 200 images from sampler 'fleet_ecos'" in proc.stdout
+    ledger, = tmp_path.rglob("privacy_ledger.json")
+    entry, = json.loads(ledger.read_text())["entries"]
+    assert entry["releases"] == [declared]
+
+
 def _summaries(proc):
     """The client test accuracies of the run summaries printed by a train.py run."""
     return [float(line.split(":")[1]) for line in proc.stdout.splitlines() if line.startswith("client test accuracy")]

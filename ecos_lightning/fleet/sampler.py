@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 
 from ..client.ledger import record_releases
-from ..components import FLEET_FEATURES, OPEN_FEATURES
+from ..components import CLIENT_FEATURES, FLEET_FEATURES, OPEN_FEATURES
 from ..protocol import CentroidsMessage, ClientResponder, ScoresMessage
 from ..protocol.fleet import FleetPrivacy, RoundAborted, sum_answers
 from ..protocol.privacy import releases_epsilon
@@ -64,14 +64,17 @@ class FleetEcos(CoverageSampler):
     timeout: seconds a secure round waits for a device. ledger_dir: each device's own ledger
     (``device-<i>.json``) records its release before its answer leaves (None: the caller's ledger records the
     one release each device makes).
+    devices: simulate a fleet from one client's images: deal them (a permutation seeded by the run's seed)
+    to this many devices of near-equal size, so a data module or ``train.py`` with one client dataset runs a
+    fleet. None: the fleet is ``Inputs.fleet_features``.
     """
 
     name = "fleet_ecos"
-    needs = frozenset({OPEN_FEATURES, FLEET_FEATURES})
 
     def __init__(self, num_clusters: int | Literal["auto"] = "auto", q: int = 1, noise_multiplier: float = 8.0,
                  secure: bool = True, threshold: int = 2, colluding: int = 0, fp16: bool = True,
-                 engine: Literal["flower", "numpy"] = "numpy", timeout: float = 120.0, ledger_dir: str | None = None):
+                 engine: Literal["flower", "numpy"] = "numpy", timeout: float = 120.0, ledger_dir: str | None = None,
+                 devices: int | None = None):
         if num_clusters != "auto":
             positive_int(num_clusters, "num_clusters")
         if engine not in ("flower", "numpy"):
@@ -83,12 +86,24 @@ class FleetEcos(CoverageSampler):
         self.noise_multiplier, self.secure, self.threshold, self.colluding = noise_multiplier, secure, threshold, colluding
         self.privacy = FleetPrivacy(noise_multiplier, secure, threshold, colluding)
         self.engine, self.timeout, self.ledger_dir = engine, timeout, ledger_dir
+        self.devices = None if devices is None else positive_int(devices, "devices")
+        self.needs = frozenset({OPEN_FEATURES, FLEET_FEATURES if devices is None else CLIENT_FEATURES})
 
     def releases(self):
         return [self.privacy.release(self.q)]
 
+    def fleet(self, inputs, run) -> tuple[np.ndarray, ...]:
+        """The devices' features: ``Inputs.fleet_features``, or the client's dealt to ``devices`` devices."""
+        if self.devices is None:
+            return tuple(inputs.fleet_features or ())
+        client = inputs.client_features
+        if len(client) < self.devices:
+            raise ValueError(f"devices={self.devices} is more than the client's {len(client)} images")
+        order = np.random.default_rng([run.seed, len(client)]).permutation(len(client))
+        return tuple(client[np.sort(part)] for part in np.array_split(order, self.devices))
+
     def run(self, inputs, run):
-        fleet = tuple(inputs.fleet_features or ())
+        fleet = self.fleet(inputs, run)
         if len(fleet) < self.threshold:
             raise RoundAborted(f"the fleet holds {len(fleet)} devices, fewer than the threshold {self.threshold}: "
                                "nothing is asked")

@@ -93,3 +93,19 @@ class _Dropping:
         if index in self.drop:
             raise ConnectionError(f"device {index} dropped")
         return self.answers[index]
+
+
+def test_a_fleet_simulated_from_one_clients_images_is_that_fleet_given_device_by_device():
+    base = _fleet(devices=1)
+    client = np.concatenate([base.fleet_features[0], _fleet(devices=1, seed=1).fleet_features[0][:7]])
+    dealt = FleetEcos(num_clusters=10, noise_multiplier=4.0, threshold=3, devices=4)
+    run = Run(budget=50, seed=5)
+    fleet = dealt.fleet(Inputs(client_features=client), run)
+    assert [len(f) for f in fleet] == [7, 7, 7, 6]
+    assert sorted(map(tuple, np.concatenate(fleet).tolist())) == sorted(map(tuple, client.tolist()))
+    proxy = dealt.run(Inputs(open_features=base.open_features, client_features=client), run)
+    given = FleetEcos(num_clusters=10, noise_multiplier=4.0, threshold=3).run(
+        Inputs(open_features=base.open_features, fleet_features=fleet), run)
+    assert proxy.indices == given.indices and proxy.release_hash == given.release_hash
+    with pytest.raises(ValueError, match="devices=40 is more than the client's 27 images"):
+        FleetEcos(devices=40).fleet(Inputs(client_features=client), run)
