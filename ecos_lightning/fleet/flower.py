@@ -12,6 +12,7 @@ and quantization step 1, so SecAgg+'s quantization and its weighting are exact: 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable
 
@@ -81,7 +82,7 @@ def secure_sum(answer: Callable[[int], np.ndarray], devices: int, num_clusters: 
         return _Device(answer, int(context.node_config["partition-id"])).to_client()
 
     flwr_log = logging.getLogger("flwr")
-    level = flwr_log.level
+    level, environment = flwr_log.level, dict(os.environ)
     flwr_log.setLevel(logging.ERROR)  # Flower's round-by-round INFO lines and its deprecation notices
     try:
         with warnings.catch_warnings():
@@ -91,6 +92,8 @@ def secure_sum(answer: Callable[[int], np.ndarray], devices: int, num_clusters: 
                            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     finally:
         flwr_log.setLevel(level)
+        os.environ.clear()  # Ray sets PYTHONPATH, PYTHONBREAKPOINT and its own variables in the caller's process
+        os.environ.update(environment)
     if "sum" not in out or out["answered"] < threshold:
         raise RoundAborted(f"secure aggregation: fewer than {threshold} of {devices} devices answered; the round "
                            "was aborted and nothing was revealed")

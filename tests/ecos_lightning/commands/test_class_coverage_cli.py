@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from ecos_lightning.protocol import class_coverage, label_sources
+from ecos_lightning import label_sources
+from ecos_lightning.protocol import class_coverage
 from ecos_lightning.commands import client, cloud
 from ecos_lightning.files import stable_hash
 from ecos_lightning.client.ledger import ledger_epsilon, read_ledger

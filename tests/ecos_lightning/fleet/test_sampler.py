@@ -1,5 +1,7 @@
 """FleetEcos: one probe, many devices, one proxy from their summed answers; on Flower's SecAgg+ and in numpy."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -77,7 +79,9 @@ def test_flowers_secure_aggregation_gives_the_numpy_sum_and_drops_or_aborts_as_t
     assert on_flower.replace(open="x").to_dict() == on_numpy.replace(open="x").to_dict()
 
     answers = [np.arange(6.0) * i for i in range(5)]
+    environment = dict(os.environ)
     total, answered = secure_sum(_Dropping(answers, drop={0}), 5, 6, threshold=3)
+    assert dict(os.environ) == environment  # Ray's variables do not stay in the caller's process
     assert answered == 4 and total.tolist() == sum(answers[1:]).tolist()
     with pytest.raises(RoundAborted, match="fewer than 4 of 5 devices answered; the round was aborted"):
         secure_sum(_Dropping(answers, drop={0, 1}), 5, 6, threshold=4)
