@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from typing import Literal
 
@@ -80,9 +81,25 @@ class CoverageSampler(Sampler):
     noise_multiplier: float = 8.0
     fp16: bool = False
     pca_dim: int | None = None
+    rounds: int = 1
+    first_round_share: float = 0.5
+    sub_clusters: int = 4
+
+    def round_noise(self) -> list[float]:
+        """Sigma of each round's answer. Round 1 spends ``first_round_share`` of the privacy and the later
+        rounds share the rest equally (Gaussian answers compose by adding 1 / sigma^2), so all rounds together
+        cost what one answer at ``noise_multiplier`` does."""
+        if self.rounds == 1:
+            return [self.noise_multiplier]
+        later = (1.0 - self.first_round_share) / (self.rounds - 1)
+        shares = [self.first_round_share] + [later] * (self.rounds - 1)
+        return [self.noise_multiplier / math.sqrt(share) for share in shares]
 
     def releases(self):
-        return [gaussian_release(self.noise_multiplier, what="ecos_coverage_scores")]
+        if self.rounds == 1:
+            return [gaussian_release(self.noise_multiplier, what="ecos_coverage_scores")]
+        return [gaussian_release(sigma, what=f"ecos coverage scores, round {r + 1} of {self.rounds}")
+                for r, sigma in enumerate(self.round_noise())]
 
     def rules(self) -> dict:
         """The cloud's sampling rules (``CloudSampler`` keyword arguments) :meth:`select` applies."""
@@ -92,10 +109,11 @@ class CoverageSampler(Sampler):
         """Cloud, step 1: k-means of the open pool float32 [N, d]; the fitted ``CloudSampler`` holds the
         centroids message (``message_``) for a client of ``client_size`` images (for ``num_clusters="auto"``)."""
         pool = len(open_features)
-        k = resolve_num_clusters(self.num_clusters, pool, client_size, self.noise_multiplier, self.q)
+        sigma = self.round_noise()[0]
+        k = resolve_num_clusters(self.num_clusters, pool, client_size, sigma, self.q)
         if self.num_clusters == "auto":
             log.info("num_clusters=auto: K=%d for %d open samples, %d client samples, sigma %g, q %d", k, pool,
-                     client_size, self.noise_multiplier, self.q)
+                     client_size, sigma, self.q)
         cloud = CloudSampler(num_clusters=k, seed=run.seed, fp16=self.fp16, pca_dim=self.pca_dim, encoder=encoder,
                              use_gpu=run.faiss_gpu, progress=run.progress, auto_k=self.num_clusters == "auto",
                              **self.rules())
@@ -113,14 +131,40 @@ class CoverageSampler(Sampler):
         return Proxy(selection.indices, selection.clusters, selection.scores,
                      cluster_scores=np.clip(scores.scores, 0, None))
 
-    def run(self, inputs, run):
-        client = inputs.client_size or len(inputs.client_features)
-        cloud = self.fit(inputs.open_features, inputs.encoder, run, client)
-        down = cloud.message_.to_bytes()
-        responder = ClientResponder(noise_multiplier=self.noise_multiplier, q=self.q, delta=run.delta, seed=run.seed)
+    def client_size(self, inputs: Inputs) -> int:
+        """How many images answer the probe (sizes ``num_clusters="auto"``)."""
+        return inputs.client_size or len(inputs.client_features)
+
+    def answer(self, down: bytes, inputs: Inputs, run: Run, round_index: int, noise_multiplier: float
+               ) -> tuple[ScoresMessage, bytes, int]:
+        """The client's answer to the centroids message ``down`` in round ``round_index`` (0-based) at sigma
+        ``noise_multiplier``: the scores, the bytes released (hashed into the proxy's ``release_hash``) and
+        the bytes sent up."""
+        responder = ClientResponder(noise_multiplier=noise_multiplier, q=self.q, delta=run.delta,
+                                    seed=round_seed(run.seed, round_index))
         up = responder.respond(CentroidsMessage.from_bytes(down), inputs.client_features).to_bytes()
-        proxy = self.select(cloud, ScoresMessage.from_bytes(up), run)
-        return proxy.replace(bytes_down=len(down), bytes_up=len(up), release_hash=hashlib.sha256(up).hexdigest())
+        return ScoresMessage.from_bytes(up), up, len(up)
+
+    def run(self, inputs, run):
+        cloud = self.fit(inputs.open_features, inputs.encoder, run, self.client_size(inputs))
+        down = up = 0
+        released = hashlib.sha256()
+        for round_index, sigma in enumerate(self.round_noise()):
+            if round_index:
+                cloud = cloud.refine(scores, self.sub_clusters)
+            message = cloud.message_.to_bytes()
+            scores, blob, sent = self.answer(message, inputs, run, round_index, sigma)
+            down, up = down + len(message), up + sent
+            released.update(blob)
+        proxy = self.select(cloud, scores, run)
+        return proxy.replace(bytes_down=down, bytes_up=up, release_hash=released.hexdigest())
+
+
+def round_seed(seed: int, round_index: int) -> int:
+    """The noise seed of a simulated answer in round ``round_index``: ``seed`` itself for the first round."""
+    if round_index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0])
 
 
 class Ecos(CoverageSampler):
@@ -132,6 +176,10 @@ class Ecos(CoverageSampler):
     fp16: send the centroids as float16 (half the bytes; ``bench/compression.py`` measures it free).
     pca_dim: send them projected to this many dimensions (None: the full feature dimension).
     noise_z, neighbour_z, candidate_factor, within_cluster: the cloud's sampling rules (``CloudSampler``).
+    rounds: probes of the client; each later round splits the clusters the last answer kept into up to
+        ``sub_clusters`` sub-clusters (``CloudSampler.refine``) and asks again. first_round_share: the share
+        of the privacy the first round spends (see :meth:`round_noise`); the rounds together cost what one
+        answer at ``noise_multiplier`` does.
     """
 
     name = "ecos"
@@ -140,7 +188,8 @@ class Ecos(CoverageSampler):
                  fp16: bool = True, pca_dim: int | None = None, noise_z: float = ECOS_RULES["noise_z"],
                  neighbour_z: float | None = ECOS_RULES["neighbour_z"],
                  candidate_factor: float = ECOS_RULES["candidate_factor"],
-                 within_cluster: Literal["kcenter", "nearest", "random"] = ECOS_RULES["within_cluster"]):
+                 within_cluster: Literal["kcenter", "nearest", "random"] = ECOS_RULES["within_cluster"],
+                 rounds: int = 1, first_round_share: float = 0.5, sub_clusters: int = 4):
         if num_clusters != "auto":
             positive_int(num_clusters, "num_clusters")
         self.num_clusters, self.q = num_clusters, positive_int(q, "q")
@@ -148,10 +197,24 @@ class Ecos(CoverageSampler):
         self.fp16, self.pca_dim = bool(fp16), pca_dim
         self.noise_z, self.neighbour_z, self.candidate_factor = noise_z, neighbour_z, candidate_factor
         self.within_cluster = within_cluster
+        self.rounds, self.first_round_share, self.sub_clusters = check_rounds(rounds, first_round_share, sub_clusters)
 
     def rules(self):
         return {"noise_z": self.noise_z, "neighbour_z": self.neighbour_z, "candidate_factor": self.candidate_factor,
                 "within_cluster": self.within_cluster}
+
+
+def check_rounds(rounds, first_round_share, sub_clusters) -> tuple[int, float, int]:
+    """``rounds`` >= 1, ``first_round_share`` in (0, 1) (1 allowed for one round), ``sub_clusters`` >= 2."""
+    rounds = positive_int(rounds, "rounds")
+    if isinstance(first_round_share, bool) or not isinstance(first_round_share, (int, float)) or \
+            not (0 < first_round_share < 1 or first_round_share == 1 and rounds == 1):
+        raise ValueError(f"first_round_share must be a number in (0, 1): the share of the privacy the first of "
+                         f"{rounds} rounds spends, got {first_round_share!r}")
+    if positive_int(sub_clusters, "sub_clusters") < 2:
+        raise ValueError(f"sub_clusters must be at least 2 (each kept cluster is split into that many), got "
+                         f"{sub_clusters}")
+    return rounds, float(first_round_share), sub_clusters
 
 
 class Baseline(Sampler):

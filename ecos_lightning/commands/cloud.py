@@ -2,6 +2,7 @@
 
     ecos-cloud extract --open <pool> --state cloud_state --rank r --world-size n   # optional: n processes
     ecos-cloud probe --open <image folder | digits-lite:<domain>[:<split seed>]> --out centroids.ecos [--sampler ecos]
+    ecos-cloud refine --scores scores.ecos --out centroids-2.ecos     # a sampler of several rounds only
     ecos-cloud sample --scores scores.ecos --budget B --out proxy.json
     ecos-cloud query --label-source class_coverage --proxy proxy.json --out query.ecos [--set clusters=[10,20]]
     ecos-cloud absorb --proxy proxy.json --query query.ecos --answer answer.ecos --out proxy.json
@@ -57,9 +58,9 @@ from ..samplers import SAMPLERS, CoverageSampler, get_sampler
 from ..proxy import Proxy, is_pool_path, is_pool_root
 from . import Parser, add_settings, epsilon_text, parse_settings, positive, read_kind, read_message, run
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 STATE_FILE = "state.safetensors"
-STATE_INFO = ("version", "open", "root", "paths", "features", "features_sha256", "sampler", "seed")
+STATE_INFO = ("version", "open", "root", "paths", "features", "features_sha256", "sampler", "seed", "round")
 SCORE_RULE = (
     "Scores are clipped at 0 and used as allocation weights, uncapped (the cloud does not know the "
     "client's size): an enormous score can at most give its cluster all of its members; the rest of "
@@ -126,6 +127,9 @@ class CloudState:
         if isinstance(info["seed"], bool) or not isinstance(info["seed"], int):
             raise ValueError(f"info 'seed' must be an integer, got {info['seed']!r}")
         strategy = _coverage_sampler(info["sampler"], "the state's sampler")
+        if isinstance(info["round"], bool) or not isinstance(info["round"], int) or \
+                not 1 <= info["round"] <= strategy.rounds:
+            raise ValueError(f"info 'round' must be an integer in [1, {strategy.rounds}], got {info['round']!r}")
         blob = tensors["centroids"].tobytes()
         sampler = strategy.restore(CentroidsMessage.from_bytes(blob), features, tensors["assignment"],
                                    tensors["members"], info["seed"])
@@ -177,22 +181,59 @@ def probe(args) -> None:
     _release_layout(path)
     run = Run(budget=1, seed=args.seed, progress=True, faiss_gpu=False if args.faiss_cpu else None)
     cloud = sampler.fit(features, spec.to_dict(), run, args.client_size or 1)
-    message = cloud.message_
-    blob = message.to_bytes()
     info = {"version": STATE_VERSION, "open": args.open, "root": root, "paths": paths,
             # the file cached_features wrote for this pool and encoder
             "features": path.name,
-            "features_sha256": matrix_digest(features), "sampler": sampler.config(), "seed": args.seed}
-    state = {"assignment": cloud.assignment_.astype(np.int64), "members": cloud.member_order_.astype(np.int64),
-             "centroids": np.frombuffer(blob, dtype=np.uint8)}
-    atomic_write_bytes(state_dir / STATE_FILE, save_safetensors(state, metadata={"info": json.dumps(info)}))
-    atomic_write_bytes(out, blob)
-    dim = message.centroids.shape[1]
+            "features_sha256": matrix_digest(features), "sampler": sampler.config(), "seed": args.seed, "round": 1}
+    _write_state(state_dir, info, cloud, out)
     print(f"open pool: {len(features)} images, features d={features.shape[1]} ({spec.name}, {spec.input_size}px, "
           f"{spec.pooling} pooling)")
-    print(f"wrote {out}: K={message.num_clusters} centroids, d={dim} {message.centroids.dtype}"
-          f"{' (PCA)' if args.pca_dim else ''}, {len(blob):,} bytes down")
+    _report_centroids(out, cloud.message_, sampler, 1)
     print(f"state: {state_dir}  time: {time.perf_counter() - start:.1f} s")
+
+
+def _write_state(state_dir: Path, info: dict, cloud: CloudSampler, out: Path) -> None:
+    """The centroids message ``out``, then the state ``sample`` (or the next ``refine``) reads."""
+    blob = cloud.message_.to_bytes()
+    state = {"assignment": cloud.assignment_.astype(np.int64), "members": cloud.member_order_.astype(np.int64),
+             "centroids": np.frombuffer(blob, dtype=np.uint8)}
+    atomic_write_bytes(out, blob)  # first: a run stopped between the two writes is run again to the same bytes
+    atomic_write_bytes(state_dir / STATE_FILE, save_safetensors(state, metadata={"info": json.dumps(info)}))
+
+
+def _report_centroids(out: Path, message: CentroidsMessage, sampler: CoverageSampler, round_: int) -> None:
+    pca = " (PCA)" if message.projection is not None else ""
+    print(f"wrote {out}: K={message.num_clusters} centroids, d={message.centroids.shape[1]} "
+          f"{message.centroids.dtype}{pca}, {len(message.to_bytes()):,} bytes down")
+    if sampler.rounds > 1:
+        sigma = sampler.round_noise()[round_ - 1]
+        after = "then `ecos-cloud refine`" if round_ < sampler.rounds else "then `ecos-cloud sample`"
+        print(f"round {round_} of {sampler.rounds}: the client answers with --noise-multiplier {sigma:.6g}; {after}")
+
+
+def _check_round(state: CloudState, scores: ScoresMessage, path) -> None:
+    """Refuse scores that do not answer the centroids of the state's round."""
+    try:
+        scores.check_answers(state.sampler.message_)
+    except ValueError as exc:
+        raise ValueError(f"{path} does not answer the centroids of the state's round {state.info['round']} ({exc}): "
+                         "pass the client's answer to the last centroids sent") from None
+
+
+def refine(args) -> None:
+    """The client's answer to this round -> the next round's centroids (the kept clusters split)."""
+    out = Path(args.out)
+    state_dir = _state_dir(args, out)
+    state = CloudState.load(state_dir)
+    scores, _ = read_message(ScoresMessage, args.scores)
+    round_ = state.info["round"]
+    _check_round(state, scores, args.scores)
+    if round_ >= state.strategy.rounds:
+        raise ValueError(f"{args.scores} answers round {round_} of the sampler's {state.strategy.rounds}: run "
+                         "`ecos-cloud sample` with it")
+    refined = state.sampler.refine(scores, state.strategy.sub_clusters)
+    _write_state(state_dir, {**state.info, "round": round_ + 1}, refined, out)
+    _report_centroids(out, refined.message_, state.strategy, round_ + 1)
 
 
 def extract(args) -> None:
@@ -266,6 +307,10 @@ def sample(args) -> None:
     out = Path(args.out)
     state = CloudState.load(_state_dir(args, out))
     scores, blob = read_message(ScoresMessage, args.scores)
+    _check_round(state, scores, args.scores)
+    if state.info["round"] < state.strategy.rounds:
+        raise ValueError(f"the state holds round {state.info['round']} of the sampler's {state.strategy.rounds}: run "
+                         f"`ecos-cloud refine --scores {args.scores}` and ask the client again")
     pool = len(state.features)
     if args.budget > pool:
         raise ValueError(f"--budget {args.budget} is larger than the open pool ({pool} images)")
@@ -437,6 +482,13 @@ def build_parser() -> Parser:
     add_settings(p)
     p.add_argument("--state", help=state_help)
     p.set_defaults(func=probe)
+
+    p = commands.add_parser("refine", help="noisy scores of one round -> the next round's centroids (a sampler of "
+                            "several rounds: --set rounds=N at probe)")
+    p.add_argument("--scores", required=True, help="this round's scores message from the client")
+    p.add_argument("--out", required=True, help="the next round's centroids message to send to the client")
+    p.add_argument("--state", help=state_help)
+    p.set_defaults(func=refine)
 
     p = commands.add_parser("sample", help="noisy scores -> proxy file", description=SCORE_RULE)
     p.add_argument("--scores", required=True, help="scores message from the client")

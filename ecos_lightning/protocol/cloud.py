@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ from .selection import WITHIN_CLUSTER, allocate_budget, select_near_centroid
 from .validation import as_features, non_negative_float, positive_int
 
 log = logging.getLogger(__name__)
+
+#: :meth:`CloudSampler.refine` splits a kept cluster into at most one sub-cluster per this many members.
+MIN_SUB_CLUSTER = 8
 
 
 @dataclass(frozen=True)
@@ -213,12 +217,7 @@ class CloudSampler:
                                    np.bincount(self.assignment_, minlength=len(clipped)),
                                    np.ones(len(clipped), dtype=bool))
 
-        threshold = max(self.min_score, self.noise_z * scores.noise_std)
-        kept = clipped > threshold
-        rescued = 0
-        if self.neighbour_z is not None and kept.any():
-            second = self._next_to_kept(kept, clipped > max(self.min_score, self.neighbour_z * scores.noise_std))
-            rescued, kept = int(second.sum()), kept | second
+        kept, threshold, rescued = self._kept(clipped, scores.noise_std)
         weights = np.where(kept, clipped, 0.0)
         if not kept.any() and (clipped > 0).any():
             warnings.warn(f"no cluster scores above the noise threshold {threshold:.2f} ({self.noise_z:g} x noise "
@@ -248,6 +247,60 @@ class CloudSampler:
                  "%d clusters; %d bytes up", int(kept.sum()), len(kept), threshold, rescued, budget,
                  int((allocation > 0).sum()), len(scores.to_bytes()))
         return self._selection(indices, clipped, allocation, kept)
+
+    def _kept(self, clipped: np.ndarray, noise_std: float) -> tuple[np.ndarray, float, int]:
+        """bool [K]: the clusters whose clipped score [K] clears the threshold (or, with ``neighbour_z``, sits
+        next to one that does); the threshold; how many were kept as neighbours."""
+        threshold = max(self.min_score, self.noise_z * noise_std)
+        kept = clipped > threshold
+        rescued = 0
+        if self.neighbour_z is not None and kept.any():
+            second = self._next_to_kept(kept, clipped > max(self.min_score, self.neighbour_z * noise_std))
+            rescued, kept = int(second.sum()), kept | second
+        return kept, threshold, rescued
+
+    # ----------------------------------------------------------------- refine
+    def refine(self, scores: ScoresMessage, sub_clusters: int) -> "CloudSampler":
+        """The next round's fitted sampler: each cluster whose score in ``scores`` clears the threshold is
+        split into up to ``sub_clusters`` sub-clusters (k-means of its members, seeded; one per
+        ``MIN_SUB_CLUSTER`` members at most), every other centroid is sent again unchanged, so the client's
+        next answer counts its samples at a finer grain where it holds them. Same encoder, PCA map and
+        precision as this round's message. ``parents_`` int64 [K']: the cluster of this round each new
+        cluster comes from (kept clusters' sub-clusters last, in cluster order)."""
+        if self.features_ is None:
+            raise RuntimeError("call fit(open_features) before refining")
+        sub_clusters = positive_int(sub_clusters, "sub_clusters")
+        scores.check_answers(self.message_)
+        kept, _, _ = self._kept(np.clip(scores.scores, 0.0, None), scores.noise_std)
+        sent, projection, bias = self.message_.centroids_f32(), self.message_.projection, self.message_.bias
+        assignment = np.empty_like(self.assignment_)
+        parents, centroids, squared = [], [], np.zeros(len(self.assignment_), np.float32)
+        split = [c for c in np.flatnonzero(kept) if min(sub_clusters, self.cluster_sizes_[c] // MIN_SUB_CLUSTER) > 1]
+        whole = np.setdiff1d(np.arange(self.message_.num_clusters), split)
+        for new, c in enumerate(whole):
+            members = self.members(c)
+            assignment[members], squared[members] = new, np.arange(len(members), dtype=np.float32)
+        parents.extend(whole.tolist())
+        centroids.append(sent[whole])
+        for c in split:
+            members = self.members(c)
+            parts = min(sub_clusters, int(self.cluster_sizes_[c]) // MIN_SUB_CLUSTER)
+            points = np.ascontiguousarray(self.features_[members])
+            sub = faiss_ops.kmeans(points, parts, niter=self.niter, nredo=self.nredo, seed=self.seed + int(c) + 1,
+                                   max_points_per_centroid=self.max_points_per_centroid, spherical=self.spherical,
+                                   use_gpu=self.use_gpu)
+            distance, label = faiss_ops.nearest(points, sub, k=1, use_gpu=self.use_gpu)
+            assignment[members], squared[members] = len(parents) + label[:, 0], distance[:, 0]
+            parents.extend([int(c)] * parts)
+            centroids.append(sub if projection is None else sub @ projection + bias)
+        stacked = np.concatenate(centroids).astype(self.message_.centroids.dtype)
+        message = CentroidsMessage(np.ascontiguousarray(stacked), projection, bias, self.encoder)
+        refined = copy.copy(self)
+        refined.num_clusters, refined.parents_ = message.num_clusters, np.asarray(parents, dtype=np.int64)
+        refined._set_fitted(self.features_, assignment, np.lexsort((squared, assignment)), message)
+        log.info("refine: %d of %d clusters split into %d sub-clusters; %d centroids, %d bytes down", len(split),
+                 len(kept), message.num_clusters - len(whole), message.num_clusters, len(message.to_bytes()))
+        return refined
 
     def _fewer_clusters(self) -> str:
         """The remedy for too few clusters clearing the noise, worded for how K was chosen."""

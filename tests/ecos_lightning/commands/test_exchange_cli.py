@@ -1,6 +1,6 @@
 """The generic two-machine steps (ecos-cloud query, ecos-client answer, ecos-cloud absorb) over a label source
-registered from a test file: the same calls, the same messages and the same labels as in one process, and the
-client's ledger holds exactly what it released."""
+registered from a test file, and a sampler of two rounds (ecos-cloud refine): the same calls, the same messages,
+the same labels and proxies as in one process, and the client's ledger holds exactly what it released."""
 
 import dataclasses
 
@@ -14,9 +14,11 @@ from ecos_lightning.components import Inputs, Run
 from ecos_lightning.data.folders import PathImageDataset, scan_images, scan_labelled_images
 from ecos_lightning.encoders import build_encoder, extract_features
 from ecos_lightning.client.ledger import read_ledger
+from ecos_lightning.protocol import CentroidsMessage
 from ecos_lightning.protocol.encoder_spec import EncoderSpec
 from ecos_lightning.protocol.label_messages import LabelsMessage
 from ecos_lightning.proxy import Proxy
+from ecos_lightning.samplers import get_sampler
 
 import train_helpers
 
@@ -187,3 +189,44 @@ def test_a_probe_sampler_that_cannot_probe_is_one_line(cli, folders, tmp_path, a
     code, _, err = cli(cloud.main, "probe", "--open", folders["open"], "--out", tmp_path / "c.ecos", *args)
     assert code == 2 and one_error_line(err) and message in err, err
     assert not (tmp_path / "c.ecos").exists()
+
+
+def test_two_rounds_run_on_two_machines_as_in_one_process(cli, folders, tmp_path):
+    state = ["--state", tmp_path / "state"]
+    ledger = ["--ledger", tmp_path / "ledger.json"]
+    code, out, err = cli(cloud.main, "probe", "--open", folders["open"], "--out", tmp_path / "c1.ecos",
+                         "--input-size", "32", "--num-clusters", "2", "--noise-multiplier", "0", "--set", "rounds=2",
+                         "--set", "sub_clusters=3", *state)
+    assert code == 0 and "round 1 of 2: the client answers with --noise-multiplier 0" in out, err
+    code, _, err = cli(client.main, "respond", "--centroids", tmp_path / "c1.ecos", "--data", folders["client"],
+                       "--noise-multiplier", "0", "--out", tmp_path / "s1.ecos", *ledger)
+    assert code == 0, err
+    code, _, err = cli(cloud.main, "sample", "--scores", tmp_path / "s1.ecos", "--budget", "10", "--out",
+                       tmp_path / "proxy.json", *state)
+    assert code == 2 and one_error_line(err) and "run `ecos-cloud refine" in err and not (tmp_path / "proxy.json").exists()
+    code, out, err = cli(cloud.main, "refine", "--scores", tmp_path / "s1.ecos", "--out", tmp_path / "c2.ecos", *state)
+    assert code == 0 and "round 2 of 2" in out and "then `ecos-cloud sample`" in out, err
+    code, _, err = cli(cloud.main, "refine", "--scores", tmp_path / "s1.ecos", "--out", tmp_path / "c3.ecos", *state)
+    assert code == 2 and one_error_line(err) and "does not answer the centroids of the state's round 2" in err
+    code, _, err = cli(client.main, "respond", "--centroids", tmp_path / "c2.ecos", "--data", folders["client"],
+                       "--noise-multiplier", "0", "--out", tmp_path / "s2.ecos", *ledger)
+    assert code == 0, err
+    assert len(read_ledger(tmp_path / "ledger.json")["entries"]) == 2
+    code, _, err = cli(cloud.main, "refine", "--scores", tmp_path / "s2.ecos", "--out", tmp_path / "c3.ecos", *state)
+    assert code == 2 and one_error_line(err) and "answers round 2 of the sampler's 2" in err
+    code, out, err = cli(cloud.main, "sample", "--scores", tmp_path / "s2.ecos", "--budget", "10", "--out",
+                         tmp_path / "proxy.json", *state)
+    assert code == 0, err
+    across = Proxy.read(tmp_path / "proxy.json")
+
+    # the same rounds in one process: the same centroids in each round, the same proxy
+    cloud_state = CloudState.load(tmp_path / "state")
+    assert cloud_state.message_bytes == (tmp_path / "c2.ecos").read_bytes()
+    assert CentroidsMessage.from_bytes(cloud_state.message_bytes).num_clusters > 2
+    encoder = cloud_state.sampler.message_.encoder
+    features = extract_features(build_encoder(EncoderSpec.from_dict(encoder)),
+                                PathImageDataset(scan_images(folders["client"]).paths))
+    inputs = Inputs(open_features=cloud_state.features, client_features=features, client_size=len(features),
+                    encoder=encoder)
+    here = get_sampler(cloud_state.info["sampler"]).run(inputs, Run(budget=10))
+    assert here.indices == across.indices and here.clusters == across.clusters
