@@ -9,12 +9,17 @@ to ``--devices`` devices of ``--per-device`` images each. Rows, each at the same
 * the fleet with local noise only (each device adds the full noise; the cloud sums noisy answers);
 * each device alone (ECOS with that device's images only; the mean over ``--alone`` devices).
 
+With ``--rounds``, the one big client and the secure fleet again with two rounds (``rounds=2``: the
+second round splits the clusters the first answer kept into ``--sub-clusters``), at the same total
+per-device epsilon: precision, class coverage and bytes, one round against two.
+
 Then the cost per device (bytes, the device's compute) and, with ``--flower``, the wall time of one secure
 round on Flower's simulation engine for 30 and 100 devices. Results: ``docs/fleet.json`` (resumed per
 cell), ``docs/fleet.png`` and the tables printed.
 
     python bench/fleet.py                     # 3 seeds x per-device epsilon 0.25 0.5 1 2
     python bench/fleet.py --flower            # and the round wall times on Flower
+    python bench/fleet.py --rounds            # and one round against two
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from digits_features import add_arguments, digits_lite_features
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ("one big client", "fleet, secure aggregation", "fleet, local noise", "one device alone")
+ROUND_ROWS = ("one big client", "fleet, secure aggregation")
 
 
 def main() -> None:
@@ -51,6 +57,10 @@ def main() -> None:
     parser.add_argument("--threshold", type=int, default=24, help="devices that must answer a secure round")
     parser.add_argument("--alone", type=int, default=5, help="devices measured alone (mean)")
     parser.add_argument("--flower", action="store_true", help="also time secure rounds on Flower (30, 100 devices)")
+    parser.add_argument("--rounds", action="store_true", help="also two rounds against one")
+    parser.add_argument("--sub-clusters", type=int, default=4, help="with --rounds: sub-clusters per kept cluster")
+    parser.add_argument("--first-round-share", type=float, default=0.5, help="with --rounds: the first round's "
+                        "share of the privacy")
     parser.add_argument("--out", default=str(ROOT / "docs" / "fleet.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -69,14 +79,15 @@ def main() -> None:
         if len(order) < need:
             raise SystemExit(f"the {domain} client holds {len(order)} images, fewer than {need}")
         fleet = tuple(features[order[i * args.per_device:(i + 1) * args.per_device]] for i in range(args.devices))
+        cells = [(row, 1) for row in ROWS] + [(row, 2) for row in ROUND_ROWS if args.rounds]
         for epsilon in args.epsilons:
-            for row in ROWS:
-                key = f"{row}|{epsilon}|{seed}"
+            for row, rounds in cells:
+                key = _key(row, rounds, epsilon, seed)
                 if key in results:
                     continue
                 start = time.perf_counter()
-                results[key] = _cell(row, _sigma(row, epsilon, args), args, features[open_idx], fleet, in_domain,
-                                     data.labels[open_idx], seed)
+                results[key] = _cell(row, rounds, _sigma(row, rounds, epsilon, args), args, features[open_idx], fleet,
+                                     in_domain, data.labels[open_idx], seed)
                 results[key]["seconds"] = time.perf_counter() - start
                 out.write_text(json.dumps(results, indent=1))
                 print(f"{key}: precision {results[key]['precision']:.3f}, epsilon {results[key]['epsilon']:.3f}",
@@ -86,23 +97,32 @@ def main() -> None:
     _report(results, args)
 
 
-def _sigma(row: str, epsilon: float, args) -> float:
-    """The noise multiplier at which one device of ``row`` releases ``epsilon`` (each mechanism calibrated)."""
+def _key(row: str, rounds: int, epsilon: float, seed: int) -> str:
+    return f"{row}{'' if rounds == 1 else f', {rounds} rounds'}|{epsilon}|{seed}"
+
+
+def _sigma(row: str, rounds: int, epsilon: float, args) -> float:
+    """The noise multiplier at which one device of ``row`` releases ``epsilon`` over ``rounds`` rounds (each
+    mechanism calibrated)."""
     if row == "fleet, secure aggregation":
-        return calibrated_noise(epsilon, args.delta, lambda s: [FleetPrivacy(s, True, args.threshold).release(1)])
-    return noise_multiplier_for_epsilon(epsilon, args.delta)
+        return calibrated_noise(epsilon, args.delta, lambda s: FleetEcos(
+            noise_multiplier=s, threshold=args.threshold, rounds=rounds,
+            first_round_share=args.first_round_share if rounds > 1 else 0.5).releases())
+    return noise_multiplier_for_epsilon(epsilon, args.delta)  # Gaussian rounds compose to one at this sigma
 
 
-def _cell(row: str, sigma: float, args, pool, fleet, in_domain, labels, seed: int) -> dict:
+def _cell(row: str, rounds: int, sigma: float, args, pool, fleet, in_domain, labels, seed: int) -> dict:
     run = Run(budget=args.budget, delta=args.delta, seed=seed)
+    split = {"rounds": rounds, "sub_clusters": args.sub_clusters, "first_round_share": args.first_round_share} \
+        if rounds > 1 else {}
     if row == "one big client":
-        samplers = [(Ecos(num_clusters=args.num_clusters, noise_multiplier=sigma), np.concatenate(fleet))]
+        samplers = [(Ecos(num_clusters=args.num_clusters, noise_multiplier=sigma, **split), np.concatenate(fleet))]
     elif row == "one device alone":
         samplers = [(Ecos(num_clusters=args.num_clusters, noise_multiplier=sigma), fleet[i]) for i in range(args.alone)]
     else:
         secure = row == "fleet, secure aggregation"
         samplers = [(FleetEcos(num_clusters=args.num_clusters, noise_multiplier=sigma, secure=secure,
-                               threshold=args.threshold if secure else 1), None)]
+                               threshold=args.threshold if secure else 1, **split), None)]
     cells = []
     for sampler, client in samplers:
         inputs = Inputs(open_features=pool, client_features=client, fleet_features=fleet,
@@ -158,6 +178,19 @@ def _report(results: dict, args) -> None:
         values = [results[f"{row}|0.5|{s}"]["coverage"] for s in args.seeds if f"{row}|0.5|{s}" in results]
         if values:
             print(f"- {row}: {np.mean(values):.2f}")
+    if args.rounds:
+        print("\none round against two at the same per-device epsilon (two rounds: first round's share "
+              f"{args.first_round_share:g}, {args.sub_clusters} sub-clusters per kept cluster); mean over seeds\n")
+        print("| row | per-device epsilon | precision, 1 round | 2 rounds | class coverage, 1 round | 2 rounds | "
+              "bytes down, 1 round | 2 rounds |")
+        print("|---|---|---|---|---|---|---|---|")
+        for row in ROUND_ROWS:
+            for epsilon in args.epsilons:
+                mean = {(rounds, field): _mean(results, row, rounds, epsilon, args.seeds, field)
+                        for rounds in (1, 2) for field in ("precision", "coverage", "bytes_down")}
+                print(f"| {row} | {epsilon:g} | {mean[1, 'precision']:.3f} | {mean[2, 'precision']:.3f} | "
+                      f"{mean[1, 'coverage']:.2f} | {mean[2, 'coverage']:.2f} | {mean[1, 'bytes_down']:,.0f} | "
+                      f"{mean[2, 'bytes_down']:,.0f} |")
     rounds = {k: v for k, v in results.items() if k.startswith("flower round|")}
     if rounds:
         print("\n| devices | round wall time (Flower, SecAgg+) | one device's compute | bytes down | answer bytes |")
@@ -166,6 +199,11 @@ def _report(results: dict, args) -> None:
             print(f"| {key.split('|')[1]} | {r['round_seconds']:.1f} s | {r['device_seconds'] * 1000:.0f} ms | "
                   f"{r['bytes_down']:,} | {r['answer_bytes']:,} |")
     _plot(results, args)
+
+
+def _mean(results: dict, row: str, rounds: int, epsilon: float, seeds, field: str) -> float:
+    values = [results[k][field] for k in (_key(row, rounds, epsilon, s) for s in seeds) if k in results]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def _plot(results: dict, args) -> None:

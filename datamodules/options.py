@@ -23,12 +23,13 @@ class Datasets:
     already normalised is refused, naming it). Labels are read through the items (so a
     ``target_transform`` applies) and hashed into the artifact's key. ``open`` and ``client`` are both
     required unless a ``proxy_file`` gives the proxy (then ``open`` is the pool it indexes, if it names
-    no paths, and ``client_test`` the client's test set).
+    no paths, and ``client_test`` the client's test set). ``client`` may be a list of datasets, one per
+    device of a fleet (``FleetEcos`` reads them device by device; any other sampler, their union).
     id: names them in the artifact hash and the feature caches (default: a content fingerprint).
     """
 
     open: Dataset | None = None
-    client: Dataset | None = None
+    client: Dataset | list[Dataset] | None = None
     client_test: Dataset | None = None
     id: str | None = None
 

@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
 from ecos_lightning.data import (DigitsLiteSource, FolderSource, PathImageDataset, open_source, parse_source,
@@ -211,10 +211,12 @@ class ProxyDataModule(*bases("LightningDataModule")):
             usable = [name for name, cls in LABEL_SOURCES.items() if cls.labels_client_data]
             raise ValueError(f"sampler={self.sampler.display_name()!r} trains on the client's own labels: use "
                              f"label_source={usable}")
+        self._device_sizes = None  # a fleet's images per device (see ``devices``)
         if isinstance(dataset, str) and not any(RENAMED[key][0] == "dataset" for key in renamed):
             self.datasets = None
         else:
-            self.datasets = _grouped(Datasets, Datasets() if isinstance(dataset, str) else dataset, "dataset", renamed)
+            self.datasets = self._one_client(_grouped(Datasets, Datasets() if isinstance(dataset, str) else dataset,
+                                                      "dataset", renamed))
         self.encoder = _grouped(Encoder, Encoder(encoder) if isinstance(encoder, str) else encoder, "encoder",
                                 renamed)
         self.loaders = _grouped(Loaders, loaders, "loaders", renamed)
@@ -249,6 +251,25 @@ class ProxyDataModule(*bases("LightningDataModule")):
         self._proxy_record: Proxy | None = None  # made, read or restored on first need (see ``proxy``)
         self._told_unlabelled = False
 
+    def _one_client(self, datasets: Datasets) -> Datasets:
+        """``datasets`` with a fleet's list of device datasets joined into one client (their sizes kept)."""
+        if not isinstance(datasets.client, (list, tuple)):
+            return datasets
+        if not datasets.client:
+            raise ValueError("dataset.client is an empty list: give one dataset per device of the fleet")
+        for i, device in enumerate(datasets.client):
+            if len(device) == 0:
+                raise ValueError(f"dataset.client[{i}] is empty: every device of a fleet holds at least one image")
+            check_raw_images(device, f"dataset.client[{i}]")
+        self._device_sizes = tuple(len(device) for device in datasets.client)
+        return dataclasses.replace(datasets, client=ConcatDataset(list(datasets.client)))
+
+    def devices(self) -> tuple[int, ...] | None:
+        """For a fleet (a fleet source, or a list of client datasets): the images of each device, consecutive
+        in the client dataset; None for one client."""
+        self.sources()
+        return self._device_sizes
+
     @property
     def _datasets(self) -> tuple:
         """(open, client, client_test) datasets given in code (Nones when the data is a source name)."""
@@ -272,7 +293,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
                 self._sources = self._file_sources(test_ds)
             elif open_ds is None and client_ds is None and test_ds is None:
                 src = open_source(self.source, self.hparams.cache_dir)
-                self._sources = (src.open, src.client, src.client_test, src.data_id)
+                self._sources, self._device_sizes = (src.open, src.client, src.client_test, src.data_id), src.devices
             else:
                 if open_ds is None or (client_ds is None and not self.hparams.proxy_file):
                     raise ValueError("dataset: Datasets needs both open and client (client_test optional); or "
@@ -360,6 +381,8 @@ class ProxyDataModule(*bases("LightningDataModule")):
         open_ds, client_ds, _, data_id = self.sources()
         labels = [hashlib.sha256(self.labels(ds).astype("<i8").tobytes()).hexdigest() for ds in (open_ds, client_ds)]
         cfg.update(encoder=self.spec.to_dict(), data=data_id, labels=labels, version=PROXY_VERSION)
+        if self.devices() is not None:
+            cfg["devices"] = list(self.devices())
         if faiss_ops.gpu_available() if h.faiss_gpu is None else h.faiss_gpu:
             cfg["faiss"] = "gpu"  # GPU rounding may choose another proxy: never reuse a CPU artifact for it
         return cfg
@@ -447,7 +470,7 @@ class ProxyDataModule(*bases("LightningDataModule")):
         open_ds, client_ds, _, _ = self.sources()
         return simulated_inputs(self.spec, open_ds, client_ds, self.feature_ids(),
                                 self.sampler.needs | self.label_source.needs, self.cache_dir, self.labels,
-                                self.num_classes, self.hparams.feature_chunk_rows)
+                                self.num_classes, self.hparams.feature_chunk_rows, self.devices())
 
     @staticmethod
     def _feature_digests(inputs: Inputs) -> list[str]:

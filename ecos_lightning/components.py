@@ -41,7 +41,7 @@ class Inputs:
     labeller would reveal them (-1: unknown). client_features: float32 [M, d]; client_labels: int64 [M]
     (the client's, in a simulation read in-process). client_size: M. num_classes: label classes.
     encoder: the encoder spec (dict) both sides use. fleet_features: one float32 [M_i, d] per device of a
-    fleet (many clients answering one probe).
+    fleet (many clients answering one probe); a data module then gives their union as ``client_features``.
     """
 
     open_features: np.ndarray | None = None

@@ -86,14 +86,12 @@ class CoverageSampler(Sampler):
     sub_clusters: int = 4
 
     def round_noise(self) -> list[float]:
-        """Sigma of each round's answer. Round 1 spends ``first_round_share`` of the privacy and the later
-        rounds share the rest equally (Gaussian answers compose by adding 1 / sigma^2), so all rounds together
-        cost what one answer at ``noise_multiplier`` does."""
+        """Sigma of each round's answer. The first of two rounds spends ``first_round_share`` of the privacy
+        and the second the rest (Gaussian answers compose by adding 1 / sigma^2), so both together cost what
+        one answer at ``noise_multiplier`` does."""
         if self.rounds == 1:
             return [self.noise_multiplier]
-        later = (1.0 - self.first_round_share) / (self.rounds - 1)
-        shares = [self.first_round_share] + [later] * (self.rounds - 1)
-        return [self.noise_multiplier / math.sqrt(share) for share in shares]
+        return [self.noise_multiplier / math.sqrt(share) for share in (self.first_round_share, 1 - self.first_round_share)]
 
     def releases(self):
         if self.rounds == 1:
@@ -121,9 +119,12 @@ class CoverageSampler(Sampler):
         return cloud
 
     def restore(self, message: CentroidsMessage, open_features: np.ndarray, assignment: np.ndarray,
-                members: np.ndarray, seed: int) -> CloudSampler:
-        """The ``CloudSampler`` :meth:`fit` gave, rebuilt in another process from what it saved."""
-        return CloudSampler.restore(message, open_features, assignment, members, seed=seed, **self.rules())
+                members: np.ndarray, seed: int, parents: np.ndarray | None = None,
+                previous_scores: ScoresMessage | None = None) -> CloudSampler:
+        """The ``CloudSampler`` :meth:`fit` (or its ``refine``) gave, rebuilt in another process from what it
+        saved."""
+        return CloudSampler.restore(message, open_features, assignment, members, parents, previous_scores, seed=seed,
+                                    **self.rules())
 
     def select(self, cloud: CloudSampler, scores: ScoresMessage, run: Run) -> Proxy:
         """Cloud, step 2: the proxy (indices, provenance, ``cluster_scores``) for the client's scores."""
@@ -176,10 +177,10 @@ class Ecos(CoverageSampler):
     fp16: send the centroids as float16 (half the bytes; ``bench/compression.py`` measures it free).
     pca_dim: send them projected to this many dimensions (None: the full feature dimension).
     noise_z, neighbour_z, candidate_factor, within_cluster: the cloud's sampling rules (``CloudSampler``).
-    rounds: probes of the client; each later round splits the clusters the last answer kept into up to
-        ``sub_clusters`` sub-clusters (``CloudSampler.refine``) and asks again. first_round_share: the share
-        of the privacy the first round spends (see :meth:`round_noise`); the rounds together cost what one
-        answer at ``noise_multiplier`` does.
+    rounds: probes of the client, 1 or 2; a second round splits the clusters the first answer kept into up
+        to ``sub_clusters`` sub-clusters (``CloudSampler.refine``) and asks again, and the selection combines
+        both answers. first_round_share: the share of the privacy the first round spends (see
+        :meth:`round_noise`); the rounds together cost what one answer at ``noise_multiplier`` does.
     """
 
     name = "ecos"
@@ -205,8 +206,9 @@ class Ecos(CoverageSampler):
 
 
 def check_rounds(rounds, first_round_share, sub_clusters) -> tuple[int, float, int]:
-    """``rounds`` >= 1, ``first_round_share`` in (0, 1) (1 allowed for one round), ``sub_clusters`` >= 2."""
-    rounds = positive_int(rounds, "rounds")
+    """``rounds`` 1 or 2, ``first_round_share`` in (0, 1) (1 allowed for one round), ``sub_clusters`` >= 2."""
+    if positive_int(rounds, "rounds") > 2:
+        raise ValueError(f"rounds must be 1 or 2 (the second round refines what the first found), got {rounds}")
     if isinstance(first_round_share, bool) or not isinstance(first_round_share, (int, float)) or \
             not (0 < first_round_share < 1 or first_round_share == 1 and rounds == 1):
         raise ValueError(f"first_round_share must be a number in (0, 1): the share of the privacy the first of "

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,18 +124,31 @@ def test_a_coverage_sampler_and_a_label_source_from_a_test_file_train_through_tr
     assert entry["releases"] == [*train_helpers.TopClusters().releases(), *train_helpers.ToyVotes().releases(200)]
 
 
-def test_the_fleet_config_trains_on_a_proxy_of_thirty_devices_under_secure_aggregation(tmp_path, cache_dir):
+def test_the_fleet_config_trains_on_a_proxy_of_thirty_three_devices_of_two_domains_under_secure_aggregation(tmp_path, cache_dir):
     from ecos_lightning.protocol.privacy import releases_epsilon, skellam_sum_release
 
     proc = run_train(["fit", *config("fleet_digits"), *SMALL, "--trainer.fast_dev_run", "true",
                       "--data.cache_dir", cache_dir], tmp_path, cache_dir)
-    declared = skellam_sum_release(6.85, 1, 24, "fleet coverage")
+    declared = skellam_sum_release(6.85, 1, 26, "fleet coverage")
     epsilon = releases_epsilon([declared], 1e-5)
     assert f"privacy              : epsilon {epsilon:.3f} at delta 1e-05" in proc.stdout and 0.49 < epsilon <= 0.5
     assert "proxy                : 200 images from sampler 'fleet_ecos'" in proc.stdout
+    assert "fleet, round 1: 33 of 33 devices answered" in proc.stderr
     ledger, = tmp_path.rglob("privacy_ledger.json")
     entry, = json.loads(ledger.read_text())["entries"]
     assert entry["releases"] == [declared]
+
+
+def test_the_fleet_config_trains_and_tests_under_two_ddp_processes(tmp_path, cache_dir):
+    """Rank 0 runs the fleet's secure round on Flower while rank 1 waits for the proxy; test after fit."""
+    cache = shutil.copytree(cache_dir, tmp_path / "cache", ignore=shutil.ignore_patterns("proxy-*.json"))
+    proc = run_train(["fit", *config("fleet_digits"), *SMALL, "--trainer", str(ROOT / "configs/trainer/ddp_sim.yaml"),
+                      "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                      "--trainer.limit_val_batches", "1", "--data.cache_dir", str(cache)], tmp_path, str(cache))
+    assert "fleet, round 1: 33 of 33 devices answered" in proc.stderr
+    assert len(_summaries(proc)) == 1
+    ledger, = tmp_path.rglob("privacy_ledger.json")
+    assert len(json.loads(ledger.read_text())["entries"]) == 1
 
 
 def _summaries(proc):

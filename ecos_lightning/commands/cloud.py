@@ -104,8 +104,10 @@ class CloudState:
         if not isinstance(info, dict) or sorted(info) != sorted(STATE_INFO) or info["version"] != STATE_VERSION:
             raise ValueError(f"metadata 'info' must be a version {STATE_VERSION} object with keys {list(STATE_INFO)}")
         dtypes = {name: (array.dtype, array.ndim) for name, array in tensors.items()}
-        if dtypes != {"assignment": (np.int64, 1), "members": (np.int64, 1), "centroids": (np.uint8, 1)}:
-            raise ValueError("tensors must be assignment and members (int64 [N]) and centroids (uint8)")
+        fitted = {"assignment": (np.int64, 1), "members": (np.int64, 1), "centroids": (np.uint8, 1)}
+        if dtypes not in (fitted, {**fitted, "parents": (np.int64, 1), "previous_scores": (np.uint8, 1)}):
+            raise ValueError("tensors must be assignment and members (int64 [N]) and centroids (uint8), and after a "
+                             "refine parents (int64 [K]) and previous_scores (uint8)")
         n = len(tensors["assignment"])
         if not isinstance(info["open"], str) or not info["open"]:
             raise ValueError("info 'open' must be a non-empty string")
@@ -130,9 +132,13 @@ class CloudState:
         if isinstance(info["round"], bool) or not isinstance(info["round"], int) or \
                 not 1 <= info["round"] <= strategy.rounds:
             raise ValueError(f"info 'round' must be an integer in [1, {strategy.rounds}], got {info['round']!r}")
+        if ("parents" in tensors) != (info["round"] > 1):
+            raise ValueError(f"a round {info['round']} state must {'' if info['round'] > 1 else 'not '}hold the "
+                             "previous round's scores and parents")
         blob = tensors["centroids"].tobytes()
+        previous = ScoresMessage.from_bytes(tensors["previous_scores"].tobytes()) if "parents" in tensors else None
         sampler = strategy.restore(CentroidsMessage.from_bytes(blob), features, tensors["assignment"],
-                                   tensors["members"], info["seed"])
+                                   tensors["members"], info["seed"], tensors.get("parents"), previous)
         return cls(strategy, sampler, blob, info)
 
 
@@ -197,6 +203,8 @@ def _write_state(state_dir: Path, info: dict, cloud: CloudSampler, out: Path) ->
     blob = cloud.message_.to_bytes()
     state = {"assignment": cloud.assignment_.astype(np.int64), "members": cloud.member_order_.astype(np.int64),
              "centroids": np.frombuffer(blob, dtype=np.uint8)}
+    if cloud.previous_scores_ is not None:
+        state.update(parents=cloud.parents_, previous_scores=np.frombuffer(cloud.previous_scores_.to_bytes(), np.uint8))
     atomic_write_bytes(out, blob)  # first: a run stopped between the two writes is run again to the same bytes
     atomic_write_bytes(state_dir / STATE_FILE, save_safetensors(state, metadata={"info": json.dumps(info)}))
 

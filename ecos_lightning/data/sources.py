@@ -8,6 +8,9 @@ name                                                data
 ==================================================  ==========================================================
 ``digits-lite[:<client domain>[:<split seed>]]``    the embedded digits-lite dataset (default client
                                                     ``handwritten``, seed 0), split by :func:`paper_split`
+``digits-lite-fleet:<domain>=<devices>[,...]``      digits-lite as a fleet (:mod:`.fleet`): that many
+``[:<images per device>[:<split seed>]]``           devices of each domain, 20 images each by default,
+                                                    seed 0; e.g. ``digits-lite-fleet:handwritten=30,printed=3``
 ``<an image folder>``                               every readable image under the folder (nested folders
                                                     included): an open pool only, unlabelled
 ``domainnet:[<key>=<value>:]...<root>``             DomainNet's published layout (:mod:`.domainnet`); keys
@@ -70,6 +73,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from ..files import file_stamp, stable_hash
@@ -80,6 +84,7 @@ from .folders import PathImageDataset, scan_domain_folders, scan_images, scan_la
 from .items import ArrayImageDataset, ReadData
 from .litdata_pool import LitDataSource, open_litdata
 from .shards import WebDatasetSource, open_webdataset
+from .fleet import fleet_split
 from .splits import SPLIT_RULES, paper_split
 
 __all__ = [
@@ -87,6 +92,7 @@ __all__ = [
     "OFFICE_CALTECH10_DOMAINS",
     "ArrayImageDataset",
     "Digits5Source",
+    "DigitsLiteFleetSource",
     "DigitsLiteSource",
     "DomainFoldersSource",
     "DomainNetSource",
@@ -96,6 +102,7 @@ __all__ = [
     "SourceData",
     "SourceKind",
     "WebDatasetSource",
+    "digits_lite_fleet",
     "digits_lite_sources",
     "open_source",
     "parse_source",
@@ -103,6 +110,7 @@ __all__ = [
 ]
 
 DIGITS_LITE = "digits-lite"
+DIGITS_LITE_FLEET = "digits-lite-fleet"
 #: Office-Caltech10's four domains, in the order of their domain ids.
 OFFICE_CALTECH10_DOMAINS = ("amazon", "caltech", "dslr", "webcam")
 
@@ -112,6 +120,15 @@ class DigitsLiteSource:
     """digits-lite split for the client domain ``domain`` with split seed ``seed``."""
 
     domain: str = "handwritten"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DigitsLiteFleetSource:
+    """digits-lite as a fleet: ``groups`` ((domain, devices), ...) of ``per_device`` images, split seed ``seed``."""
+
+    groups: tuple[tuple[str, int], ...] = (("handwritten", 30),)
+    per_device: int = 20
     seed: int = 0
 
 
@@ -223,6 +240,8 @@ def parse_source(name: str):
         raise ValueError(f"a source name must be a non-empty string, got {name!r}")
     if name == DIGITS_LITE:
         return DigitsLiteSource()
+    if name.startswith(DIGITS_LITE_FLEET + ":"):
+        return _fleet_source(name)
     if name.startswith(DIGITS_LITE + ":"):
         domain, _, seed = name[len(DIGITS_LITE) + 1:].partition(":")
         if seed and not seed.isdecimal():
@@ -237,6 +256,18 @@ def parse_source(name: str):
     if "domains" in options and "client" not in options:
         options["client"] = options["domains"][0]
     return SOURCE_KINDS[kind].make(rest, options)
+
+
+def _fleet_source(name: str) -> DigitsLiteFleetSource:
+    """``digits-lite-fleet:<domain>=<devices>[,...][:<images per device>[:<split seed>]]``."""
+    groups, *numbers = name[len(DIGITS_LITE_FLEET) + 1:].split(":")
+    pairs = [group.partition("=") for group in groups.split(",")]
+    if len(numbers) > 2 or not all(n.isdecimal() for n in numbers) or \
+            not all(domain and sep and count.isdecimal() for domain, sep, count in pairs):
+        raise ValueError(f"source {name!r}: write digits-lite-fleet:<domain>=<devices>[,<domain>=<devices>...]"
+                         "[:<images per device>[:<split seed>]], e.g. digits-lite-fleet:handwritten=30,printed=3")
+    return DigitsLiteFleetSource(tuple((domain, int(count)) for domain, _, count in pairs),
+                                 *(int(n) for n in numbers))
 
 
 def _options(name: str, kind: str, rest: str) -> tuple[dict, str]:
@@ -303,7 +334,8 @@ class SourceData:
     root, paths: for a pool of image files, its absolute root and the pool's image paths relative to it
     (POSIX); None for in-memory data. skipped: for a scanned folder, the files with an image suffix that could not be decoded.
     domain_names: the source's domains (what the datasets' ``domains`` ids index); client_domain: the
-    client's.
+    client's. devices: for a fleet, the number of images of each device, whose images are consecutive in
+    ``client`` in this order (None: one client).
     """
 
     open: Dataset
@@ -315,6 +347,7 @@ class SourceData:
     skipped: list[Path] = field(default_factory=list)
     domain_names: tuple[str, ...] = ()
     client_domain: str | None = None
+    devices: tuple[int, ...] | None = None
 
 
 def digits_lite_sources(client_domain: str = "handwritten", seed: int = 0, cache_dir=None) -> SourceData:
@@ -325,6 +358,20 @@ def digits_lite_sources(client_domain: str = "handwritten", seed: int = 0, cache
     return SourceData(items.subset(split.open_indices), items.subset(split.client_train_indices),
                       items.subset(split.client_test_indices), f"digits-lite-v1/{client_domain}/split-seed{seed}",
                       domain_names=DOMAINS, client_domain=split.client_domain)
+
+
+def digits_lite_fleet(source: DigitsLiteFleetSource, cache_dir=None) -> SourceData:
+    """digits-lite as the fleet ``source`` describes: the open pool, the devices' images (device after device)
+    and their held-out images."""
+    data = load_digits_lite(cache_dir, seed=0)
+    split = fleet_split(data.domains, source.groups, DOMAINS, source.per_device, source.seed)
+    items = ArrayImageDataset(data.images, data.labels, data.domains, DOMAINS, tuple(str(c) for c in range(10)))
+    groups = ",".join(f"{domain}={count}" for domain, count in source.groups)
+    return SourceData(items.subset(split.open_indices), items.subset(np.concatenate(split.devices)),
+                      items.subset(split.test_indices),
+                      f"digits-lite-v1/fleet/{groups}/{source.per_device}/split-seed{source.seed}",
+                      domain_names=DOMAINS, client_domain=source.groups[0][0],
+                      devices=tuple(len(d) for d in split.devices))
 
 
 def open_source(source, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> SourceData:
@@ -366,6 +413,7 @@ def _open_litdata(source: LitDataSource, cache_dir, progress: bool) -> SourceDat
 #: How each kind of source record opens: (record, cache_dir, progress) -> its datasets.
 _OPENERS: dict[type, Callable[..., SourceData]] = {
     DigitsLiteSource: lambda s, cache_dir, progress: digits_lite_sources(s.domain, s.seed, cache_dir),
+    DigitsLiteFleetSource: lambda s, cache_dir, progress: digits_lite_fleet(s, cache_dir),
     FolderSource: _open_folder,
     WebDatasetSource: _open_shards,
     LitDataSource: _open_litdata,

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import logging
-import math
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from ..client.ledger import record_releases
 from ..components import CLIENT_FEATURES, FLEET_FEATURES, OPEN_FEATURES
-from ..protocol import CentroidsMessage, ClientResponder, ScoresMessage
+from ..protocol import CentroidsMessage, ScoresMessage
 from ..protocol.fleet import FleetPrivacy, RoundAborted, sum_answers
 from ..protocol.privacy import releases_epsilon
 from ..protocol.validation import positive_int
-from ..samplers import CoverageSampler, register_sampler
+from ..samplers import CoverageSampler, check_rounds, register_sampler, round_seed
+from .device import device_answer, device_release, sum_scores
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +32,12 @@ class DeviceAnswers:
         self.ledger_dir = ledger_dir
 
     def release(self, centroids: CentroidsMessage) -> dict:
-        return {**self.privacy.release(self.q, f"fleet coverage, centroids {centroids.digest()[:16]}"),
-                "delta": self.delta}
+        return device_release(self.privacy, self.q, self.delta, centroids)
 
     def __call__(self, index: int) -> np.ndarray:
-        centroids = CentroidsMessage.from_bytes(self.blob)
-        counts = ClientResponder(noise_multiplier=0.0, q=self.q).coverage(centroids, self.fleet[index])
-        answer = self.privacy.answer(counts.astype(np.int64), self.q, np.random.default_rng([self.seed, index]))
-        if self.ledger_dir is not None:
-            path = Path(self.ledger_dir) / f"device-{index}.json"
-            record_releases(path, hashlib.sha256(answer.tobytes()).hexdigest(), [self.release(centroids)], self.delta)
-        return answer
+        ledger = None if self.ledger_dir is None else Path(self.ledger_dir) / f"device-{index}.json"
+        return device_answer(CentroidsMessage.from_bytes(self.blob), self.fleet[index], self.privacy, self.q,
+                             self.delta, np.random.default_rng([self.seed, index]), ledger)
 
     def scores_message(self, index: int) -> bytes:
         """The local-noise path's answer of device ``index`` as the scores message it sends."""
@@ -67,6 +61,8 @@ class FleetEcos(CoverageSampler):
     devices: simulate a fleet from one client's images: deal them (a permutation seeded by the run's seed)
     to this many devices of near-equal size, so a data module or ``train.py`` with one client dataset runs a
     fleet. None: the fleet is ``Inputs.fleet_features``.
+    rounds, first_round_share, sub_clusters: as :class:`~ecos_lightning.samplers.Ecos`; every round is one
+    answer of every device, each device paying for all of them.
     """
 
     name = "fleet_ecos"
@@ -74,7 +70,8 @@ class FleetEcos(CoverageSampler):
     def __init__(self, num_clusters: int | Literal["auto"] = "auto", q: int = 1, noise_multiplier: float = 8.0,
                  secure: bool = True, threshold: int = 2, colluding: int = 0, fp16: bool = True,
                  engine: Literal["flower", "numpy"] = "numpy", timeout: float = 120.0, ledger_dir: str | None = None,
-                 devices: int | None = None):
+                 devices: int | None = None, rounds: int = 1, first_round_share: float = 0.5,
+                 sub_clusters: int = 4):
         if num_clusters != "auto":
             positive_int(num_clusters, "num_clusters")
         if engine not in ("flower", "numpy"):
@@ -88,9 +85,10 @@ class FleetEcos(CoverageSampler):
         self.engine, self.timeout, self.ledger_dir = engine, timeout, ledger_dir
         self.devices = None if devices is None else positive_int(devices, "devices")
         self.needs = frozenset({OPEN_FEATURES, FLEET_FEATURES if devices is None else CLIENT_FEATURES})
+        self.rounds, self.first_round_share, self.sub_clusters = check_rounds(rounds, first_round_share, sub_clusters)
 
     def releases(self):
-        return [self.privacy.release(self.q)]
+        return [self.round_privacy(sigma).release(self.q) for sigma in self.round_noise()]
 
     def fleet(self, inputs, run) -> tuple[np.ndarray, ...]:
         """The devices' features: ``Inputs.fleet_features``, or the client's dealt to ``devices`` devices."""
@@ -102,18 +100,31 @@ class FleetEcos(CoverageSampler):
         order = np.random.default_rng([run.seed, len(client)]).permutation(len(client))
         return tuple(client[np.sort(part)] for part in np.array_split(order, self.devices))
 
+    def round_privacy(self, noise_multiplier: float) -> FleetPrivacy:
+        """The fleet's privacy for one round's answers at sigma ``noise_multiplier``."""
+        return dataclasses.replace(self.privacy, noise_multiplier=noise_multiplier)
+
+    def client_size(self, inputs):
+        return sum(len(device) for device in inputs.fleet_features)
+
     def run(self, inputs, run):
         fleet = self.fleet(inputs, run)
         if len(fleet) < self.threshold:
             raise RoundAborted(f"the fleet holds {len(fleet)} devices, fewer than the threshold {self.threshold}: "
                                "nothing is asked")
-        cloud = self.fit(inputs.open_features, inputs.encoder, run, sum(len(f) for f in fleet))
-        down = cloud.message_.to_bytes()
-        devices = DeviceAnswers(down, fleet, self.privacy, self.q, run.delta, run.seed, self.ledger_dir)
-        k = cloud.message_.num_clusters
+        return super().run(dataclasses.replace(inputs, fleet_features=fleet), run)
+
+    def answer(self, down, inputs, run, round_index, noise_multiplier):
+        """Every device's answer to ``down``, summed: the scores message of the sum (noise std of the sum of
+        the answers that arrived), the sum's bytes (float64 [K]) and the bytes each device sends up."""
+        fleet, privacy = inputs.fleet_features, self.round_privacy(noise_multiplier)
+        centroids = CentroidsMessage.from_bytes(down)
+        devices = DeviceAnswers(down, fleet, privacy, self.q, run.delta, round_seed(run.seed, round_index),
+                                self.ledger_dir)
+        k = centroids.num_clusters
         if not self.secure:
             total, refused = sum_answers({str(i): devices.scores_message(i) for i in range(len(fleet))},
-                                         cloud.message_.digest(), k)
+                                         centroids.digest(), k)
             answered = len(fleet) - len(refused)
             for line in refused.values():
                 log.warning("refused: %s", line)
@@ -125,15 +136,11 @@ class FleetEcos(CoverageSampler):
             total, answered = secure_sum(devices, len(fleet), k, self.threshold, self.timeout)
         else:
             total, answered = np.sum([devices(i) for i in range(len(fleet))], axis=0), len(fleet)
-        noise = self.privacy.sum_noise_std(answered, self.q) / math.sqrt(self.q)
-        epsilon = releases_epsilon(self.releases(), run.delta)
-        scores = ScoresMessage(np.asarray(total, np.float32), noise, self.q, run.delta, epsilon,
-                               cloud.message_.digest())
-        log.info("fleet: %d of %d devices answered %d centroids (%s); sum noise std %.3g", answered, len(fleet), k,
-                 "secure aggregation" if self.secure else "local noise", noise * math.sqrt(self.q))
-        proxy = self.select(cloud, scores, run)
-        summed = np.asarray(total, np.float64).tobytes()
-        return proxy.replace(bytes_down=len(down), bytes_up=k * 8, release_hash=hashlib.sha256(summed).hexdigest())
+        scores = sum_scores(total, answered, privacy, self.q, run.delta, centroids)
+        log.info("fleet, round %d: %d of %d devices answered %d centroids (%s); sum noise std %.3g", round_index + 1,
+                 answered, len(fleet), k, "secure aggregation" if self.secure else "local noise",
+                 privacy.sum_noise_std(answered, self.q))
+        return scores, np.asarray(total, np.float64).tobytes(), k * 8
 
 
 register_sampler(FleetEcos)

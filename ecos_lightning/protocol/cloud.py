@@ -104,6 +104,8 @@ class CloudSampler:
         self.num_threads = num_threads
         self.progress, self.verbose, self.auto_k = bool(progress), bool(verbose), bool(auto_k)
         self.features_: np.ndarray | None = None
+        self.parents_: np.ndarray | None = None  # a refined round's (see refine)
+        self.previous_scores_: ScoresMessage | None = None
 
     # ------------------------------------------------------------------ probe
     def fit(self, open_features) -> CentroidsMessage:
@@ -157,6 +159,7 @@ class CloudSampler:
 
     @classmethod
     def restore(cls, message: CentroidsMessage, open_features, assignment: np.ndarray, member_order: np.ndarray,
+                parents: np.ndarray | None = None, previous_scores: ScoresMessage | None = None,
                 **kwargs) -> "CloudSampler":
         """A fitted sampler rebuilt from a saved fit (``message_``, ``assignment_``, ``member_order_``),
         so :meth:`select` works in another process without running k-means again. ``ValueError``
@@ -172,7 +175,19 @@ class CloudSampler:
                              "cluster")
         sampler = cls(num_clusters=k, encoder=message.encoder, **kwargs)
         sampler._set_fitted(features, assignment, member_order, message)
+        if previous_scores is not None:
+            sampler._set_refinement(np.asarray(parents), previous_scores)
         return sampler
+
+    def _set_refinement(self, parents: np.ndarray, previous_scores: ScoresMessage) -> None:
+        """Mark this fit as the refined round of ``previous_scores`` (see :meth:`refine`); ``ValueError`` unless
+        ``parents`` [K'] maps each cluster into the previous round's clusters, each of which it covers."""
+        k = previous_scores.num_clusters
+        if parents.dtype != np.int64 or parents.shape != (self.message_.num_clusters,) or \
+                not (parents.size and 0 <= parents.min() and parents.max() < k) or len(np.unique(parents)) != k:
+            raise ValueError(f"parents must be int64 [{self.message_.num_clusters}] covering the {k} clusters of the "
+                             "previous round")
+        self.parents_, self.previous_scores_ = parents, previous_scores
 
     def _set_fitted(self, features, assignment, member_order, message) -> None:
         self.features_ = features
@@ -217,7 +232,11 @@ class CloudSampler:
                                    np.bincount(self.assignment_, minlength=len(clipped)),
                                    np.ones(len(clipped), dtype=bool))
 
-        kept, threshold, rescued = self._kept(clipped, scores.noise_std)
+        if self.previous_scores_ is None:
+            kept, threshold, rescued = self._kept(clipped, scores.noise_std)
+        else:
+            clipped, kept, threshold = self._refined_scores(scores)
+            rescued = 0
         weights = np.where(kept, clipped, 0.0)
         if not kept.any() and (clipped > 0).any():
             warnings.warn(f"no cluster scores above the noise threshold {threshold:.2f} ({self.noise_z:g} x noise "
@@ -259,6 +278,30 @@ class CloudSampler:
             rescued, kept = int(second.sum()), kept | second
         return kept, threshold, rescued
 
+    def _refined_scores(self, scores: ScoresMessage) -> tuple[np.ndarray, np.ndarray, float]:
+        """A refined round's selection weights [K'] from both answers: each first-round cluster's count is the
+        inverse-variance mean of its first answer and the sum of its sub-clusters' second answers; it is kept
+        when that mean clears ``noise_z`` of its own noise std (and ``min_score``), and its weight is shared
+        among its sub-clusters in proportion to their clipped second answers (equally where all are zero).
+        Returns the weights, the kept sub-clusters and the largest threshold."""
+        first, parents = self.previous_scores_, self.parents_
+        k = first.num_clusters
+        parts = np.bincount(parents, minlength=k)
+        second = np.bincount(parents, weights=scores.scores.astype(np.float64), minlength=k)
+        var_first, var_second = first.noise_std ** 2, parts * scores.noise_std ** 2
+        if first.noise_std == 0 or scores.noise_std == 0:  # an exact answer is the count
+            count, std = first.scores.astype(np.float64) if first.noise_std == 0 else second, np.zeros(k)
+        else:
+            precision = 1.0 / var_first + 1.0 / var_second
+            count, std = (first.scores / var_first + second / var_second) / precision, precision ** -0.5
+        thresholds = np.maximum(self.min_score, self.noise_z * std)
+        count = np.clip(count, 0.0, None)
+        kept = count > thresholds
+        sub = np.clip(scores.scores.astype(np.float64), 0.0, None)
+        total = np.bincount(parents, weights=sub, minlength=k)[parents]
+        share = np.where(total > 0, sub / np.where(total > 0, total, 1.0), 1.0 / parts[parents])
+        return count[parents] * share, kept[parents], float(thresholds.max())
+
     # ----------------------------------------------------------------- refine
     def refine(self, scores: ScoresMessage, sub_clusters: int) -> "CloudSampler":
         """The next round's fitted sampler: each cluster whose score in ``scores`` clears the threshold is
@@ -266,9 +309,13 @@ class CloudSampler:
         ``MIN_SUB_CLUSTER`` members at most), every other centroid is sent again unchanged, so the client's
         next answer counts its samples at a finer grain where it holds them. Same encoder, PCA map and
         precision as this round's message. ``parents_`` int64 [K']: the cluster of this round each new
-        cluster comes from (kept clusters' sub-clusters last, in cluster order)."""
+        cluster comes from (kept clusters' sub-clusters last, in cluster order); ``previous_scores_``: this
+        round's answer, which :meth:`select` combines with the next (see :meth:`_refined_scores`). A sampler
+        refines once: two rounds at most."""
         if self.features_ is None:
             raise RuntimeError("call fit(open_features) before refining")
+        if self.previous_scores_ is not None:
+            raise ValueError("this sampler is already a refined round: ECOS runs two rounds at most")
         sub_clusters = positive_int(sub_clusters, "sub_clusters")
         scores.check_answers(self.message_)
         kept, _, _ = self._kept(np.clip(scores.scores, 0.0, None), scores.noise_std)
@@ -296,8 +343,9 @@ class CloudSampler:
         stacked = np.concatenate(centroids).astype(self.message_.centroids.dtype)
         message = CentroidsMessage(np.ascontiguousarray(stacked), projection, bias, self.encoder)
         refined = copy.copy(self)
-        refined.num_clusters, refined.parents_ = message.num_clusters, np.asarray(parents, dtype=np.int64)
+        refined.num_clusters = message.num_clusters
         refined._set_fitted(self.features_, assignment, np.lexsort((squared, assignment)), message)
+        refined._set_refinement(np.asarray(parents, dtype=np.int64), scores)
         log.info("refine: %d of %d clusters split into %d sub-clusters; %d centroids, %d bytes down", len(split),
                  len(kept), message.num_clusters - len(whole), message.num_clusters, len(message.to_bytes()))
         return refined

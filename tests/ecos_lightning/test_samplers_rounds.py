@@ -9,7 +9,7 @@ from ecos_lightning.protocol.privacy import releases_epsilon
 from ecos_lightning.samplers import Ecos, get_sampler
 
 
-@pytest.mark.parametrize("rounds, share", [(2, 0.5), (2, 0.3), (3, 0.5)])
+@pytest.mark.parametrize("rounds, share", [(2, 0.5), (2, 0.3), (2, 0.8)])
 def test_the_rounds_cost_the_epsilon_of_one_answer_at_the_samplers_sigma(rounds, share):
     one, several = Ecos(noise_multiplier=6.0), Ecos(noise_multiplier=6.0, rounds=rounds, first_round_share=share)
     sigmas = several.round_noise()
@@ -33,7 +33,8 @@ def test_two_rounds_give_a_proxy_of_the_clients_component_deterministically(mixt
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"rounds": 0}, "rounds"), ({"rounds": 2, "first_round_share": 1.0}, "first_round_share"),
+    ({"rounds": 0}, "rounds"), ({"rounds": 3}, "rounds must be 1 or 2"),
+    ({"rounds": 2, "first_round_share": 1.0}, "first_round_share"),
     ({"first_round_share": 0.0}, "first_round_share"), ({"sub_clusters": 1}, "sub_clusters"),
     ({"rounds": True}, "rounds")])
 def test_bad_round_settings_are_refused(settings, message):

@@ -7,7 +7,7 @@ import pytest
 
 from ecos_lightning.client.ledger import read_ledger
 from ecos_lightning.components import Inputs, Run
-from ecos_lightning.fleet import DeviceAnswers, FleetEcos
+from ecos_lightning.fleet import FleetEcos
 from ecos_lightning.protocol.fleet import FleetPrivacy, RoundAborted
 from ecos_lightning.protocol.privacy import releases_epsilon, skellam_sum_release
 from ecos_lightning.samplers import get_sampler
@@ -113,3 +113,21 @@ def test_a_fleet_simulated_from_one_clients_images_is_that_fleet_given_device_by
     assert proxy.indices == given.indices and proxy.release_hash == given.release_hash
     with pytest.raises(ValueError, match="devices=40 is more than the client's 27 images"):
         FleetEcos(devices=40).fleet(Inputs(client_features=client), run)
+
+
+def test_two_fleet_rounds_charge_each_device_for_both_answers_and_cost_about_one_round(tmp_path):
+    inputs = _fleet(devices=6)
+    sampler = FleetEcos(num_clusters=10, noise_multiplier=4.0, threshold=4, rounds=2, sub_clusters=3,
+                        ledger_dir=str(tmp_path))
+    proxy = sampler.run(inputs, Run(budget=100, seed=1))
+    assert (np.asarray(proxy.indices) < 200).mean() > 0.95 and len(proxy.cluster_scores) > 10
+    for path in sorted(tmp_path.glob("device-*.json")):
+        entries = read_ledger(path)["entries"]
+        assert [entry["releases"][0]["noise_multiplier"] for entry in entries] == \
+            pytest.approx([r["noise_multiplier"] for r in sampler.releases()])
+    # the split follows the Gaussian rule; Skellam shares of small variance compose a little worse (the ledger
+    # records exactly what they cost)
+    one = FleetEcos(noise_multiplier=4.0, threshold=4)
+    assert 1 <= releases_epsilon(sampler.releases(), 1e-5) / releases_epsilon(one.releases(), 1e-5) < 1.1
+    again = FleetEcos(num_clusters=10, noise_multiplier=4.0, threshold=4, rounds=2, sub_clusters=3)
+    assert again.run(inputs, Run(budget=100, seed=1)).indices == proxy.indices
