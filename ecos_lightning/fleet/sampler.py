@@ -63,6 +63,8 @@ class FleetEcos(CoverageSampler):
     fleet. None: the fleet is ``Inputs.fleet_features``.
     rounds, first_round_share, sub_clusters: as :class:`~ecos_lightning.samplers.Ecos`; every round is one
     answer of every device, each device paying for all of them.
+    proxy_for: under local noise, the proxy of this one device, selected from its own answer alone (the
+    per-device product of the same answers; every device still answers and pays). None: the fleet proxy.
     """
 
     name = "fleet_ecos"
@@ -71,7 +73,7 @@ class FleetEcos(CoverageSampler):
                  secure: bool = True, threshold: int = 2, colluding: int = 0, fp16: bool = True,
                  engine: Literal["flower", "numpy"] = "numpy", timeout: float = 120.0, ledger_dir: str | None = None,
                  devices: int | None = None, rounds: int = 1, first_round_share: float = 0.5,
-                 sub_clusters: int = 4):
+                 sub_clusters: int = 4, proxy_for: int | None = None):
         if num_clusters != "auto":
             positive_int(num_clusters, "num_clusters")
         if engine not in ("flower", "numpy"):
@@ -83,6 +85,11 @@ class FleetEcos(CoverageSampler):
         self.noise_multiplier, self.secure, self.threshold, self.colluding = noise_multiplier, secure, threshold, colluding
         self.privacy = FleetPrivacy(noise_multiplier, secure, threshold, colluding)
         self.engine, self.timeout, self.ledger_dir = engine, timeout, ledger_dir
+        if proxy_for is not None and (secure or isinstance(proxy_for, bool) or not isinstance(proxy_for, int)
+                                      or proxy_for < 0):
+            raise ValueError(f"proxy_for must be a device index >= 0 under local noise (secure=False: under secure "
+                             f"aggregation the cloud sees only the sum), got proxy_for={proxy_for!r}, secure={secure}")
+        self.proxy_for = proxy_for
         self.devices = None if devices is None else positive_int(devices, "devices")
         self.needs = frozenset({OPEN_FEATURES, FLEET_FEATURES if devices is None else CLIENT_FEATURES})
         self.rounds, self.first_round_share, self.sub_clusters = check_rounds(rounds, first_round_share, sub_clusters)
@@ -123,8 +130,10 @@ class FleetEcos(CoverageSampler):
                                 self.ledger_dir)
         k = centroids.num_clusters
         if not self.secure:
-            total, refused = sum_answers({str(i): devices.scores_message(i) for i in range(len(fleet))},
-                                         centroids.digest(), k)
+            blobs = {str(i): devices.scores_message(i) for i in range(len(fleet))}
+            total, refused = sum_answers(blobs, centroids.digest(), k)
+            if self.proxy_for is not None:
+                return self._device_scores(blobs, refused, round_index)
             answered = len(fleet) - len(refused)
             for line in refused.values():
                 log.warning("refused: %s", line)
@@ -141,6 +150,17 @@ class FleetEcos(CoverageSampler):
                  answered, len(fleet), k, "secure aggregation" if self.secure else "local noise",
                  privacy.sum_noise_std(answered, self.q))
         return scores, np.asarray(total, np.float64).tobytes(), k * 8
+
+    def _device_scores(self, blobs: dict[str, bytes], refused: dict[str, str], round_index: int):
+        """The answer of device ``proxy_for`` alone (its scores message, its bytes, their length)."""
+        device = str(self.proxy_for)
+        if device not in blobs:
+            raise ValueError(f"proxy_for={self.proxy_for}: the fleet holds devices 0 to {len(blobs) - 1}")
+        if device in refused:
+            raise ValueError(f"proxy_for={self.proxy_for}: its answer was refused ({refused[device]})")
+        log.info("fleet, round %d: %d devices answered; the proxy is device %s's own", round_index + 1, len(blobs),
+                 device)
+        return ScoresMessage.from_bytes(blobs[device]), blobs[device], len(blobs[device])
 
 
 register_sampler(FleetEcos)

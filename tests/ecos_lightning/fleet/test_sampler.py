@@ -131,3 +131,22 @@ def test_two_fleet_rounds_charge_each_device_for_both_answers_and_cost_about_one
     assert 1 <= releases_epsilon(sampler.releases(), 1e-5) / releases_epsilon(one.releases(), 1e-5) < 1.1
     again = FleetEcos(num_clusters=10, noise_multiplier=4.0, threshold=4, rounds=2, sub_clusters=3)
     assert again.run(inputs, Run(budget=100, seed=1)).indices == proxy.indices
+
+
+def test_a_devices_own_proxy_comes_from_its_own_answer_among_the_same_answers(tmp_path):
+    inputs = _fleet(devices=5)
+    common = dict(num_clusters=10, noise_multiplier=1.0, secure=False, threshold=3)
+    ledgers = tmp_path / "ledgers"
+    own = FleetEcos(**common, proxy_for=2, ledger_dir=str(ledgers)).run(inputs, Run(budget=40, seed=0))
+    assert len(list(ledgers.glob("device-*.json"))) == 5  # every device answered and paid
+    others = _fleet(devices=5, seed=1).fleet_features  # other images on every other device
+    mixed = (*others[:2], inputs.fleet_features[2], *others[3:])
+    alone = FleetEcos(**common, proxy_for=2).run(Inputs(open_features=inputs.open_features, fleet_features=mixed),
+                                                 Run(budget=40, seed=0))
+    assert own.indices == alone.indices  # selected from device 2's answer only
+    fleet = FleetEcos(**common).run(inputs, Run(budget=40, seed=0))
+    assert own.release_hash != fleet.release_hash
+    with pytest.raises(ValueError, match="the fleet holds devices 0 to 4"):
+        FleetEcos(**common, proxy_for=9).run(inputs, Run(budget=40))
+    with pytest.raises(ValueError, match="under secure aggregation the cloud sees only the sum"):
+        FleetEcos(proxy_for=1)
