@@ -91,7 +91,8 @@ class CoverageSampler(Sampler):
         one answer at ``noise_multiplier`` does."""
         if self.rounds == 1:
             return [self.noise_multiplier]
-        return [self.noise_multiplier / math.sqrt(share) for share in (self.first_round_share, 1 - self.first_round_share)]
+        shares = (self.first_round_share, 1 - self.first_round_share)
+        return [self.noise_multiplier / math.sqrt(share) for share in shares]
 
     def releases(self):
         if self.rounds == 1:

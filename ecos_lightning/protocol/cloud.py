@@ -322,7 +322,9 @@ class CloudSampler:
         sent, projection, bias = self.message_.centroids_f32(), self.message_.projection, self.message_.bias
         assignment = np.empty_like(self.assignment_)
         parents, centroids, squared = [], [], np.zeros(len(self.assignment_), np.float32)
-        split = [c for c in np.flatnonzero(kept) if min(sub_clusters, self.cluster_sizes_[c] // MIN_SUB_CLUSTER) > 1]
+        parts_of = {int(c): min(sub_clusters, int(self.cluster_sizes_[c]) // MIN_SUB_CLUSTER)
+                    for c in np.flatnonzero(kept)}
+        split = [c for c, parts in parts_of.items() if parts > 1]
         whole = np.setdiff1d(np.arange(self.message_.num_clusters), split)
         for new, c in enumerate(whole):
             members = self.members(c)
@@ -330,15 +332,14 @@ class CloudSampler:
         parents.extend(whole.tolist())
         centroids.append(sent[whole])
         for c in split:
-            members = self.members(c)
-            parts = min(sub_clusters, int(self.cluster_sizes_[c]) // MIN_SUB_CLUSTER)
+            members, parts = self.members(c), parts_of[c]
             points = np.ascontiguousarray(self.features_[members])
-            sub = faiss_ops.kmeans(points, parts, niter=self.niter, nredo=self.nredo, seed=self.seed + int(c) + 1,
+            sub = faiss_ops.kmeans(points, parts, niter=self.niter, nredo=self.nredo, seed=self.seed + c + 1,
                                    max_points_per_centroid=self.max_points_per_centroid, spherical=self.spherical,
                                    use_gpu=self.use_gpu)
             distance, label = faiss_ops.nearest(points, sub, k=1, use_gpu=self.use_gpu)
             assignment[members], squared[members] = len(parents) + label[:, 0], distance[:, 0]
-            parents.extend([int(c)] * parts)
+            parents.extend([c] * parts)
             centroids.append(sub if projection is None else sub @ projection + bias)
         stacked = np.concatenate(centroids).astype(self.message_.centroids.dtype)
         message = CentroidsMessage(np.ascontiguousarray(stacked), projection, bias, self.encoder)
